@@ -1,0 +1,1 @@
+"""mbrl_jax: model-based RL in JAX."""

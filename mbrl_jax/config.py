@@ -1,0 +1,291 @@
+"""Every setting of a run, as one frozen dataclass, plus presets and validated overrides.
+
+`make_config("cartpole", "size1m", seed=3, batch_size=32)` applies presets left to right, then keyword
+overrides, then validates once. The command line does the same with `--preset a,b` and `key=value` pairs.
+Derived quantities (discount, updates per iteration, ...) are properties, never stored fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad setting. The message names the field, the bad value and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # --- run ---
+    env: str = "CartPole-v1"  # any gymnax id
+    agent: str = "dreamer"
+    seed: int = 0
+    steps: int = 30_000  # total env steps (over all envs), prefill included
+    num_envs: int = 4
+    chunk_steps: int = 1_000  # env steps per compiled chunk: the logging / eval / checkpoint interval
+    eval_episodes: int = 8
+    checkpoint_every: int = 10_000  # env steps between checkpoints (rounded to whole chunks); one at the end
+    keep_checkpoints: int = 3
+    # --- replay ---
+    replay_capacity: int = 100_000  # env steps kept, over all envs
+    prefill: int = 1_024  # random-action env steps before learning starts
+    batch_size: int = 16
+    batch_length: int = 64
+    train_ratio: float = 512.0  # replayed steps per env step, as DreamerV3 counts it
+    # --- world model (size presets set these) ---
+    deter: int = 512  # GRU state size
+    hidden: int = 64  # RSSM input / prior / posterior layer width
+    stoch: int = 32  # categorical latent variables
+    classes: int = 4  # classes per latent variable
+    blocks: int = 8  # block-diagonal GRU groups
+    units: int = 64  # MLP width of encoder, decoder, heads, actor, critic
+    enc_layers: int = 3
+    dec_layers: int = 3
+    head_layers: int = 1  # reward and continue heads
+    ac_layers: int = 3  # actor and critic
+    unimix: float = 0.01
+    free_nats: float = 1.0
+    num_bins: int = 255
+    # --- loss scales (DreamerV3) ---
+    loss_rec: float = 1.0
+    loss_rew: float = 1.0
+    loss_con: float = 1.0
+    loss_dyn: float = 1.0
+    loss_rep: float = 0.1
+    loss_actor: float = 1.0
+    loss_critic: float = 1.0
+    # --- behaviour from imagination ---
+    imag_horizon: int = 15
+    horizon: float = 333.0  # discount = 1 - 1 / horizon
+    return_lambda: float = 0.95
+    actor_entropy: float = 3e-4
+    retnorm_rate: float = 0.01
+    slow_critic_rate: float = 0.02
+    slow_critic_reg: float = 1.0
+    action_minstd: float = 0.1
+    action_maxstd: float = 1.0
+    # --- optimiser (DreamerV3: AGC + LaProp) ---
+    lr: float = 4e-5
+    agc: float = 0.3
+    opt_eps: float = 1e-20
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup: int = 1_000
+
+    # ---- derived ----
+    @property
+    def discount(self) -> float:
+        return 1.0 - 1.0 / self.horizon
+
+    @property
+    def env_steps_per_iteration(self) -> int:
+        """Env steps (over all envs) between learner phases: the smallest multiple of num_envs that
+        makes the number of updates a whole number for the given train_ratio."""
+        per_update = self.batch_size * self.batch_length / self.train_ratio  # env steps per update
+        k = max(1, math.ceil(per_update / self.num_envs - 1e-9))
+        return k * self.num_envs
+
+    @property
+    def updates_per_iteration(self) -> int:
+        steps = self.env_steps_per_iteration
+        return max(1, round(steps * self.train_ratio / (self.batch_size * self.batch_length)))
+
+    @property
+    def effective_train_ratio(self) -> float:
+        return self.updates_per_iteration * self.batch_size * self.batch_length / self.env_steps_per_iteration
+
+    @property
+    def iterations_per_chunk(self) -> int:
+        return max(1, round(self.chunk_steps / self.env_steps_per_iteration))
+
+    @property
+    def env_steps_per_chunk(self) -> int:
+        return self.iterations_per_chunk * self.env_steps_per_iteration
+
+    @property
+    def prefill_steps_per_env(self) -> int:
+        return math.ceil(self.prefill / self.num_envs)
+
+    @property
+    def num_chunks(self) -> int:
+        """Chunks after prefill; the budget is rounded up to whole chunks."""
+        remaining = self.steps - self.prefill_steps_per_env * self.num_envs
+        return max(0, math.ceil(remaining / self.env_steps_per_chunk))
+
+    @property
+    def capacity_per_env(self) -> int:
+        return math.ceil(self.replay_capacity / self.num_envs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> Config:
+        return make_config(base=self, **overrides)
+
+
+# ---- presets ---------------------------------------------------------------------------------------------
+
+# DreamerV3 model sizes (paper's size table; reference configs). Layer counts follow the reference.
+SIZE_PRESETS: dict[str, dict[str, Any]] = {
+    "size1m": dict(deter=512, hidden=64, classes=4, units=64),
+    "size12m": dict(deter=2048, hidden=256, classes=16, units=256),
+    "size25m": dict(deter=3072, hidden=384, classes=24, units=384),
+    "size50m": dict(deter=4096, hidden=512, classes=32, units=512),
+    "size100m": dict(deter=6144, hidden=768, classes=48, units=768),
+    "size200m": dict(deter=8192, hidden=1024, classes=64, units=1024),
+    "size400m": dict(deter=12288, hidden=1536, classes=96, units=1536),
+}
+
+TASK_PRESETS: dict[str, dict[str, Any]] = {
+    "cartpole": dict(env="CartPole-v1", steps=30_000),
+    "pendulum": dict(env="Pendulum-v1", steps=30_000),
+    "acrobot": dict(env="Acrobot-v1", steps=50_000),
+    # Tiny settings for tests and smoke runs: compiles fast, learns nothing in particular.
+    "debug": dict(
+        steps=2_000, num_envs=2, chunk_steps=250, prefill=256, batch_size=4, batch_length=16, train_ratio=64.0,
+        deter=64, hidden=32, stoch=4, classes=4, blocks=4, units=32, enc_layers=1, dec_layers=1, ac_layers=1,
+        imag_horizon=5, eval_episodes=2, replay_capacity=4_000,
+    ),
+}
+
+PRESETS: dict[str, dict[str, Any]] = {**TASK_PRESETS, **SIZE_PRESETS}
+
+
+# ---- construction and validation -------------------------------------------------------------------------
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_TYPES = typing.get_type_hints(Config)
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def coerce_value(key: str, value: Any) -> Any:
+    """Turns a CLI string or a Python value into the field's type, or raises ConfigError."""
+    if key not in _FIELDS:
+        raise ConfigError(f"unknown config key '{key}'{_suggest(key, _FIELDS)}; see mbrl_jax.config.Config")
+    typ = _TYPES[key]
+    if isinstance(value, str) and typ is not str:
+        text = value.strip()
+        try:
+            if typ is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                return text.lower() in ("true", "1")
+            if typ is int:
+                number = float(text.replace("_", ""))
+                if not number.is_integer():
+                    raise ValueError
+                return int(number)
+            return typ(text.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{key}={value!r} is not a valid {typ.__name__}") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{key}={value!r} is not a valid {typ.__name__}")
+    return value
+
+
+_POSITIVE_INT = (
+    "steps num_envs chunk_steps eval_episodes checkpoint_every keep_checkpoints replay_capacity batch_size batch_length deter hidden stoch "
+    "classes blocks units enc_layers dec_layers ac_layers imag_horizon num_bins"
+).split()
+_NON_NEGATIVE = "prefill warmup head_layers seed".split()
+_POSITIVE_FLOAT = "train_ratio horizon lr opt_eps action_minstd action_maxstd agc".split()
+_UNIT_INTERVAL = "unimix return_lambda retnorm_rate slow_critic_rate beta1 beta2".split()
+_NON_NEGATIVE_FLOAT = (
+    "free_nats loss_rec loss_rew loss_con loss_dyn loss_rep loss_actor loss_critic actor_entropy slow_critic_reg"
+).split()
+
+
+def validate(config: Config) -> Config:
+    """Checks every field and the relations between them; raises ConfigError naming the field."""
+    for key in _POSITIVE_INT + _POSITIVE_FLOAT:
+        if not getattr(config, key) > 0:
+            raise ConfigError(f"{key}={getattr(config, key)!r} must be > 0")
+    for key in _NON_NEGATIVE + _NON_NEGATIVE_FLOAT:
+        if not getattr(config, key) >= 0:
+            raise ConfigError(f"{key}={getattr(config, key)!r} must be >= 0")
+    for key in _UNIT_INTERVAL:
+        if not 0.0 <= getattr(config, key) <= 1.0:
+            raise ConfigError(f"{key}={getattr(config, key)!r} must be in [0, 1]")
+    if config.horizon < 1.0:
+        raise ConfigError(f"horizon={config.horizon!r} must be >= 1 (discount = 1 - 1/horizon)")
+    if config.agent != "dreamer":
+        raise ConfigError(f"agent={config.agent!r} is not known; allowed: 'dreamer'")
+    if config.deter % config.blocks:
+        raise ConfigError(f"deter={config.deter} must be divisible by blocks={config.blocks}")
+    if config.action_minstd > config.action_maxstd:
+        raise ConfigError(f"action_minstd={config.action_minstd} must be <= action_maxstd={config.action_maxstd}")
+    if config.capacity_per_env < config.batch_length:
+        raise ConfigError(
+            f"batch_length={config.batch_length} is longer than the replay per env "
+            f"(replay_capacity={config.replay_capacity} / num_envs={config.num_envs} = {config.capacity_per_env})"
+        )
+    if config.prefill_steps_per_env < config.batch_length:
+        raise ConfigError(
+            f"prefill={config.prefill} gives {config.prefill_steps_per_env} steps per env, fewer than "
+            f"batch_length={config.batch_length}; allowed: prefill >= batch_length * num_envs "
+            f"= {config.batch_length * config.num_envs}"
+        )
+    if config.prefill_steps_per_env * config.num_envs > config.steps:
+        raise ConfigError(f"prefill={config.prefill} exceeds the budget steps={config.steps}")
+    from mbrl_jax.envs import env_spec, list_envs  # late import: envs pulls in gymnax
+
+    if config.env not in list_envs():
+        raise ConfigError(f"env={config.env!r} is not a known gymnax env{_suggest(config.env, list_envs())}")
+    spec = env_spec(config.env)
+    if len(spec.obs_shape) != 1:
+        raise ConfigError(f"env={config.env!r} has observations of shape {spec.obs_shape}; the dreamer agent "
+                          "takes vector observations (shape (n,)) for now")
+    return config
+
+
+def make_config(*presets: str, base: Config | None = None, **overrides: Any) -> Config:
+    """Presets applied left to right on `base` (default Config()), then overrides; validated."""
+    values = (base or Config()).to_dict()
+    for name in presets:
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset '{name}'{_suggest(name, PRESETS)}; allowed: {', '.join(PRESETS)}")
+        values.update(PRESETS[name])
+    for key, value in overrides.items():
+        values[key] = coerce_value(key, value)
+    return validate(Config(**values))
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """['lr=1e-4', 'batch_size=32'] -> {'lr': 1e-4, 'batch_size': 32}, typed and checked."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = coerce_value(key.strip(), value)
+    return out
+
+
+def config_from_dict(values: Mapping[str, Any]) -> Config:
+    unknown = set(values) - set(_FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown config keys {sorted(unknown)}")
+    return validate(Config(**{k: coerce_value(k, v) for k, v in values.items()}))
+
+
+# Fields that change how long or how often a run saves, never what it computes: a run may be resumed
+# with different values of these.
+RESUMABLE_FIELDS = frozenset({"steps", "checkpoint_every", "keep_checkpoints"})
+
+
+def config_diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ: {name: (a_value, b_value)}."""
+    return {k: (getattr(a, k), getattr(b, k)) for k in _FIELDS if getattr(a, k) != getattr(b, k)}

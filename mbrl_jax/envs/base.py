@@ -1,0 +1,82 @@
+"""The one functional, batched env interface that every adapter (gymnax, envpool) implements.
+
+Reset convention (DreamerV3 / embodied): the terminal observation is returned with `is_last=True`, and the
+next `step` call ignores its action for that env and returns the first observation of a new episode
+(`is_first=True`, reward 0). An episode of n actions thus spans n + 1 timesteps and one extra call.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+EnvState = Any  # adapter-specific pytree, batched over envs
+
+
+@struct.dataclass
+class TimeStep:
+    """What the agent sees after `reset` or `step`. Every field is batched over N envs."""
+
+    obs: jax.Array  # [N, *obs_shape] float32
+    reward: jax.Array  # [N] float32, received on arriving at obs; 0 on is_first
+    is_first: jax.Array  # [N] bool, first obs of an episode
+    is_last: jax.Array  # [N] bool, episode ended here (terminated or truncated)
+    is_terminal: jax.Array  # [N] bool, ended by termination: no bootstrap. Truncation: is_last & ~is_terminal
+    episode_return: jax.Array  # [N] float32, sum of rewards of the current episode incl. this step
+    episode_length: jax.Array  # [N] int32, actions taken in the current episode (0 on is_first)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """Static description of an env, enough to build networks."""
+
+    name: str
+    obs_shape: tuple[int, ...]
+    discrete: bool
+    action_dim: int  # number of actions (discrete) or size of the action vector (continuous)
+    max_episode_steps: int
+
+
+class VecEnv(abc.ABC):
+    """N envs stepped in lockstep. Holds only static things; `reset` and `step` are pure functions of arrays,
+    so they can be jitted, scanned and vmapped (e.g. over seeds: `jax.vmap(env.reset)(keys)`).
+
+    Actions: discrete -> int32 [N] indices; continuous -> float32 [N, action_dim] in [-1, 1].
+    """
+
+    spec: EnvSpec
+    num_envs: int
+
+    @abc.abstractmethod
+    def reset(self, key: jax.Array) -> tuple[EnvState, TimeStep]:
+        """Start all N envs. Returns the state and a TimeStep with is_first all True."""
+
+    @abc.abstractmethod
+    def step(self, state: EnvState, action: jax.Array, key: jax.Array) -> tuple[EnvState, TimeStep]:
+        """Advance every env by one call; envs whose last TimeStep had is_last=True reset instead."""
+
+
+def first_timestep(obs: jax.Array) -> TimeStep:
+    """TimeStep for freshly reset envs. obs: [N, *obs_shape]."""
+    n = obs.shape[0]
+    false = jnp.zeros((n,), bool)
+    return TimeStep(
+        obs=obs.astype(jnp.float32),
+        reward=jnp.zeros((n,), jnp.float32),
+        is_first=jnp.ones((n,), bool),
+        is_last=false,
+        is_terminal=false,
+        episode_return=jnp.zeros((n,), jnp.float32),
+        episode_length=jnp.zeros((n,), jnp.int32),
+    )
+
+
+def rescale_action(action: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
+    """Map an agent action in [-1, 1] (clipped first) linearly onto [low, high]. Shapes broadcast."""
+    action = jnp.clip(action, -1.0, 1.0)
+    return low + (action + 1.0) * 0.5 * (high - low)

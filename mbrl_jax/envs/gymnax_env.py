@@ -1,0 +1,136 @@
+"""gymnax adapter: N gymnax envs, vmapped, behind the `VecEnv` interface with the DreamerV3 reset convention.
+
+gymnax's own `step` auto-resets and so hides the terminal observation; we vmap `step_env` and `reset_env`
+instead and pick per env with `jnp.where`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+import gymnax
+import jax
+import jax.numpy as jnp
+from flax import struct
+from gymnax.environments import spaces
+
+from mbrl_jax.envs.base import EnvSpec, TimeStep, VecEnv, first_timestep, rescale_action
+
+
+@struct.dataclass
+class GymnaxState:
+    """Batched adapter state. `env` leaves are [N, ...]; the rest are [N]."""
+
+    env: Any  # gymnax EnvState of the N envs
+    is_last: jax.Array  # [N] bool, the last TimeStep ended the episode: the next step resets
+    episode_return: jax.Array  # [N] float32
+    episode_length: jax.Array  # [N] int32
+
+
+def list_envs() -> list[str]:
+    """Names of all registered gymnax envs."""
+    return list(gymnax.registered_envs)
+
+
+def _make_gymnax(name: str) -> tuple[Any, Any]:
+    envs = list_envs()
+    if name not in envs:
+        lower = {e.lower(): e for e in envs}
+        close = difflib.get_close_matches(str(name).lower(), list(lower), n=1, cutoff=0.4)
+        hint = f" Did you mean {lower[close[0]]!r}?" if close else ""
+        raise ValueError(f"Unknown env name {name!r}.{hint} Registered gymnax envs: {', '.join(envs)}")
+    return gymnax.make(name)
+
+
+def _spec(name: str, env: Any, params: Any) -> EnvSpec:
+    obs = jax.eval_shape(env.reset_env, jax.random.key(0), params)[0]
+    space = env.action_space(params)
+    discrete = isinstance(space, spaces.Discrete)
+    action_dim = int(space.n) if discrete else math.prod(space.shape)
+    # The registry id, not env.name: a few gymnax envs report another name (DiscountingChain -> "-v0").
+    return EnvSpec(name, tuple(obs.shape), discrete, action_dim, int(params.max_steps_in_episode))
+
+
+def env_spec(name: str) -> EnvSpec:
+    """Spec of the gymnax env `name` without building a batch (shapes by abstract evaluation)."""
+    env, params = _make_gymnax(name)
+    return _spec(name, env, params)
+
+
+class GymnaxVecEnv(VecEnv):
+    """`num_envs` copies of one gymnax env with its default params."""
+
+    def __init__(self, name: str, num_envs: int):
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        self.env, self.params = _make_gymnax(name)
+        self.spec = _spec(name, self.env, self.params)
+        self.num_envs = num_envs
+        self._space = self.env.action_space(self.params)
+        # gymnax >= 1.0 reports truncation apart (`is_truncated`); older versions merge it into `done`.
+        self._legacy_done = not hasattr(self.env, "is_truncated")
+
+    def _env_action(self, action: jax.Array) -> jax.Array:
+        """Agent action -> gymnax action: [N] int32, or [N, *space.shape] rescaled to [low, high]."""
+        if self.spec.discrete:
+            return action.astype(jnp.int32).reshape(self.num_envs)
+        action = action.astype(jnp.float32).reshape(self.num_envs, *self._space.shape)
+        low, high = jnp.asarray(self._space.low, jnp.float32), jnp.asarray(self._space.high, jnp.float32)
+        return rescale_action(action, low, high)
+
+    def _reset_envs(self, key: jax.Array) -> tuple[jax.Array, Any]:
+        keys = jax.random.split(key, self.num_envs)
+        return jax.vmap(self.env.reset_env, in_axes=(0, None))(keys, self.params)
+
+    def reset(self, key: jax.Array) -> tuple[GymnaxState, TimeStep]:
+        """Reset all envs. TimeStep leaves are [N, ...] with is_first all True."""
+        obs, env_state = self._reset_envs(key)
+        ts = first_timestep(obs)
+        return GymnaxState(env_state, ts.is_last, ts.episode_return, ts.episode_length), ts
+
+    def step(self, state: GymnaxState, action: jax.Array, key: jax.Array) -> tuple[GymnaxState, TimeStep]:
+        """One call for all envs. action: [N] int32 or [N, action_dim] float32 in [-1, 1].
+        Envs with `state.is_last` ignore their action and reset (is_first=True, reward 0)."""
+        n, reset = self.num_envs, state.is_last
+        k_step, k_reset = jax.random.split(key)
+        step_env = jax.vmap(self.env.step_env, in_axes=(0, 0, 0, None))
+        obs, env_state, reward, done, _ = step_env(
+            jax.random.split(k_step, n), state.env, self._env_action(action), self.params
+        )
+        obs0, env_state0 = self._reset_envs(k_reset)
+
+        def pick(first: jax.Array, stepped: jax.Array) -> jax.Array:
+            # Keep the stepped dtype so the state's types do not change across calls (scan carry).
+            mask = reset.reshape(n, *([1] * (stepped.ndim - 1)))
+            return jnp.where(mask, first, stepped).astype(stepped.dtype)
+
+        done = done.reshape(n).astype(bool)
+        if self._legacy_done:
+            truncated = env_state.time >= self.params.max_steps_in_episode
+            terminated = done & ~truncated
+        else:  # a termination on the time-limit step stays a termination: no bootstrap
+            truncated = jax.vmap(self.env.is_truncated, in_axes=(0, None))(env_state, self.params)
+            truncated, terminated = truncated.reshape(n).astype(bool), done
+        is_last = (terminated | truncated) & ~reset
+        reward = jnp.where(reset, 0.0, reward.reshape(n).astype(jnp.float32))
+        episode_return = jnp.where(reset, 0.0, state.episode_return + reward)
+        episode_length = jnp.where(reset, 0, state.episode_length + 1).astype(jnp.int32)
+        ts = TimeStep(
+            obs=pick(obs0, obs).astype(jnp.float32),
+            reward=reward,
+            is_first=reset,
+            is_last=is_last,
+            is_terminal=terminated & ~reset,
+            episode_return=episode_return,
+            episode_length=episode_length,
+        )
+        env_state = jax.tree.map(pick, env_state0, env_state)
+        return GymnaxState(env_state, is_last, episode_return, episode_length), ts
+
+
+def make_env(name: str, num_envs: int) -> GymnaxVecEnv:
+    """Batched gymnax env by registry id, e.g. "CartPole-v1"; see `list_envs()`.
+    Raises ValueError for an unknown name, with the closest registered name."""
+    return GymnaxVecEnv(name, num_envs)

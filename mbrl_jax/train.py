@@ -1,0 +1,145 @@
+"""The whole training loop as pure functions: `make_train(config) -> Trainer(init, run_chunk, evaluate)`.
+
+    trainer = make_train(config)
+    state = jax.jit(trainer.init)(key)            # networks, optimiser, envs, replay prefilled at random
+    state, metrics = jax.jit(trainer.run_chunk)(state)   # one compiled lax.scan over a chunk of iterations
+
+One iteration = act in `num_envs` envs for `env_steps_per_iteration` steps (each step's transition goes to the
+on-device replay) and then `updates_per_iteration` learner updates on sampled windows, so the replayed steps
+per env step match `train_ratio`. Both functions are pure and work under `jax.vmap` over a leading seed axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from mbrl_jax.agents.dreamer import AgentState, PolicyCarry, env_action, make_dreamer, random_action
+from mbrl_jax.config import Config
+from mbrl_jax.envs import TimeStep, make_env
+from mbrl_jax.replay import Replay, replay_add, replay_init, replay_sample
+
+
+@struct.dataclass
+class TrainState:
+    key: jax.Array
+    env_steps: jax.Array  # int32, env steps taken over all envs (prefill included)
+    updates: jax.Array  # int32, learner updates so far
+    env_state: object
+    timestep: TimeStep  # the last timestep of each env, [num_envs, ...]
+    policy: PolicyCarry
+    replay: Replay
+    agent: AgentState
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    config: Config
+    init: Callable  # key -> TrainState
+    run_chunk: Callable  # TrainState -> (TrainState, metrics)
+    evaluate: Callable  # (AgentState, key) -> mean return of config.eval_episodes episodes
+
+
+def _replay_row(ts: TimeStep, prev_action: jax.Array) -> dict:
+    """What the replay stores for one step: the observation, the action that led to it (zero at episode
+    starts), the reward received on arriving, and the episode flags."""
+    keep = 1.0 - ts.is_first.astype(jnp.float32)
+    return {"obs": ts.obs, "action": prev_action * keep[:, None], "reward": ts.reward,
+            "is_first": ts.is_first, "is_last": ts.is_last, "is_terminal": ts.is_terminal}
+
+
+def make_train(config: Config) -> Trainer:
+    c = config
+    env = make_env(c.env, c.num_envs)
+    eval_env = make_env(c.env, c.eval_episodes)
+    spec = env.spec
+    agent = make_dreamer(c, spec)
+    steps_per_env = c.env_steps_per_iteration // c.num_envs
+
+    def env_step(state: TrainState, action: jax.Array, key) -> TrainState:
+        """Stores the current step with the action that led to it, then steps the envs with `action`."""
+        replay = replay_add(state.replay, _replay_row(state.timestep, state.policy.prev_action))
+        env_state, timestep = env.step(state.env_state, env_action(spec, action), key)
+        return state.replace(env_state=env_state, timestep=timestep, replay=replay,
+                             env_steps=state.env_steps + c.num_envs)
+
+    def policy_step(state: TrainState, _):
+        key, k_act, k_env = jax.random.split(state.key, 3)
+        ts = state.timestep
+        action, policy = agent.act(state.agent, state.policy, ts.obs, ts.is_first, k_act)
+        done = ts.is_last
+        state = env_step(state.replace(key=key), action, k_env)
+        state = state.replace(policy=policy)
+        return state, (done, ts.episode_return, ts.episode_length)
+
+    def random_step(state: TrainState, _):
+        key, k_act, k_env = jax.random.split(state.key, 3)
+        action = random_action(spec, c.num_envs, k_act)
+        state = env_step(state.replace(key=key), action, k_env)
+        return state.replace(policy=state.policy.replace(prev_action=action)), None
+
+    def init(key) -> TrainState:
+        k_agent, k_env, k_loop = jax.random.split(key, 3)
+        env_state, timestep = env.reset(k_env)
+        example = _replay_row(timestep, jnp.zeros((c.num_envs, spec.action_dim)))
+        state = TrainState(
+            key=k_loop, env_steps=jnp.int32(0), updates=jnp.int32(0), env_state=env_state, timestep=timestep,
+            policy=agent.initial_carry(c.num_envs), replay=replay_init(example, c.capacity_per_env),
+            agent=agent.init(k_agent),
+        )
+        state, _ = jax.lax.scan(random_step, state, None, length=c.prefill_steps_per_env)
+        # The policy's latent has not seen the prefill steps, so it starts from zeros; the last random action
+        # is kept: it is what led to the current observation, and the replay stores it with that step.
+        return state.replace(policy=agent.initial_carry(c.num_envs).replace(prev_action=state.policy.prev_action))
+
+    def learn_step(state: TrainState, _):
+        key, k_sample, k_learn = jax.random.split(state.key, 3)
+        batch = replay_sample(state.replay, k_sample, c.batch_size, c.batch_length)
+        agent_state, metrics = agent.learn(state.agent, batch, k_learn)
+        return state.replace(key=key, agent=agent_state, updates=state.updates + 1), metrics
+
+    def iteration(state: TrainState, _):
+        state, (done, ep_return, ep_length) = jax.lax.scan(policy_step, state, None, length=steps_per_env)
+        state, metrics = jax.lax.scan(learn_step, state, None, length=c.updates_per_iteration)
+        episodes = (done.sum(), jnp.sum(ep_return * done), jnp.sum(ep_length * done))
+        return state, (jax.tree.map(jnp.mean, metrics), episodes)
+
+    def evaluate(agent_state: AgentState, key) -> jax.Array:
+        """Mean return of `eval_episodes` episodes run in parallel with the policy's mode."""
+        k_reset, k_loop = jax.random.split(key)
+        env_state, ts = eval_env.reset(k_reset)
+        carry0 = agent.initial_carry(c.eval_episodes)
+
+        def step(carry, key_t):
+            env_state, ts, policy, ret, finished = carry
+            k_act, k_env = jax.random.split(key_t)
+            action, policy = agent.act(agent_state, policy, ts.obs, ts.is_first, k_act, mode=True)
+            env_state, ts = eval_env.step(env_state, env_action(spec, action), k_env)
+            ret = jnp.where(finished, ret, ts.episode_return)
+            finished = finished | ts.is_last
+            return (env_state, ts, policy, ret, finished), None
+
+        init = (env_state, ts, carry0, jnp.zeros(c.eval_episodes), jnp.zeros(c.eval_episodes, bool))
+        (_, _, _, ret, _), _ = jax.lax.scan(step, init, jax.random.split(k_loop, spec.max_episode_steps + 1))
+        return ret.mean()
+
+    def run_chunk(state: TrainState) -> tuple[TrainState, dict]:
+        state, (metrics, (count, ret_sum, len_sum)) = jax.lax.scan(
+            iteration, state, None, length=c.iterations_per_chunk)
+        key, k_eval = jax.random.split(state.key)
+        state = state.replace(key=key)
+        count = count.sum()
+        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics.update(
+            env_steps=state.env_steps, updates=state.updates, episodes=count,
+            episode_return=jnp.where(count > 0, ret_sum.sum() / jnp.maximum(count, 1), jnp.nan),
+            episode_length=jnp.where(count > 0, len_sum.sum() / jnp.maximum(count, 1), jnp.nan),
+            eval_return=evaluate(state.agent, k_eval),
+        )
+        return state, metrics
+
+    return Trainer(config=c, init=init, run_chunk=run_chunk, evaluate=evaluate)

@@ -1,0 +1,60 @@
+"""Block-diagonal GRU: the default sequence backbone of the RSSM (DreamerV3 reference, `blocks` groups)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mbrl_jax.nets.layers import dense_init
+
+# Fan-in of a block kernel [g, in, out] is `in`: the group axis is a batch axis of independent maps.
+_block_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", batch_axis=(0,))
+
+
+class BlockGRU(nn.Module):
+    """One recurrent step h_t = f(h_{t-1}, z_{t-1}, a_{t-1}).
+
+    The previous deterministic state, stochastic state and action are each projected to `hidden` units
+    (Dense -> RMSNorm -> SiLU); the result is appended to every block of h, and block-diagonal layers compute
+    the GRU gates per block, so the cost grows with deter^2 / blocks instead of deter^2. The update gate is
+    biased by -1 so the state is kept by default early in training.
+
+    Inside, activations are laid out group-major, [g, B, D/g]: XLA's CPU and GPU batched matmuls run 2-3x
+    faster on that layout than on [B, g, D/g].
+    """
+
+    deter: int
+    hidden: int
+    blocks: int
+
+    @nn.compact
+    def __call__(self, deter: jax.Array, stoch: jax.Array, action: jax.Array) -> jax.Array:
+        # deter: [B, D], stoch: [B, S*K], action: [B, A] -> [B, D]
+        g, d = self.blocks, self.deter // self.blocks
+        action = action / jax.lax.stop_gradient(jnp.maximum(1.0, jnp.abs(action)))
+        parts = []
+        for x in (deter, stoch, action):
+            x = nn.Dense(self.hidden, use_bias=False, kernel_init=dense_init)(x)
+            parts.append(jax.nn.silu(nn.RMSNorm(epsilon=1e-4)(x)))
+        inputs = jnp.concatenate(parts, -1)  # [B, 3*hidden], shared by every block
+        batch = deter.shape[:-1]
+        grouped = jnp.moveaxis(deter.reshape(*batch, g, d), -2, 0)  # [g, B, d]
+        x = jnp.concatenate([grouped, jnp.broadcast_to(inputs, (g, *inputs.shape))], -1)
+        x = self._block_linear("hidden", x, d)
+        rms = jnp.sqrt(jnp.mean(jnp.square(x), axis=(0, -1), keepdims=True) + 1e-4)
+        scale = self.param("hidden_norm", nn.initializers.ones, (g, *([1] * len(batch)), d))
+        x = jax.nn.silu(x / rms * scale)
+        gates = self._block_linear("gates", x, 3 * d)
+        reset, cand, update = jnp.split(gates, 3, -1)
+        reset = jax.nn.sigmoid(reset)
+        cand = jnp.tanh(reset * cand)
+        update = jax.nn.sigmoid(update - 1.0)
+        out = update * cand + (1.0 - update) * grouped
+        return jnp.moveaxis(out, 0, -2).reshape(*batch, self.deter)
+
+    def _block_linear(self, name: str, x: jax.Array, units: int) -> jax.Array:
+        """[g, B, in] -> [g, B, units], one kernel per group."""
+        kernel = self.param(f"{name}_kernel", _block_init, (self.blocks, x.shape[-1], units))
+        bias = self.param(f"{name}_bias", nn.initializers.zeros, (self.blocks, *([1] * (x.ndim - 2)), units))
+        return jnp.einsum("g...i,gio->g...o", x, kernel) + bias

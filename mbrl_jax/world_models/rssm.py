@@ -1,0 +1,150 @@
+"""DreamerV3's world model: encoder, RSSM (block GRU + categorical latents), decoder, reward and continue heads.
+
+Networks are flax modules; the loops over time (`observe`, `imagine`) are plain functions of the parameters,
+so they compose with `lax.scan`, `jit` and `vmap` without module-level magic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from mbrl_jax.nets.distributions import straight_through_onehot_sample, symlog, unimix_logits
+from mbrl_jax.nets.layers import MLP, Head, dense_init
+from mbrl_jax.world_models.gru import BlockGRU
+
+
+@struct.dataclass
+class Latent:
+    """Model state at one time step (any leading batch shape)."""
+
+    deter: jax.Array  # [..., D] recurrent state h
+    stoch: jax.Array  # [..., S, K] one-hot sample z (straight-through)
+    logits: jax.Array  # [..., S, K] log-probabilities of the distribution z was drawn from (unimix applied)
+
+    @property
+    def feat(self) -> jax.Array:
+        """[..., D + S*K]: what the heads, actor and critic read."""
+        return jnp.concatenate([self.deter, self.stoch.reshape(*self.stoch.shape[:-2], -1)], -1)
+
+
+def zeros_latent(batch_shape: tuple[int, ...], deter: int, stoch: int, classes: int) -> Latent:
+    z = jnp.zeros((*batch_shape, stoch, classes))
+    return Latent(jnp.zeros((*batch_shape, deter)), z, z)
+
+
+def mask_latent(latent: Latent, keep: jax.Array) -> Latent:
+    """Zeroes the state where keep is 0 (episode starts). keep: [...] matching the batch shape."""
+    return jax.tree.map(lambda x: x * keep.reshape(keep.shape + (1,) * (x.ndim - keep.ndim)), latent)
+
+
+class WorldModel(nn.Module):
+    obs_dim: int
+    action_dim: int
+    deter: int
+    hidden: int
+    stoch: int
+    classes: int
+    blocks: int
+    units: int
+    enc_layers: int
+    dec_layers: int
+    head_layers: int
+    num_bins: int
+    unimix: float
+
+    def setup(self):
+        self.encoder = MLP(self.units, self.enc_layers)
+        self.core = BlockGRU(self.deter, self.hidden, self.blocks)
+        self.prior_net = MLP(self.hidden, 2)  # "imglayers" = 2 in the reference
+        self.prior_out = nn.Dense(self.stoch * self.classes, kernel_init=dense_init)
+        self.post_net = MLP(self.hidden, 1)  # "obslayers" = 1
+        self.post_out = nn.Dense(self.stoch * self.classes, kernel_init=dense_init)
+        self.decoder = Head(self.obs_dim, self.units, self.dec_layers)
+        self.reward_head = Head(self.num_bins, self.units, self.head_layers, zero_init=True)
+        self.cont_head = Head(1, self.units, self.head_layers)
+
+    def encode(self, obs: jax.Array) -> jax.Array:
+        """[..., obs_dim] -> [..., units]; vector observations are squashed with symlog first."""
+        return self.encoder(symlog(obs))
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(*x.shape[:-1], self.stoch, self.classes)
+        return unimix_logits(x, self.unimix)
+
+    def img_step(self, prev: Latent, action: jax.Array, key: jax.Array) -> Latent:
+        """Prior step: p(z_t | h_t), h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1}). action: [B, A]."""
+        flat = prev.stoch.reshape(*prev.stoch.shape[:-2], -1)
+        deter = self.core(prev.deter, flat, action)
+        logits = self._logits(self.prior_out(self.prior_net(deter)))
+        return Latent(deter, straight_through_onehot_sample(key, logits), logits)
+
+    def obs_step(self, prev: Latent, action: jax.Array, embed: jax.Array, key: jax.Array):
+        """Posterior step: q(z_t | h_t, e_t). Returns (posterior latent, prior logits)."""
+        prior = self.img_step(prev, action, key)  # the prior's sample is unused; XLA removes it
+        x = jnp.concatenate([prior.deter, embed], -1)
+        logits = self._logits(self.post_out(self.post_net(x)))
+        post = Latent(prior.deter, straight_through_onehot_sample(key, logits), logits)
+        return post, prior.logits
+
+    def heads(self, feat: jax.Array):
+        """feat -> (symlog observation prediction, reward logits [.., bins], continue logit [..])."""
+        return (self.decoder(feat), *self.reward_cont(feat))
+
+    def reward_cont(self, feat: jax.Array):
+        """feat -> (reward logits [.., bins], continue logit [..]): what imagination needs."""
+        return self.reward_head(feat), self.cont_head(feat)[..., 0]
+
+    def init_all(self, obs, action, key):
+        latent = zeros_latent(obs.shape[:1], self.deter, self.stoch, self.classes)
+        post, _ = self.obs_step(latent, action, self.encode(obs), key)
+        return self.heads(post.feat)
+
+
+def observe(
+    model: WorldModel, params, obs: jax.Array, prev_action: jax.Array, is_first: jax.Array, key: jax.Array
+) -> tuple[Latent, jax.Array]:
+    """Posterior states for a batch of replayed windows, each started from the zero state.
+
+    obs: [B, T, obs_dim]; prev_action: [B, T, A] (the action that led to obs_t); is_first: [B, T].
+    Returns posteriors (Latent with leaves [B, T, ...]) and prior logits [B, T, S, K].
+    """
+    B = obs.shape[0]
+    embed = model.apply(params, obs, method=WorldModel.encode)
+    keys = jax.random.split(key, obs.shape[1])
+    start = zeros_latent((B,), model.deter, model.stoch, model.classes)
+
+    def step(prev, inputs):
+        embed_t, action_t, first_t, key_t = inputs
+        keep = 1.0 - first_t.astype(jnp.float32)
+        prev = mask_latent(prev, keep)
+        post, prior_logits = model.apply(params, prev, action_t * keep[:, None], embed_t, key_t,
+                                         method=WorldModel.obs_step)
+        return post, (post, prior_logits)
+
+    swap = lambda x: jnp.swapaxes(x, 0, 1)
+    _, (posts, prior_logits) = jax.lax.scan(step, start, (swap(embed), swap(prev_action), swap(is_first), keys))
+    return jax.tree.map(swap, posts), swap(prior_logits)
+
+
+def imagine(
+    model: WorldModel, params, policy: Callable[[jax.Array, jax.Array], jax.Array], start: Latent, horizon: int,
+    key: jax.Array,
+) -> tuple[Latent, jax.Array]:
+    """Rolls the prior forward from `start` ([N] leaves) for `horizon` steps with actions from
+    `policy(feat, key) -> action`. Returns states s_0..s_H (leaves [H+1, N, ...]) and actions a_0..a_{H-1}
+    ([H, N, A]), time-major."""
+
+    def step(latent, key_t):
+        k_act, k_dyn = jax.random.split(key_t)
+        action = policy(latent.feat, k_act)
+        nxt = model.apply(params, latent, action, k_dyn, method=WorldModel.img_step)
+        return nxt, (latent, action)
+
+    last, (states, actions) = jax.lax.scan(step, start, jax.random.split(key, horizon))
+    states = jax.tree.map(lambda seq, x: jnp.concatenate([seq, x[None]], 0), states, last)
+    return states, actions

@@ -1,0 +1,92 @@
+"""Bad input: a one-line error naming the field, the value and what is allowed; exit status 2; nothing
+compiled; nothing in an existing run directory changed."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("run_cli", ROOT / "experiments" / "run.py")
+run_cli = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run_cli)
+
+# (arguments, words the message must contain)
+BAD_INPUTS = [
+    (["--env", "CartPol-v1"], ["env", "CartPol-v1", "CartPole-v1"]),
+    (["--env", "Nope-v0"], ["env", "Nope-v0"]),
+    (["--preset", "cartpol"], ["preset", "cartpol", "cartpole"]),
+    (["--preset", "size3m"], ["preset", "size3m", "allowed"]),
+    (["bach_size=8"], ["bach_size", "batch_size"]),
+    (["learning_rate=1e-4"], ["learning_rate"]),
+    (["batch_size=abc"], ["batch_size", "abc", "int"]),
+    (["batch_size=1.5"], ["batch_size", "1.5", "int"]),
+    (["lr=fast"], ["lr", "fast", "float"]),
+    (["batch_size=0"], ["batch_size", "0", "> 0"]),
+    (["num_envs=-2"], ["num_envs", "-2", "> 0"]),
+    (["--steps", "0"], ["steps", "0", "> 0"]),
+    (["lr=-0.001"], ["lr", "-0.001", "> 0"]),
+    (["train_ratio=0"], ["train_ratio", "> 0"]),
+    (["--seed", "-1"], ["seed", "-1", ">= 0"]),
+    (["unimix=1.5"], ["unimix", "1.5", "[0, 1]"]),
+    (["return_lambda=-0.1"], ["return_lambda", "-0.1", "[0, 1]"]),
+    (["horizon=0.5"], ["horizon", "0.5", ">= 1"]),
+    (["batch_length=256", "replay_capacity=800"], ["batch_length", "256", "replay"]),
+    (["prefill=10"], ["prefill", "10", "batch_length"]),
+    (["deter=100"], ["deter", "100", "blocks"]),
+    (["action_minstd=2", "action_maxstd=1"], ["action_minstd", "action_maxstd"]),
+    (["agent=tdmpc2"], ["agent", "tdmpc2", "allowed"]),
+    (["--env", "Breakout-MinAtar"], ["env", "Breakout-MinAtar", "vector observations"]),
+    (["lr"], ["lr", "key=value"]),
+    (["--logdir", "/proc/no_such_dir/run"], ["logdir", "/proc/no_such_dir/run"]),
+]
+
+
+@pytest.fixture(scope="module")
+def existing_run(tmp_path_factory):
+    """A run directory with files in it, made without training (config + a metrics line)."""
+    from mbrl_jax.checkpoint import save_config
+    from mbrl_jax.config import make_config
+    from mbrl_jax.logging import MetricLogger
+
+    logdir = tmp_path_factory.mktemp("existing")
+    save_config(logdir, make_config("debug").to_dict())
+    with MetricLogger(logdir, tensorboard=False) as log:
+        log.write({"env_steps": 100, "eval_return": 12.0})
+    return logdir
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("argv", "words"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_clear_line(argv, words, capsys, monkeypatch, existing_run):
+    import mbrl_jax.runner
+
+    monkeypatch.setattr(mbrl_jax.runner, "train", lambda *a, **k: pytest.fail("training started on bad input"))
+    if "--logdir" not in argv:
+        argv = [*argv, "--logdir", str(existing_run)]
+    before = _snapshot(existing_run)
+    assert run_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    for word in words:
+        assert word in err, (word, err)
+    assert _snapshot(existing_run) == before
+
+
+def test_resuming_with_another_config_is_refused(capsys, monkeypatch, existing_run):
+    import mbrl_jax.runner
+
+    monkeypatch.setattr(mbrl_jax.runner, "train", lambda *a, **k: pytest.fail("training started"))
+    before = _snapshot(existing_run)
+    assert run_cli.main(["--preset", "debug", "--logdir", str(existing_run), "lr=0.001", "units=16"]) == 2
+    err = capsys.readouterr().err
+    assert "lr" in err and "units" in err and "0.001" in err
+    assert _snapshot(existing_run) == before
+
+
+def test_at_least_twenty_bad_inputs():
+    assert len(BAD_INPUTS) >= 20

@@ -1,0 +1,360 @@
+"""Throughput of the compiled training loop and of its parts, per preset, as one JSON object.
+
+    python benchmarks/throughput.py                                   # the default config (cartpole)
+    python benchmarks/throughput.py --preset cartpole --preset cartpole,size12m --updates 5 --chunks 2
+    python benchmarks/throughput.py --preset debug chunk_steps=50 --out bench.json
+
+Each `--preset` value is one configuration (comma-separated presets applied left to right); trailing
+key=value overrides apply to every one. The JSON object is the last line of stdout (and the contents of
+`--out`); a table goes to stderr. Each quantity is measured on its own jitted function, after a warm-up
+call, with `block_until_ready` and `time.perf_counter`: training chunks as the mean over `--chunks`, the
+parts (learner, imagination, acting, matmul peak) as the best of a few calls, as noise on a shared machine
+only adds time.
+
+FLOPs come from XLA's cost analysis, which counts a while loop's body once whatever its trip count; a
+`lax.scan` of length n is therefore corrected by adding (n - 1) x its body, each body costed on its own
+(recursively, so nested scans are counted too). `update_gflop_xla_rolled` is XLA's uncorrected figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.extend import core as jcore  # noqa: E402
+
+from mbrl_jax.agents.dreamer import env_action, make_dreamer  # noqa: E402
+from mbrl_jax.config import PRESETS, Config, ConfigError, make_config, parse_overrides  # noqa: E402
+from mbrl_jax.envs import EnvSpec, env_spec, make_env  # noqa: E402
+from mbrl_jax.nets.distributions import bounded_normal, onehot_categorical, unimix_logits  # noqa: E402
+from mbrl_jax.nets.layers import Head  # noqa: E402
+from mbrl_jax.replay import replay_sample  # noqa: E402
+from mbrl_jax.train import make_train  # noqa: E402
+from mbrl_jax.world_models.rssm import imagine, zeros_latent  # noqa: E402
+
+DEFAULT_PRESET = "cartpole"
+
+# Numbers in every result of `measure`; all finite and > 0 on a working machine.
+NUMERIC_FIELDS = (
+    "init_s", "compile_s", "chunk_s", "env_steps_per_s", "updates_per_s", "learner_update_ms",
+    "imagination_steps_per_s", "act_steps_per_s", "update_gflop", "update_gflop_xla_rolled",
+    "update_gflops_per_s", "peak_gflops", "peak_fraction", "peak_rss_mb", "num_params",
+)
+RESULT_FIELDS = (
+    "env", "num_envs", "batch_size", "batch_length", "imag_horizon", "env_steps_per_chunk",
+    "updates_per_chunk", *NUMERIC_FIELDS, "imagination_note",
+)
+MACHINE_FIELDS = ("device_kind", "platform", "cpu_count", "jax_version", "jaxlib_version", "python")
+
+IMAGINATION_NOTE = (
+    "separately jitted rssm.imagine from B*T zero latents for imag_horizon steps with actions sampled from "
+    "the agent's actor; forward only (no reward/continue heads, no gradients); lax.scan of `updates` "
+    "rollouts in one jit (best of 3 calls), divided"
+)
+
+
+# ---- timing and machine ----------------------------------------------------------------------------------
+
+def timed(fn: Callable, *args) -> tuple[Any, float]:
+    """(fn(*args), wall seconds until every output is ready)."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def best_time(fn: Callable, *args, repeats: int = 3) -> float:
+    """Shortest of `repeats` timed calls after one warm-up call, in seconds. The shortest, since on a shared
+    machine the noise only ever adds time."""
+    timed(fn, *args)
+    return min(timed(fn, *args)[1] for _ in range(repeats))
+
+
+def machine_info() -> dict[str, Any]:
+    device = jax.devices()[0]
+    import jaxlib
+
+    return {"device_kind": device.device_kind, "platform": device.platform, "cpu_count": os.cpu_count(),
+            "jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__,
+            "python": platform.python_version()}
+
+
+def peak_rss_mb() -> float:
+    """Largest resident set of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def measure_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """float32 matmul rate of the default device: a jitted [size, size] @ [size, size], best of `repeats`
+    calls after a warm-up, in GFLOP/s (2 size^3 FLOPs per product)."""
+    ka, kb = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(ka, (size, size), jnp.float32)
+    b = jax.random.normal(kb, (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    return 2.0 * size**3 / best_time(matmul, a, b, repeats=repeats) / 1e9
+
+
+# ---- FLOPs ----------------------------------------------------------------------------------------------
+
+def xla_flops(compiled) -> float:
+    """FLOPs from XLA's cost analysis of a compiled executable (a dict, or a list of dicts on older jax)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        return float(sum((a or {}).get("flops", 0.0) for a in analysis))
+    return float((analysis or {}).get("flops", 0.0))
+
+
+def _jaxpr_xla_flops(closed: jcore.ClosedJaxpr) -> float:
+    args = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.in_avals]
+    return xla_flops(jax.jit(jcore.jaxpr_as_fun(closed)).lower(*args).compile())
+
+
+def _scan_correction(jaxpr: jcore.Jaxpr) -> float:
+    """FLOPs that XLA's rolled count misses: for each scan (also inside nested calls), length x the body's
+    true FLOPs minus the one body XLA counted."""
+    missing = 0.0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            body = eqn.params["jaxpr"]
+            body_rolled = _jaxpr_xla_flops(body)
+            body_true = body_rolled + _scan_correction(body.jaxpr)
+            missing += eqn.params["length"] * body_true - body_rolled
+        else:
+            for sub in jcore.jaxprs_in_params(eqn.params):
+                missing += _scan_correction(sub)
+    return missing
+
+
+def program_flops(fn: Callable, *args) -> tuple[float, float]:
+    """(FLOPs of one call of fn(*args) with every lax.scan counted length times, XLA's rolled count).
+    The rolled count is `jax.jit(fn).lower(*args).compile().cost_analysis()`."""
+    rolled = xla_flops(jax.jit(fn).lower(*args).compile())
+    return rolled + _scan_correction(jax.make_jaxpr(fn)(*args).jaxpr), rolled
+
+
+# ---- the measurements ------------------------------------------------------------------------------------
+
+def measure_training(trainer, key: jax.Array, chunks: int) -> tuple[Any, dict[str, float]]:
+    """init (with its compile), run_chunk's lower+compile, one warm-up chunk, then `chunks` timed chunks.
+    Returns the state after them and the timings."""
+    state, init_s = timed(jax.jit(trainer.init), key)
+    start = time.perf_counter()
+    run_chunk = jax.jit(trainer.run_chunk, donate_argnums=0).lower(state).compile()
+    compile_s = time.perf_counter() - start
+    (state, _), _ = timed(run_chunk, state)  # warm-up
+    steps0, updates0 = int(state.env_steps), int(state.updates)
+    start = time.perf_counter()
+    for _ in range(chunks):
+        state, _ = run_chunk(state)
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    return state, {
+        "init_s": init_s, "compile_s": compile_s, "chunk_s": seconds / chunks,
+        "env_steps_per_s": (int(state.env_steps) - steps0) / seconds,
+        "updates_per_s": (int(state.updates) - updates0) / seconds,
+    }
+
+
+def measure_learner(agent, agent_state, batch: dict, key: jax.Array, updates: int) -> dict[str, float]:
+    """`updates` learner updates on one fixed batch ([B, T, ...] leaves), as a lax.scan in one jit (best of
+    3 calls after a warm-up); FLOPs of one update from its own compiled function."""
+    flops, rolled = program_flops(agent.learn, agent_state, batch, key)
+
+    def many(agent_state, keys):
+        def update(agent_state, k):
+            agent_state, metrics = agent.learn(agent_state, batch, k)
+            return agent_state, metrics["loss_model"]
+
+        return jax.lax.scan(update, agent_state, keys)
+
+    keys = jax.random.split(key, updates)
+    seconds = best_time(jax.jit(many), agent_state, keys)
+    return {"learner_update_ms": 1e3 * seconds / updates, "update_gflop": flops / 1e9,
+            "update_gflop_xla_rolled": rolled / 1e9, "update_gflops_per_s": flops / 1e9 / (seconds / updates)}
+
+
+def _policy_sampler(config: Config, spec: EnvSpec) -> Callable:
+    """(actor params, feat [N, F], key) -> action [N, A]: the same head and distribution as the agent's
+    policy (which `Dreamer` does not expose)."""
+    actor = Head(spec.action_dim if spec.discrete else 2 * spec.action_dim, config.units, config.ac_layers)
+
+    def sample(actor_params, feat, key):
+        out = actor.apply(actor_params, feat)
+        if spec.discrete:
+            return onehot_categorical(unimix_logits(out, config.unimix)).sample(seed=key)
+        mean, std = jnp.split(out, 2, -1)
+        return bounded_normal(mean, std, config.action_minstd, config.action_maxstd).sample(seed=key)
+
+    return sample
+
+
+def measure_imagination(config: Config, spec: EnvSpec, agent, params: dict, key: jax.Array,
+                        repeats: int) -> float:
+    """Imagined latent steps per second: B*T starts x imag_horizon steps per rollout."""
+    c = config
+    sample = _policy_sampler(c, spec)
+    starts = c.batch_size * c.batch_length
+    start = zeros_latent((starts,), c.deter, c.stoch, c.classes)
+
+    def rollouts(params, start, keys):
+        def one(total, k):
+            policy = lambda feat, k_act: sample(params["actor"], feat, k_act)
+            states, _ = imagine(agent.world_model, params["wm"], policy, start, c.imag_horizon, k)
+            return total + states.feat.sum(), None  # the sum keeps every state alive
+
+        return jax.lax.scan(one, jnp.float32(0), keys)[0]
+
+    keys = jax.random.split(key, repeats)
+    seconds = best_time(jax.jit(rollouts), params, start, keys)
+    return repeats * starts * c.imag_horizon / seconds
+
+
+def measure_acting(config: Config, agent, agent_state, key: jax.Array, steps: int) -> float:
+    """Env steps per second (over num_envs envs) of policy forward + env step, no learning, no replay."""
+    env = make_env(config.env, config.num_envs)
+    k_reset, k_loop = jax.random.split(key)
+    env_state, ts = env.reset(k_reset)
+
+    def rollout(agent_state, env_state, ts, keys):
+        def step(carry, k):
+            env_state, ts, policy = carry
+            k_act, k_env = jax.random.split(k)
+            action, policy = agent.act(agent_state, policy, ts.obs, ts.is_first, k_act)
+            env_state, ts = env.step(env_state, env_action(env.spec, action), k_env)
+            return (env_state, ts, policy), None
+
+        return jax.lax.scan(step, (env_state, ts, agent.initial_carry(config.num_envs)), keys)[0]
+
+    keys = jax.random.split(k_loop, steps)
+    seconds = best_time(jax.jit(rollout), agent_state, env_state, ts, keys)
+    return steps * config.num_envs / seconds
+
+
+def measure(config: Config, updates: int = 5, chunks: int = 2, act_steps: int = 100,
+            peak_gflops: float | None = None, peak_size: int = 2048) -> dict[str, Any]:
+    """Every throughput figure of one config (see RESULT_FIELDS). `peak_gflops` is measured here with a
+    `peak_size` matmul unless given (a run over several presets measures it once)."""
+    if updates < 1 or chunks < 1 or act_steps < 1:
+        raise ValueError(f"updates, chunks and act_steps must be >= 1, got {updates}, {chunks}, {act_steps}")
+    c = config
+    if peak_gflops is None:
+        peak_gflops = measure_peak_gflops(peak_size)
+    trainer = make_train(c)
+    spec = env_spec(c.env)
+    agent = make_dreamer(c, spec)
+    k_train, k_batch, k_learn, k_imag, k_act = jax.random.split(jax.random.PRNGKey(c.seed), 5)
+
+    state, result = measure_training(trainer, k_train, chunks)
+    batch = jax.jit(replay_sample, static_argnums=(2, 3))(state.replay, k_batch, c.batch_size, c.batch_length)
+    result.update(measure_learner(agent, state.agent, batch, k_learn, updates))
+    result["imagination_steps_per_s"] = measure_imagination(c, spec, agent, state.agent.params, k_imag,
+                                                            updates)
+    result["act_steps_per_s"] = measure_acting(c, agent, state.agent, k_act, act_steps)
+    result["peak_gflops"] = peak_gflops
+    result["peak_fraction"] = result["update_gflops_per_s"] / peak_gflops
+    result["num_params"] = sum(x.size for x in jax.tree.leaves(state.agent.params))
+    result["peak_rss_mb"] = peak_rss_mb()
+    result.update(
+        env=c.env, num_envs=c.num_envs, batch_size=c.batch_size, batch_length=c.batch_length,
+        imag_horizon=c.imag_horizon, env_steps_per_chunk=c.env_steps_per_chunk,
+        updates_per_chunk=c.iterations_per_chunk * c.updates_per_iteration, imagination_note=IMAGINATION_NOTE,
+    )
+    return {k: result[k] for k in RESULT_FIELDS}
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+
+ROWS = (  # (field, label, format)
+    ("compile_s", "run_chunk compile (s)", "{:.1f}"),
+    ("init_s", "init incl. compile (s)", "{:.1f}"),
+    ("chunk_s", "chunk (s)", "{:.2f}"),
+    ("env_steps_per_s", "env steps/s (training)", "{:,.0f}"),
+    ("updates_per_s", "updates/s (training)", "{:.2f}"),
+    ("learner_update_ms", "learner update (ms)", "{:.1f}"),
+    ("imagination_steps_per_s", "imagined steps/s", "{:,.0f}"),
+    ("act_steps_per_s", "env steps/s (acting only)", "{:,.0f}"),
+    ("update_gflop", "GFLOP per update", "{:.3f}"),
+    ("update_gflops_per_s", "update GFLOP/s", "{:.2f}"),
+    ("peak_gflops", "f32 matmul peak GFLOP/s", "{:.1f}"),
+    ("peak_fraction", "fraction of peak", "{:.2%}"),
+    ("num_params", "parameters", "{:,}"),
+    ("peak_rss_mb", "peak RSS (MiB)", "{:,.0f}"),
+)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = report["machine"]
+    table = Table(title="mbrl_jax throughput", caption=f"{m['device_kind']} ({m['platform']}), "
+                  f"{m['cpu_count']} CPUs, jax {m['jax_version']}")
+    table.add_column("")
+    for result in report["results"]:
+        table.add_column(result["preset"], justify="right")
+    for field, label, fmt in ROWS:
+        table.add_row(label, *(fmt.format(r[field]) for r in report["results"]))
+    Console(stderr=True).print(table)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", action="append", default=None,
+                        help=f"a configuration: comma-separated presets applied left to right; repeat the "
+                             f"flag to measure several (default: {DEFAULT_PRESET}); known: "
+                             f"{', '.join(PRESETS)}")
+    parser.add_argument("--updates", type=int, default=5,
+                        help="learner updates (and imagination rollouts) timed in one jit")
+    parser.add_argument("--chunks", type=int, default=2, help="training chunks timed after one warm-up chunk")
+    parser.add_argument("--peak-size", type=int, default=2048, help="matmul size for the f32 peak")
+    parser.add_argument("--out", help="also write the JSON object to this file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every preset")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = args.preset or [DEFAULT_PRESET]
+    try:
+        if min(args.updates, args.chunks, args.peak_size) < 1:
+            raise ConfigError(f"--updates, --chunks and --peak-size must be >= 1, got {args.updates}, "
+                              f"{args.chunks}, {args.peak_size}")
+        overrides = parse_overrides(args.overrides)
+        configs = [make_config(*[p for p in name.split(",") if p], **overrides) for name in names]
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    peak = measure_peak_gflops(args.peak_size)
+    results = []
+    for name, config in zip(names, configs, strict=True):
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)
+        results.append({"preset": name, **measure(config, args.updates, args.chunks, peak_gflops=peak)})
+    report = {
+        "machine": machine_info(),
+        "settings": {"updates": args.updates, "chunks": args.chunks, "peak_size": args.peak_size,
+                     "overrides": overrides},
+        "results": results,
+    }
+    print_table(report)
+    text = json.dumps(report)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

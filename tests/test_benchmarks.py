@@ -1,0 +1,92 @@
+"""benchmarks/throughput.py: every figure there, finite and positive; scans counted in FLOPs; the CLI JSON."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mbrl_jax.config import make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "throughput.py"
+spec = importlib.util.spec_from_file_location("throughput_bench", SCRIPT)
+throughput = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(throughput)
+
+# Tiny and fast: one short chunk, two updates, a small matmul for the peak. The CLI test passes the same
+# settings so its compiles hit the persistent cache that tests/conftest.py sets up.
+OVERRIDES = {"chunk_steps": 50, "eval_episodes": 1}
+SETTINGS = {"updates": 2, "chunks": 1}
+PEAK_SIZE = 256
+
+
+@pytest.fixture(scope="module")
+def result():
+    config = make_config("debug", **OVERRIDES)
+    return throughput.measure(config, **SETTINGS, peak_size=PEAK_SIZE)
+
+
+def test_measure_has_every_field_finite_and_positive(result):
+    assert set(result) == set(throughput.RESULT_FIELDS)
+    for field in throughput.NUMERIC_FIELDS:
+        value = result[field]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (field, value)
+    assert result["peak_fraction"] == pytest.approx(result["update_gflops_per_s"] / result["peak_gflops"])
+    assert result["update_gflops_per_s"] == pytest.approx(
+        result["update_gflop"] / (result["learner_update_ms"] / 1e3))
+    # The loops over time (observe, imagine, their gradients) add FLOPs that XLA's rolled count misses.
+    assert result["update_gflop"] > result["update_gflop_xla_rolled"]
+    assert result["env_steps_per_chunk"] == make_config("debug", **OVERRIDES).env_steps_per_chunk
+    assert isinstance(result["imagination_note"], str) and result["imagination_note"]
+
+
+def test_program_flops_counts_every_scan_iteration():
+    """A nested scan of matmuls against the count by hand: XLA alone counts each loop body once."""
+    n, inner, outer = 32, 3, 5
+
+    def f(x):
+        def inner_step(c, _):
+            return c @ x, None
+
+        def outer_step(c, _):
+            return jax.lax.scan(inner_step, c, None, length=inner)[0] * 2.0, None
+
+        return jax.lax.scan(outer_step, x, None, length=outer)[0]
+
+    flops, rolled = throughput.program_flops(f, jnp.ones((n, n)))
+    expected = outer * (inner * 2 * n**3 + n * n)  # matmuls + the elementwise doubling
+    assert flops == pytest.approx(expected, rel=1e-3)
+    assert rolled < expected / (inner * outer) * 1.5
+
+
+def test_bad_preset_exits_2_before_compiling(capsys):
+    assert throughput.main(["--preset", "cartpol"]) == 2
+    assert "cartpole" in capsys.readouterr().err
+
+
+def test_cli_prints_json_and_writes_out(tmp_path, result):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ,
+               JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    args = ["--preset", "debug", "--updates", str(SETTINGS["updates"]), "--chunks", str(SETTINGS["chunks"]),
+            "--peak-size", str(PEAK_SIZE), "--out", str(out), *(f"{k}={v}" for k, v in OVERRIDES.items())]
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert printed == json.loads(out.read_text())
+    assert set(printed["machine"]) == set(throughput.MACHINE_FIELDS)
+    (only,) = printed["results"]
+    assert only["preset"] == "debug"
+    assert set(only) == {"preset", *throughput.RESULT_FIELDS}
+    assert printed["settings"]["overrides"] == OVERRIDES
+    # Same program as the fixture's (compiled here or loaded from the cache): the same FLOPs.
+    assert only["update_gflop"] == pytest.approx(result["update_gflop"])

@@ -48,13 +48,32 @@ DEFAULT_PRESET = "cartpole"
 
 # Numbers in every result of `measure`; all finite and > 0 on a working machine.
 NUMERIC_FIELDS = (
-    "init_s", "compile_s", "chunk_s", "env_steps_per_s", "updates_per_s", "learner_update_ms",
-    "imagination_steps_per_s", "act_steps_per_s", "update_gflop", "update_gflop_xla_rolled",
-    "update_gflops_per_s", "peak_gflops", "peak_fraction", "peak_rss_mb", "num_params",
+    "init_s",
+    "compile_s",
+    "chunk_s",
+    "env_steps_per_s",
+    "updates_per_s",
+    "learner_update_ms",
+    "imagination_steps_per_s",
+    "act_steps_per_s",
+    "update_gflop",
+    "update_gflop_xla_rolled",
+    "update_gflops_per_s",
+    "peak_gflops",
+    "peak_fraction",
+    "peak_rss_mb",
+    "num_params",
 )
 RESULT_FIELDS = (
-    "env", "num_envs", "batch_size", "batch_length", "imag_horizon", "env_steps_per_chunk",
-    "updates_per_chunk", *NUMERIC_FIELDS, "imagination_note",
+    "env",
+    "num_envs",
+    "batch_size",
+    "batch_length",
+    "imag_horizon",
+    "env_steps_per_chunk",
+    "updates_per_chunk",
+    *NUMERIC_FIELDS,
+    "imagination_note",
 )
 MACHINE_FIELDS = ("device_kind", "platform", "cpu_count", "jax_version", "jaxlib_version", "python")
 
@@ -66,6 +85,7 @@ IMAGINATION_NOTE = (
 
 
 # ---- timing and machine ----------------------------------------------------------------------------------
+
 
 def timed(fn: Callable, *args) -> tuple[Any, float]:
     """(fn(*args), wall seconds until every output is ready)."""
@@ -85,9 +105,14 @@ def machine_info() -> dict[str, Any]:
     device = jax.devices()[0]
     import jaxlib
 
-    return {"device_kind": device.device_kind, "platform": device.platform, "cpu_count": os.cpu_count(),
-            "jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__,
-            "python": platform.python_version()}
+    return {
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "cpu_count": os.cpu_count(),
+        "jax_version": jax.__version__,
+        "jaxlib_version": jaxlib.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def peak_rss_mb() -> float:
@@ -107,6 +132,7 @@ def measure_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 
 # ---- FLOPs ----------------------------------------------------------------------------------------------
+
 
 def xla_flops(compiled) -> float:
     """FLOPs from XLA's cost analysis of a compiled executable (a dict, or a list of dicts on older jax)."""
@@ -146,6 +172,7 @@ def program_flops(fn: Callable, *args) -> tuple[float, float]:
 
 # ---- the measurements ------------------------------------------------------------------------------------
 
+
 def measure_training(trainer, key: jax.Array, chunks: int) -> tuple[Any, dict[str, float]]:
     """init (with its compile), run_chunk's lower+compile, one warm-up chunk, then `chunks` timed chunks.
     Returns the state after them and the timings."""
@@ -161,7 +188,9 @@ def measure_training(trainer, key: jax.Array, chunks: int) -> tuple[Any, dict[st
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
     return state, {
-        "init_s": init_s, "compile_s": compile_s, "chunk_s": seconds / chunks,
+        "init_s": init_s,
+        "compile_s": compile_s,
+        "chunk_s": seconds / chunks,
         "env_steps_per_s": (int(state.env_steps) - steps0) / seconds,
         "updates_per_s": (int(state.updates) - updates0) / seconds,
     }
@@ -181,8 +210,12 @@ def measure_learner(agent, agent_state, batch: dict, key: jax.Array, updates: in
 
     keys = jax.random.split(key, updates)
     seconds = best_time(jax.jit(many), agent_state, keys)
-    return {"learner_update_ms": 1e3 * seconds / updates, "update_gflop": flops / 1e9,
-            "update_gflop_xla_rolled": rolled / 1e9, "update_gflops_per_s": flops / 1e9 / (seconds / updates)}
+    return {
+        "learner_update_ms": 1e3 * seconds / updates,
+        "update_gflop": flops / 1e9,
+        "update_gflop_xla_rolled": rolled / 1e9,
+        "update_gflops_per_s": flops / 1e9 / (seconds / updates),
+    }
 
 
 def _policy_sampler(config: Config, spec: EnvSpec) -> Callable:
@@ -200,8 +233,9 @@ def _policy_sampler(config: Config, spec: EnvSpec) -> Callable:
     return sample
 
 
-def measure_imagination(config: Config, spec: EnvSpec, agent, params: dict, key: jax.Array,
-                        repeats: int) -> float:
+def measure_imagination(
+    config: Config, spec: EnvSpec, agent, params: dict, key: jax.Array, repeats: int
+) -> float:
     """Imagined latent steps per second: B*T starts x imag_horizon steps per rollout."""
     c = config
     sample = _policy_sampler(c, spec)
@@ -242,8 +276,14 @@ def measure_acting(config: Config, agent, agent_state, key: jax.Array, steps: in
     return steps * config.num_envs / seconds
 
 
-def measure(config: Config, updates: int = 5, chunks: int = 2, act_steps: int = 100,
-            peak_gflops: float | None = None, peak_size: int = 2048) -> dict[str, Any]:
+def measure(
+    config: Config,
+    updates: int = 5,
+    chunks: int = 2,
+    act_steps: int = 100,
+    peak_gflops: float | None = None,
+    peak_size: int = 2048,
+) -> dict[str, Any]:
     """Every throughput figure of one config (see RESULT_FIELDS). `peak_gflops` is measured here with a
     `peak_size` matmul unless given (a run over several presets measures it once)."""
     if updates < 1 or chunks < 1 or act_steps < 1:
@@ -259,17 +299,23 @@ def measure(config: Config, updates: int = 5, chunks: int = 2, act_steps: int = 
     state, result = measure_training(trainer, k_train, chunks)
     batch = jax.jit(replay_sample, static_argnums=(2, 3))(state.replay, k_batch, c.batch_size, c.batch_length)
     result.update(measure_learner(agent, state.agent, batch, k_learn, updates))
-    result["imagination_steps_per_s"] = measure_imagination(c, spec, agent, state.agent.params, k_imag,
-                                                            updates)
+    result["imagination_steps_per_s"] = measure_imagination(
+        c, spec, agent, state.agent.params, k_imag, updates
+    )
     result["act_steps_per_s"] = measure_acting(c, agent, state.agent, k_act, act_steps)
     result["peak_gflops"] = peak_gflops
     result["peak_fraction"] = result["update_gflops_per_s"] / peak_gflops
     result["num_params"] = sum(x.size for x in jax.tree.leaves(state.agent.params))
     result["peak_rss_mb"] = peak_rss_mb()
     result.update(
-        env=c.env, num_envs=c.num_envs, batch_size=c.batch_size, batch_length=c.batch_length,
-        imag_horizon=c.imag_horizon, env_steps_per_chunk=c.env_steps_per_chunk,
-        updates_per_chunk=c.iterations_per_chunk * c.updates_per_iteration, imagination_note=IMAGINATION_NOTE,
+        env=c.env,
+        num_envs=c.num_envs,
+        batch_size=c.batch_size,
+        batch_length=c.batch_length,
+        imag_horizon=c.imag_horizon,
+        env_steps_per_chunk=c.env_steps_per_chunk,
+        updates_per_chunk=c.iterations_per_chunk * c.updates_per_iteration,
+        imagination_note=IMAGINATION_NOTE,
     )
     return {k: result[k] for k in RESULT_FIELDS}
 
@@ -299,8 +345,10 @@ def print_table(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     m = report["machine"]
-    table = Table(title="mbrl_jax throughput", caption=f"{m['device_kind']} ({m['platform']}), "
-                  f"{m['cpu_count']} CPUs, jax {m['jax_version']}")
+    table = Table(
+        title="mbrl_jax throughput",
+        caption=f"{m['device_kind']} ({m['platform']}), {m['cpu_count']} CPUs, jax {m['jax_version']}",
+    )
     table.add_column("")
     for result in report["results"]:
         table.add_column(result["preset"], justify="right")
@@ -310,14 +358,20 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", action="append", default=None,
-                        help=f"a configuration: comma-separated presets applied left to right; repeat the "
-                             f"flag to measure several (default: {DEFAULT_PRESET}); known: "
-                             f"{', '.join(PRESETS)}")
-    parser.add_argument("--updates", type=int, default=5,
-                        help="learner updates (and imagination rollouts) timed in one jit")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--preset",
+        action="append",
+        default=None,
+        help=f"a configuration: comma-separated presets applied left to right; repeat the "
+        f"flag to measure several (default: {DEFAULT_PRESET}); known: "
+        f"{', '.join(PRESETS)}",
+    )
+    parser.add_argument(
+        "--updates", type=int, default=5, help="learner updates (and imagination rollouts) timed in one jit"
+    )
     parser.add_argument("--chunks", type=int, default=2, help="training chunks timed after one warm-up chunk")
     parser.add_argument("--peak-size", type=int, default=2048, help="matmul size for the f32 peak")
     parser.add_argument("--out", help="also write the JSON object to this file")
@@ -330,8 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     names = args.preset or [DEFAULT_PRESET]
     try:
         if min(args.updates, args.chunks, args.peak_size) < 1:
-            raise ConfigError(f"--updates, --chunks and --peak-size must be >= 1, got {args.updates}, "
-                              f"{args.chunks}, {args.peak_size}")
+            raise ConfigError(
+                f"--updates, --chunks and --peak-size must be >= 1, got {args.updates}, "
+                f"{args.chunks}, {args.peak_size}"
+            )
         overrides = parse_overrides(args.overrides)
         configs = [make_config(*[p for p in name.split(",") if p], **overrides) for name in names]
     except ConfigError as err:
@@ -344,8 +400,12 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"preset": name, **measure(config, args.updates, args.chunks, peak_gflops=peak)})
     report = {
         "machine": machine_info(),
-        "settings": {"updates": args.updates, "chunks": args.chunks, "peak_size": args.peak_size,
-                     "overrides": overrides},
+        "settings": {
+            "updates": args.updates,
+            "chunks": args.chunks,
+            "peak_size": args.peak_size,
+            "overrides": overrides,
+        },
         "results": results,
     }
     print_table(report)

@@ -24,11 +24,16 @@ DEFAULT_PRESET = "cartpole"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--env", help="gymnax env id, e.g. CartPole-v1, Pendulum-v1")
-    parser.add_argument("--preset", default=None,
-                        help=f"comma-separated presets, applied left to right; known: {', '.join(PRESETS)} "
-                             f"(default: {DEFAULT_PRESET} when --env is not given)")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help=f"comma-separated presets, applied left to right; known: {', '.join(PRESETS)} "
+        f"(default: {DEFAULT_PRESET} when --env is not given)",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--steps", type=int, help="total env steps")
     parser.add_argument("--logdir", help="run directory (default: runs/<env>-<preset>-seed<seed>-<time>)")
@@ -68,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         from mbrl_jax.runner import check_logdir, check_resume
 
         logdir = args.logdir or (
-            f"runs/{config.env}-seed{config.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+            f"runs/{config.env}-seed{config.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        )
         path = check_logdir(logdir)
         check_resume(config, path)
     except ConfigError as err:
@@ -77,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()
     from mbrl_jax.runner import NonFiniteError, train
 
-    print(f"mbrl_jax: {config.agent} on {config.env}, seed {config.seed}, {config.steps} env steps "
-          f"(train ratio {config.effective_train_ratio:g}, {config.num_envs} envs) -> {path}", flush=True)
+    print(
+        f"mbrl_jax: {config.agent} on {config.env}, seed {config.seed}, {config.steps} env steps "
+        f"(train ratio {config.effective_train_ratio:g}, {config.num_envs} envs) -> {path}",
+        flush=True,
+    )
     try:
         _, records = train(config, path, progress=not args.no_progress)
     except NonFiniteError as err:
@@ -86,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     evals = [r["eval_return"] for r in records if "eval_return" in r]
     if evals:
-        print(f"done: final eval return {evals[-1]:.1f} (best {max(evals):.1f}); metrics in {path}/metrics.jsonl")
+        print(
+            f"done: final eval return {evals[-1]:.1f} (best {max(evals):.1f}); "
+            f"metrics in {path}/metrics.jsonl"
+        )
     return 0
 
 

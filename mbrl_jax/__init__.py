@@ -1,1 +1,8 @@
-"""mbrl_jax: model-based RL in JAX."""
+"""mbrl_jax: model-based reinforcement learning in JAX (DreamerV3 with the whole loop compiled)."""
+
+from mbrl_jax.config import Config, ConfigError, make_config
+from mbrl_jax.runner import train
+from mbrl_jax.train import TrainState, make_train
+
+__all__ = ["Config", "ConfigError", "make_config", "make_train", "train", "TrainState"]
+__version__ = "0.1.0"

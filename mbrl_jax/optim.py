@@ -32,8 +32,14 @@ def clip_by_agc_per_tensor(clip: float = 0.3, pmin: float = 1e-3) -> optax.Gradi
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
-def make_optimizer(lr: float, agc: float = 0.3, eps: float = 1e-20, beta1: float = 0.9, beta2: float = 0.999,
-                   warmup_steps: int = 1000) -> optax.GradientTransformation:
+def make_optimizer(
+    lr: float,
+    agc: float = 0.3,
+    eps: float = 1e-20,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    warmup_steps: int = 1000,
+) -> optax.GradientTransformation:
     """DreamerV3's optimiser: per-tensor AGC, then LaProp (RMS normalisation before momentum), then -lr with a
     linear warmup. At optax step n = 1, 2, ... (count c = n - 1), for each tensor p with gradient g:
 

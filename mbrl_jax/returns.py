@@ -10,8 +10,9 @@ from flax import struct
 Array = jax.Array
 
 
-def lambda_returns(rewards: Array, values: Array, discounts: Array, lambda_: float | Array,
-                   truncated: Array | None = None) -> Array:
+def lambda_returns(
+    rewards: Array, values: Array, discounts: Array, lambda_: float | Array, truncated: Array | None = None
+) -> Array:
     """Bootstrapped lambda returns `R: [T, ...]` (DreamerV3, eq. "lambda returns"; Sutton & Barto TD(lambda)).
 
     Args:
@@ -47,7 +48,7 @@ def lambda_returns(rewards: Array, values: Array, discounts: Array, lambda_: flo
 class ReturnNorm:
     """Running range of lambda returns used to scale advantages (DreamerV3, "return normalisation")."""
 
-    low: Array   # [] float32, EMA of the low percentile of lambda returns
+    low: Array  # [] float32, EMA of the low percentile of lambda returns
     high: Array  # [] float32, EMA of the high percentile
 
 
@@ -56,8 +57,9 @@ def return_norm_init() -> ReturnNorm:
     return ReturnNorm(low=jnp.zeros((), jnp.float32), high=jnp.zeros((), jnp.float32))
 
 
-def update_return_norm(norm: ReturnNorm, returns: Array, rate: float = 0.01, low_pct: float = 5.0,
-                       high_pct: float = 95.0) -> ReturnNorm:
+def update_return_norm(
+    norm: ReturnNorm, returns: Array, rate: float = 0.01, low_pct: float = 5.0, high_pct: float = 95.0
+) -> ReturnNorm:
     """EMA update `x <- x + rate * (percentile(returns) - x)` of the 5th and 95th percentiles over all entries
     of `returns: [...]` (any shape; no gradient flows) (DreamerV3, "return normalisation")."""
     returns = jax.lax.stop_gradient(returns).astype(jnp.float32)

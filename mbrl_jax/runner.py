@@ -47,7 +47,9 @@ def check_resume(config: Config, logdir: Path) -> None:
     try:
         previous = config_from_dict(stored)
     except ConfigError as err:
-        raise ConfigError(f"logdir={str(logdir)!r} holds a config.yaml this version cannot read: {err}") from None
+        raise ConfigError(
+            f"logdir={str(logdir)!r} holds a config.yaml this version cannot read: {err}"
+        ) from None
     diff = {k: v for k, v in config_diff(previous, config).items() if k not in RESUMABLE_FIELDS}
     if diff:
         fields = ", ".join(f"{k} (run has {a!r}, given {b!r})" for k, (a, b) in sorted(diff.items()))
@@ -58,7 +60,9 @@ def check_resume(config: Config, logdir: Path) -> None:
 
 
 def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    leaves = [
+        jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
+    ]
     return jnp.all(jnp.stack(leaves))
 
 
@@ -66,8 +70,13 @@ def _chunks_done(config: Config, env_steps: int) -> int:
     return (env_steps - config.prefill_steps_per_env * config.num_envs) // config.env_steps_per_chunk
 
 
-def train(config: Config, logdir: str | Path | None = None, *, progress: bool = True,
-          stop_after_chunks: int | None = None) -> tuple[TrainState, list[dict]]:
+def train(
+    config: Config,
+    logdir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    stop_after_chunks: int | None = None,
+) -> tuple[TrainState, list[dict]]:
     """Trains `config`, logging to and resuming from `logdir` (if given). Returns the final state and the
     metric records of this call. `stop_after_chunks` ends early after that many chunks (tests, schedulers)."""
     path = check_logdir(logdir) if logdir is not None else None
@@ -77,8 +86,10 @@ def train(config: Config, logdir: str | Path | None = None, *, progress: bool = 
 
     trainer = make_train(config)
     init = jax.jit(trainer.init)
-    chunk_fn = jax.jit(lambda s: (lambda s2, m: (s2, m, _all_finite((s2.agent.params, m))))(*trainer.run_chunk(s)),
-                       donate_argnums=0)
+    chunk_fn = jax.jit(
+        lambda s: (lambda s2, m: (s2, m, _all_finite((s2.agent.params, m))))(*trainer.run_chunk(s)),
+        donate_argnums=0,
+    )
     key = jax.random.PRNGKey(config.seed)
     ckpt = Checkpointer(path / "checkpoints", keep=config.keep_checkpoints) if path is not None else None
     logger = MetricLogger(path) if path is not None else None
@@ -92,7 +103,9 @@ def train(config: Config, logdir: str | Path | None = None, *, progress: bool = 
     else:
         state = init(key)
     start_chunk = _chunks_done(config, int(state.env_steps))
-    total_steps = config.prefill_steps_per_env * config.num_envs + config.num_chunks * config.env_steps_per_chunk
+    total_steps = (
+        config.prefill_steps_per_env * config.num_envs + config.num_chunks * config.env_steps_per_chunk
+    )
     ckpt_every = max(1, math.ceil(config.checkpoint_every / config.env_steps_per_chunk))
     last_saved = latest
     records = []
@@ -111,7 +124,8 @@ def train(config: Config, logdir: str | Path | None = None, *, progress: bool = 
             if not bool(finite):
                 bad = sorted(k for k, v in metrics.items() if k.startswith("loss") and not math.isfinite(v))
                 raise NonFiniteError(
-                    f"non-finite {'losses ' + ', '.join(bad) if bad else 'parameters'} in the chunk ending at "
+                    f"non-finite {'losses ' + ', '.join(bad) if bad else 'parameters'} "
+                    f"in the chunk ending at "
                     f"env step {env_steps}; nothing from it was saved. Last good checkpoint: "
                     f"{'env step ' + str(last_saved) if last_saved is not None else 'none'}"
                     f"{' in ' + str(ckpt.directory) if ckpt is not None and last_saved is not None else ''}"

@@ -48,8 +48,14 @@ def _replay_row(ts: TimeStep, prev_action: jax.Array) -> dict:
     """What the replay stores for one step: the observation, the action that led to it (zero at episode
     starts), the reward received on arriving, and the episode flags."""
     keep = 1.0 - ts.is_first.astype(jnp.float32)
-    return {"obs": ts.obs, "action": prev_action * keep[:, None], "reward": ts.reward,
-            "is_first": ts.is_first, "is_last": ts.is_last, "is_terminal": ts.is_terminal}
+    return {
+        "obs": ts.obs,
+        "action": prev_action * keep[:, None],
+        "reward": ts.reward,
+        "is_first": ts.is_first,
+        "is_last": ts.is_last,
+        "is_terminal": ts.is_terminal,
+    }
 
 
 def make_train(config: Config) -> Trainer:
@@ -64,8 +70,9 @@ def make_train(config: Config) -> Trainer:
         """Stores the current step with the action that led to it, then steps the envs with `action`."""
         replay = replay_add(state.replay, _replay_row(state.timestep, state.policy.prev_action))
         env_state, timestep = env.step(state.env_state, env_action(spec, action), key)
-        return state.replace(env_state=env_state, timestep=timestep, replay=replay,
-                             env_steps=state.env_steps + c.num_envs)
+        return state.replace(
+            env_state=env_state, timestep=timestep, replay=replay, env_steps=state.env_steps + c.num_envs
+        )
 
     def policy_step(state: TrainState, _):
         key, k_act, k_env = jax.random.split(state.key, 3)
@@ -87,14 +94,21 @@ def make_train(config: Config) -> Trainer:
         env_state, timestep = env.reset(k_env)
         example = _replay_row(timestep, jnp.zeros((c.num_envs, spec.action_dim)))
         state = TrainState(
-            key=k_loop, env_steps=jnp.int32(0), updates=jnp.int32(0), env_state=env_state, timestep=timestep,
-            policy=agent.initial_carry(c.num_envs), replay=replay_init(example, c.capacity_per_env),
+            key=k_loop,
+            env_steps=jnp.int32(0),
+            updates=jnp.int32(0),
+            env_state=env_state,
+            timestep=timestep,
+            policy=agent.initial_carry(c.num_envs),
+            replay=replay_init(example, c.capacity_per_env),
             agent=agent.init(k_agent),
         )
         state, _ = jax.lax.scan(random_step, state, None, length=c.prefill_steps_per_env)
         # The policy's latent has not seen the prefill steps, so it starts from zeros; the last random action
         # is kept: it is what led to the current observation, and the replay stores it with that step.
-        return state.replace(policy=agent.initial_carry(c.num_envs).replace(prev_action=state.policy.prev_action))
+        return state.replace(
+            policy=agent.initial_carry(c.num_envs).replace(prev_action=state.policy.prev_action)
+        )
 
     def learn_step(state: TrainState, _):
         key, k_sample, k_learn = jax.random.split(state.key, 3)
@@ -129,13 +143,16 @@ def make_train(config: Config) -> Trainer:
 
     def run_chunk(state: TrainState) -> tuple[TrainState, dict]:
         state, (metrics, (count, ret_sum, len_sum)) = jax.lax.scan(
-            iteration, state, None, length=c.iterations_per_chunk)
+            iteration, state, None, length=c.iterations_per_chunk
+        )
         key, k_eval = jax.random.split(state.key)
         state = state.replace(key=key)
         count = count.sum()
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics.update(
-            env_steps=state.env_steps, updates=state.updates, episodes=count,
+            env_steps=state.env_steps,
+            updates=state.updates,
+            episodes=count,
             episode_return=jnp.where(count > 0, ret_sum.sum() / jnp.maximum(count, 1), jnp.nan),
             episode_length=jnp.where(count > 0, len_sum.sum() / jnp.maximum(count, 1), jnp.nan),
             eval_return=evaluate(state.agent, k_eval),

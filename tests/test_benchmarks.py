@@ -40,7 +40,8 @@ def test_measure_has_every_field_finite_and_positive(result):
         assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (field, value)
     assert result["peak_fraction"] == pytest.approx(result["update_gflops_per_s"] / result["peak_gflops"])
     assert result["update_gflops_per_s"] == pytest.approx(
-        result["update_gflop"] / (result["learner_update_ms"] / 1e3))
+        result["update_gflop"] / (result["learner_update_ms"] / 1e3)
+    )
     # The loops over time (observe, imagine, their gradients) add FLOPs that XLA's rolled count misses.
     assert result["update_gflop"] > result["update_gflop_xla_rolled"]
     assert result["env_steps_per_chunk"] == make_config("debug", **OVERRIDES).env_steps_per_chunk
@@ -73,13 +74,28 @@ def test_bad_preset_exits_2_before_compiling(capsys):
 
 def test_cli_prints_json_and_writes_out(tmp_path, result):
     out = tmp_path / "bench.json"
-    env = dict(os.environ,
-               JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    args = ["--preset", "debug", "--updates", str(SETTINGS["updates"]), "--chunks", str(SETTINGS["chunks"]),
-            "--peak-size", str(PEAK_SIZE), "--out", str(out), *(f"{k}={v}" for k, v in OVERRIDES.items())]
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
+    env = dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    args = [
+        "--preset",
+        "debug",
+        "--updates",
+        str(SETTINGS["updates"]),
+        "--chunks",
+        str(SETTINGS["chunks"]),
+        "--peak-size",
+        str(PEAK_SIZE),
+        "--out",
+        str(out),
+        *(f"{k}={v}" for k, v in OVERRIDES.items()),
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert printed == json.loads(out.read_text())

@@ -64,7 +64,9 @@ def _snapshot(folder: Path) -> dict:
 def test_bad_input_exits_2_with_one_clear_line(argv, words, capsys, monkeypatch, existing_run):
     import mbrl_jax.runner
 
-    monkeypatch.setattr(mbrl_jax.runner, "train", lambda *a, **k: pytest.fail("training started on bad input"))
+    monkeypatch.setattr(
+        mbrl_jax.runner, "train", lambda *a, **k: pytest.fail("training started on bad input")
+    )
     if "--logdir" not in argv:
         argv = [*argv, "--logdir", str(existing_run)]
     before = _snapshot(existing_run)

@@ -38,8 +38,9 @@ def test_symlog_symexp_inverse(x):
     xs = jnp.array([x, -x], jnp.float32)
     back = np.asarray(D.symexp(D.symlog(xs)))
     np.testing.assert_allclose(back, np.array([x, -x], np.float32), rtol=2e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(D.symlog(xs)), np.sign([x, -x]) * np.log1p(np.abs([x, -x])),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(D.symlog(xs)), np.sign([x, -x]) * np.log1p(np.abs([x, -x])), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_twohot_bins():
@@ -51,8 +52,9 @@ ENCODE = jax.jit(D.twohot_encode)
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.floats(min_value=-25.0, max_value=25.0, allow_nan=False, width=32), min_size=8,
-                max_size=8))
+@given(
+    st.lists(st.floats(min_value=-25.0, max_value=25.0, allow_nan=False, width=32), min_size=8, max_size=8)
+)
 def test_twohot_encode_vs_numpy_and_round_trip(xs):
     enc = np.asarray(ENCODE(jnp.array(xs, jnp.float32), BINS))  # fixed shape: compiled once
     assert enc.shape == (8, 255)
@@ -76,8 +78,11 @@ def test_twohot_mean_and_log_prob_vs_numpy():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 4, 255)).astype(np.float32)
     y = (rng.normal(size=(3, 4)) * 50).astype(np.float32)
-    lsm = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+    lsm = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
         - logits.max(-1, keepdims=True)
+    )
     p = np.exp(lsm)
     mean_ref = np.sign(p @ BINS_NP) * np.expm1(np.abs(p @ BINS_NP))
     mean = np.asarray(D.twohot_mean(jnp.array(logits), BINS))
@@ -111,8 +116,9 @@ def test_unimix_floor_and_normalised():
     assert (p >= 0.01 / 4 - 1e-7).all()
     sm = np.asarray(jax.nn.softmax(logits))
     np.testing.assert_allclose(p, 0.99 * sm + 0.0025, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(D.unimix_logits(logits, 0.0)),
-                               np.asarray(jax.nn.log_softmax(logits)))
+    np.testing.assert_allclose(
+        np.asarray(D.unimix_logits(logits, 0.0)), np.asarray(jax.nn.log_softmax(logits))
+    )
 
 
 def test_straight_through_sample():

@@ -36,8 +36,10 @@ def numpy_steps(params, grads_seq, lr, agc, eps, b1, b2, warmup):
 
 
 def _flat(tree):
-    return {jax.tree_util.keystr(path): np.asarray(x, np.float64)
-            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        jax.tree_util.keystr(path): np.asarray(x, np.float64)
+        for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 @pytest.mark.parametrize("warmup", [0, 3])
@@ -77,7 +79,7 @@ def test_warmup_first_step_does_not_move():
 
 
 def test_agc_clips_large_gradient_per_tensor():
-    params = {"w": jnp.array([[3.0, 0.0], [0.0, 4.0]]), "z": jnp.zeros(3)}   # ||w|| = 5
+    params = {"w": jnp.array([[3.0, 0.0], [0.0, 4.0]]), "z": jnp.zeros(3)}  # ||w|| = 5
     grads = {"w": jnp.array([[100.0, 1.0], [1.0, 100.0]]), "z": jnp.full(3, 1.0)}
     clip = clip_by_agc_per_tensor(0.3)
     out, _ = clip.update(grads, clip.init(params), params)

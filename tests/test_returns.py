@@ -68,9 +68,9 @@ def test_terminal_and_truncation_cut_the_chain():
     rewards = np.ones((T, 1))
     values = np.arange(T + 1, dtype=float)[:, None] * 10
     discounts = np.full((T, 1), gamma)
-    discounts[2] = 0.0                  # s_3 terminal: R_2 = r
+    discounts[2] = 0.0  # s_3 terminal: R_2 = r
     trunc = np.zeros((T, 1), bool)
-    trunc[4] = True                     # s_5 truncated: R_4 = r + gamma * v(s_5)
+    trunc[4] = True  # s_5 truncated: R_4 = r + gamma * v(s_5)
     got = run(rewards, values, discounts, 1.0, trunc)[:, 0]
     np.testing.assert_allclose(got[2], 1.0)
     np.testing.assert_allclose(got[4], 1.0 + gamma * 50.0, rtol=1e-6)

@@ -79,9 +79,19 @@ def test_other_config_is_refused_naming_fields(tmp_path):
 def test_sigkill_resumes_from_last_complete_checkpoint(tmp_path, straight_run):
     """A real process killed right after a checkpoint keeps every metrics line and resumes exactly."""
     straight_dir, _ = straight_run
-    args = [sys.executable, str(ROOT / "experiments/run.py"), "--preset", "debug", "--logdir", str(tmp_path),
-            "--no-progress"] + [f"{k}={v}" for k, v in SMALL.items()]
-    env = {**os.environ, "MBRL_JAX_CACHE_DIR": os.environ.get("MBRL_JAX_TEST_CACHE", "/tmp/mbrl_jax_test_xla_cache")}
+    args = [
+        sys.executable,
+        str(ROOT / "experiments/run.py"),
+        "--preset",
+        "debug",
+        "--logdir",
+        str(tmp_path),
+        "--no-progress",
+    ] + [f"{k}={v}" for k, v in SMALL.items()]
+    env = {
+        **os.environ,
+        "MBRL_JAX_CACHE_DIR": os.environ.get("MBRL_JAX_TEST_CACHE", "/tmp/mbrl_jax_test_xla_cache"),
+    }
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpts = tmp_path / "checkpoints"
     deadline = time.time() + 240

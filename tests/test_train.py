@@ -45,9 +45,10 @@ def test_vmapped_seeds_equal_single_runs(debug_config):
         # Same data collected: replay contents are exactly equal up to the end of the first chunk's acting
         # only while the policies agree; batched matmuls may round differently, so compare closely.
         for name in ("loss_model", "loss_rec", "loss_rew", "kl", "eval_return", "episode_return"):
-            np.testing.assert_allclose(metrics_v[name][seed], metrics_1[name], rtol=2e-3, atol=2e-3,
-                                       err_msg=name)
-        leaves_v = jax.tree.leaves(jax.tree.map(lambda x: x[seed], states.agent.params))
+            np.testing.assert_allclose(
+                metrics_v[name][seed], metrics_1[name], rtol=2e-3, atol=2e-3, err_msg=name
+            )
+        leaves_v = jax.tree.leaves(jax.tree.map(lambda x, i=seed: x[i], states.agent.params))
         for a, b in zip(leaves_v, jax.tree.leaves(single.agent.params), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     # and the two seeds really differ

@@ -66,21 +66,34 @@ class Dreamer:
 
 def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
     if len(spec.obs_shape) != 1:
-        raise ValueError(f"env {spec.name!r} has observations of shape {spec.obs_shape}; Dreamer here takes "
-                         "vector observations (1-d)")
+        raise ValueError(
+            f"env {spec.name!r} has observations of shape {spec.obs_shape}; Dreamer here takes "
+            "vector observations (1-d)"
+        )
     c = config
     A = spec.action_dim
     obs_dim = spec.obs_shape[0]
     wm = WorldModel(
-        obs_dim=obs_dim, action_dim=A, deter=c.deter, hidden=c.hidden, stoch=c.stoch, classes=c.classes,
-        blocks=c.blocks, units=c.units, enc_layers=c.enc_layers, dec_layers=c.dec_layers,
-        head_layers=c.head_layers, num_bins=c.num_bins, unimix=c.unimix,
+        obs_dim=obs_dim,
+        action_dim=A,
+        deter=c.deter,
+        hidden=c.hidden,
+        stoch=c.stoch,
+        classes=c.classes,
+        blocks=c.blocks,
+        units=c.units,
+        enc_layers=c.enc_layers,
+        dec_layers=c.dec_layers,
+        head_layers=c.head_layers,
+        num_bins=c.num_bins,
+        unimix=c.unimix,
     )
     actor = Head(A if spec.discrete else 2 * A, c.units, c.ac_layers)
     critic = Head(c.num_bins, c.units, c.ac_layers, zero_init=True)
     bins = twohot_bins(c.num_bins)
-    optimizer = make_optimizer(c.lr, agc=c.agc, eps=c.opt_eps, beta1=c.beta1, beta2=c.beta2,
-                               warmup_steps=c.warmup)
+    optimizer = make_optimizer(
+        c.lr, agc=c.agc, eps=c.opt_eps, beta1=c.beta1, beta2=c.beta2, warmup_steps=c.warmup
+    )
     feat_dim = c.deter + c.stoch * c.classes
 
     def policy_dist(actor_params, feat):
@@ -93,7 +106,9 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
     def init(key) -> AgentState:
         k_wm, k_actor, k_critic, k_sample = jax.random.split(key, 4)
         params = {
-            "wm": wm.init(k_wm, jnp.zeros((1, obs_dim)), jnp.zeros((1, A)), k_sample, method=WorldModel.init_all),
+            "wm": wm.init(
+                k_wm, jnp.zeros((1, obs_dim)), jnp.zeros((1, A)), k_sample, method=WorldModel.init_all
+            ),
             "actor": actor.init(k_actor, jnp.zeros((1, feat_dim))),
             "critic": critic.init(k_critic, jnp.zeros((1, feat_dim))),
         }
@@ -108,8 +123,14 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         keep = 1.0 - is_first.astype(jnp.float32)
         latent = mask_latent(carry.latent, keep)
         embed = wm.apply(state.params["wm"], obs, method=WorldModel.encode)
-        post, _ = wm.apply(state.params["wm"], latent, carry.prev_action * keep[:, None], embed, k_post,
-                           method=WorldModel.obs_step)
+        post, _ = wm.apply(
+            state.params["wm"],
+            latent,
+            carry.prev_action * keep[:, None],
+            embed,
+            k_post,
+            method=WorldModel.obs_step,
+        )
         dist = policy_dist(state.params["actor"], post.feat)
         action = dist.mode() if mode else dist.sample(seed=k_act)
         return action, PolicyCarry(post, action)
@@ -122,11 +143,17 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         con = -bernoulli_log_prob(cont_logit, 1.0 - batch["is_terminal"].astype(jnp.float32))
         dyn = kl_loss_free_nats(categorical_kl(sg(posts.logits), prior_logits), c.free_nats)
         rep = kl_loss_free_nats(categorical_kl(posts.logits, sg(prior_logits)), c.free_nats)
-        loss = (c.loss_rec * rec + c.loss_rew * rew + c.loss_con * con + c.loss_dyn * dyn
-                + c.loss_rep * rep).mean()
-        metrics = {"loss_rec": rec.mean(), "loss_rew": rew.mean(), "loss_con": con.mean(),
-                   "loss_dyn": dyn.mean(), "loss_rep": rep.mean(),
-                   "kl": categorical_kl(posts.logits, prior_logits).mean()}
+        loss = (
+            c.loss_rec * rec + c.loss_rew * rew + c.loss_con * con + c.loss_dyn * dyn + c.loss_rep * rep
+        ).mean()
+        metrics = {
+            "loss_rec": rec.mean(),
+            "loss_rew": rew.mean(),
+            "loss_con": con.mean(),
+            "loss_dyn": dyn.mean(),
+            "loss_rep": rep.mean(),
+            "kl": categorical_kl(posts.logits, prior_logits).mean(),
+        }
         return loss, (posts, metrics)
 
     def actor_critic_loss(ac_params, traj, slow_critic, return_norm):
@@ -150,8 +177,14 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         critic_reg = -twohot_log_prob(critic_logits[:-1], bins, sg(slow_mean))
         critic_loss = (weight * (critic_nll + c.slow_critic_reg * critic_reg)).mean()
         loss = c.loss_actor * actor_loss + c.loss_critic * critic_loss
-        metrics = {"loss_actor": actor_loss, "loss_critic": critic_nll.mean(), "actor_entropy": entropy.mean(),
-                   "imag_return": returns.mean(), "return_scale": scale, "value": values.mean()}
+        metrics = {
+            "loss_actor": actor_loss,
+            "loss_critic": critic_nll.mean(),
+            "actor_entropy": entropy.mean(),
+            "imag_return": returns.mean(),
+            "return_scale": scale,
+            "value": values.mean(),
+        }
         return loss, (new_norm, metrics)
 
     def learn(state: AgentState, batch: dict, key) -> tuple[AgentState, dict]:
@@ -159,7 +192,8 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         k_wm, k_imag = jax.random.split(key)
         params = state.params
         (wm_loss, (posts, wm_metrics)), wm_grads = jax.value_and_grad(world_model_loss, has_aux=True)(
-            params["wm"], batch, k_wm)
+            params["wm"], batch, k_wm
+        )
 
         # Imagine from every posterior state of the batch (B*T starts); nothing here is differentiated.
         start = jax.tree.map(lambda x: sg(x.reshape(-1, *x.shape[2:])), posts)
@@ -177,14 +211,14 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         traj = jax.tree.map(sg, traj)
         ac_params = {"actor": params["actor"], "critic": params["critic"]}
         (ac_loss, (return_norm, ac_metrics)), ac_grads = jax.value_and_grad(actor_critic_loss, has_aux=True)(
-            ac_params, traj, state.slow_critic, state.return_norm)
+            ac_params, traj, state.slow_critic, state.return_norm
+        )
 
         grads = {"wm": wm_grads, **ac_grads}
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         params = optax.apply_updates(params, updates)
         slow = optax.incremental_update(params["critic"], state.slow_critic, c.slow_critic_rate)
-        metrics = {"loss_model": wm_loss, **wm_metrics, **ac_metrics,
-                   "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss_model": wm_loss, **wm_metrics, **ac_metrics, "grad_norm": optax.tree.norm(grads)}
         return AgentState(params, opt_state, slow, return_norm), metrics
 
     return Dreamer(init=init, initial_carry=initial_carry, act=act, learn=learn, world_model=wm)

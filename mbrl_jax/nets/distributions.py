@@ -49,8 +49,10 @@ def twohot_encode(x: Array, bins: Array) -> Array:
     below = jnp.clip(jnp.searchsorted(bins, x, side="right") - 1, 0, k - 2)
     lo, hi = bins[below], bins[below + 1]
     w_hi = jnp.clip((x - lo) / (hi - lo), 0.0, 1.0)
-    return (jax.nn.one_hot(below, k, dtype=bins.dtype) * (1.0 - w_hi)[..., None]
-            + jax.nn.one_hot(below + 1, k, dtype=bins.dtype) * w_hi[..., None])
+    return (
+        jax.nn.one_hot(below, k, dtype=bins.dtype) * (1.0 - w_hi)[..., None]
+        + jax.nn.one_hot(below + 1, k, dtype=bins.dtype) * w_hi[..., None]
+    )
 
 
 def _expected_bin(probs: Array, bins: Array) -> Array:
@@ -59,8 +61,8 @@ def _expected_bin(probs: Array, bins: Array) -> Array:
     k = bins.shape[0]
     m = k // 2
     lo = (probs[..., :m] * bins[:m])[..., ::-1]
-    hi = (probs[..., k - m:] * bins[k - m:])
-    mid = jnp.sum(probs[..., m:k - m] * bins[m:k - m], -1)
+    hi = probs[..., k - m :] * bins[k - m :]
+    mid = jnp.sum(probs[..., m : k - m] * bins[m : k - m], -1)
     return jnp.sum(lo + hi, -1) + mid
 
 
@@ -108,8 +110,9 @@ def kl_loss_free_nats(kl: Array, free: float = 1.0) -> Array:
     return jnp.maximum(kl, free)
 
 
-def bounded_normal(raw_mean: Array, raw_std: Array, minstd: float = 0.1,
-                   maxstd: float = 1.0) -> distrax.MultivariateNormalDiag:
+def bounded_normal(
+    raw_mean: Array, raw_std: Array, minstd: float = 0.1, maxstd: float = 1.0
+) -> distrax.MultivariateNormalDiag:
     """Continuous policy over `[..., A]` actions (DreamerV3 reference "bounded_normal").
 
     mean = tanh(raw_mean) in (-1, 1); std = (maxstd - minstd) * sigmoid(raw_std + 2) + minstd in

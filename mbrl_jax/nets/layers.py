@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 # DreamerV3 initialises weights from a truncated normal scaled by fan-in.
 dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")

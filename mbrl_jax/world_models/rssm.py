@@ -1,4 +1,5 @@
-"""DreamerV3's world model: encoder, RSSM (block GRU + categorical latents), decoder, reward and continue heads.
+"""DreamerV3's world model: encoder, RSSM (block GRU + categorical latents), decoder, reward and
+continue heads.
 
 Networks are flax modules; the loops over time (`observe`, `imagine`) are plain functions of the parameters,
 so they compose with `lax.scan`, `jit` and `vmap` without module-level magic.
@@ -122,17 +123,24 @@ def observe(
         embed_t, action_t, first_t, key_t = inputs
         keep = 1.0 - first_t.astype(jnp.float32)
         prev = mask_latent(prev, keep)
-        post, prior_logits = model.apply(params, prev, action_t * keep[:, None], embed_t, key_t,
-                                         method=WorldModel.obs_step)
+        post, prior_logits = model.apply(
+            params, prev, action_t * keep[:, None], embed_t, key_t, method=WorldModel.obs_step
+        )
         return post, (post, prior_logits)
 
     swap = lambda x: jnp.swapaxes(x, 0, 1)
-    _, (posts, prior_logits) = jax.lax.scan(step, start, (swap(embed), swap(prev_action), swap(is_first), keys))
+    _, (posts, prior_logits) = jax.lax.scan(
+        step, start, (swap(embed), swap(prev_action), swap(is_first), keys)
+    )
     return jax.tree.map(swap, posts), swap(prior_logits)
 
 
 def imagine(
-    model: WorldModel, params, policy: Callable[[jax.Array, jax.Array], jax.Array], start: Latent, horizon: int,
+    model: WorldModel,
+    params,
+    policy: Callable[[jax.Array, jax.Array], jax.Array],
+    start: Latent,
+    horizon: int,
     key: jax.Array,
 ) -> tuple[Latent, jax.Array]:
     """Rolls the prior forward from `start` ([N] leaves) for `horizon` steps with actions from

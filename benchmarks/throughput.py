@@ -38,8 +38,6 @@ from jax.extend import core as jcore  # noqa: E402
 from mbrl_jax.agents.dreamer import env_action, make_dreamer  # noqa: E402
 from mbrl_jax.config import PRESETS, Config, ConfigError, make_config, parse_overrides  # noqa: E402
 from mbrl_jax.envs import EnvSpec, env_spec, make_env  # noqa: E402
-from mbrl_jax.nets.distributions import bounded_normal, onehot_categorical, unimix_logits  # noqa: E402
-from mbrl_jax.nets.layers import Head  # noqa: E402
 from mbrl_jax.replay import replay_sample  # noqa: E402
 from mbrl_jax.train import make_train  # noqa: E402
 from mbrl_jax.world_models.rssm import imagine, zeros_latent  # noqa: E402
@@ -218,33 +216,17 @@ def measure_learner(agent, agent_state, batch: dict, key: jax.Array, updates: in
     }
 
 
-def _policy_sampler(config: Config, spec: EnvSpec) -> Callable:
-    """(actor params, feat [N, F], key) -> action [N, A]: the same head and distribution as the agent's
-    policy (which `Dreamer` does not expose)."""
-    actor = Head(spec.action_dim if spec.discrete else 2 * spec.action_dim, config.units, config.ac_layers)
-
-    def sample(actor_params, feat, key):
-        out = actor.apply(actor_params, feat)
-        if spec.discrete:
-            return onehot_categorical(unimix_logits(out, config.unimix)).sample(seed=key)
-        mean, std = jnp.split(out, 2, -1)
-        return bounded_normal(mean, std, config.action_minstd, config.action_maxstd).sample(seed=key)
-
-    return sample
-
-
 def measure_imagination(
     config: Config, spec: EnvSpec, agent, params: dict, key: jax.Array, repeats: int
 ) -> float:
     """Imagined latent steps per second: B*T starts x imag_horizon steps per rollout."""
     c = config
-    sample = _policy_sampler(c, spec)
     starts = c.batch_size * c.batch_length
     start = zeros_latent((starts,), c.deter, c.stoch, c.classes)
 
     def rollouts(params, start, keys):
         def one(total, k):
-            policy = lambda feat, k_act: sample(params["actor"], feat, k_act)
+            policy = lambda feat, k_act: agent.policy(params["actor"], feat).sample(seed=k_act)
             states, _ = imagine(agent.world_model, params["wm"], policy, start, c.imag_horizon, k)
             return total + states.feat.sum(), None  # the sum keeps every state alive
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -61,6 +60,7 @@ class Dreamer:
     initial_carry: Callable
     act: Callable
     learn: Callable
+    policy: Callable  # (actor params, feat [N, F]) -> distrax distribution over actions [N, A]
     world_model: WorldModel
 
 
@@ -221,7 +221,9 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         metrics = {"loss_model": wm_loss, **wm_metrics, **ac_metrics, "grad_norm": optax.tree.norm(grads)}
         return AgentState(params, opt_state, slow, return_norm), metrics
 
-    return Dreamer(init=init, initial_carry=initial_carry, act=act, learn=learn, world_model=wm)
+    return Dreamer(
+        init=init, initial_carry=initial_carry, act=act, learn=learn, policy=policy_dist, world_model=wm
+    )
 
 
 def random_action(spec: EnvSpec, n: int, key) -> jax.Array:
@@ -236,4 +238,4 @@ def env_action(spec: EnvSpec, action: jax.Array) -> jax.Array:
     return jnp.argmax(action, -1).astype(jnp.int32) if spec.discrete else action
 
 
-__all__ = ["AgentState", "PolicyCarry", "Dreamer", "make_dreamer", "random_action", "env_action", "nn"]
+__all__ = ["AgentState", "PolicyCarry", "Dreamer", "make_dreamer", "random_action", "env_action"]

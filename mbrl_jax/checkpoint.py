@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,25 +27,19 @@ import orbax.checkpoint as ocp
 import yaml
 from orbax.checkpoint.path import atomicity
 
+from mbrl_jax.fileio import atomic_write_bytes, fsync_path
+
 PyTree = Any
 _TRASH = ".trash"  # not an integer, so orbax never lists it as a step
-
-
-def _fsync_path(path: Path, directory: bool) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:
     """fsync every file and folder under `root` (children before parents), then `root`'s parent."""
     for folder, _, files in os.walk(root, topdown=False):
         for name in files:
-            _fsync_path(Path(folder, name), directory=False)
-        _fsync_path(Path(folder), directory=True)
-    _fsync_path(root.parent, directory=True)
+            fsync_path(Path(folder, name), directory=False)
+        fsync_path(Path(folder), directory=True)
+    fsync_path(root.parent, directory=True)
 
 
 class _FsyncAtomicRenamePath(atomicity.AtomicRenameTemporaryPath):
@@ -252,20 +245,8 @@ def _plain(value: Any) -> Any:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Replace `path` with `text` atomically and durably (temp file in the same folder, fsync, os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent, directory=True)
+    """Replace `path` with `text` atomically and durably."""
+    atomic_write_bytes(path, text.encode("utf-8"), durable=True)
 
 
 def save_config(logdir: str | Path, config: Mapping[str, Any]) -> Path:

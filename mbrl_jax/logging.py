@@ -17,13 +17,14 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+
+from mbrl_jax.fileio import atomic_write_bytes
 
 Metrics = Mapping[str, Any]
 JSONL = "metrics.jsonl"
@@ -50,26 +51,6 @@ def read_metrics(logdir: str | Path) -> list[dict[str, Any]]:
     """All complete records of `<logdir>/metrics.jsonl` in file order ([] if the file is missing)."""
     path = Path(logdir) / JSONL
     return _parse_lines(path.read_bytes()) if path.exists() else []
-
-
-def _atomic_write_bytes(path: Path, data: bytes, durable: bool) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if durable:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _csv_cell(value: Any) -> str:
@@ -126,7 +107,7 @@ class MetricLogger:
     def _rewrite_csv(self) -> None:
         records = read_metrics(self.logdir)
         self._columns = _columns(records)
-        _atomic_write_bytes(self.csv_path, _csv_text(self._columns, records).encode(), durable=False)
+        atomic_write_bytes(self.csv_path, _csv_text(self._columns, records).encode(), durable=False)
 
     def write(self, metrics: Metrics) -> None:
         """Append one record: a flat dict of scalars (numpy/jax scalars are converted) with `env_steps`."""
@@ -170,7 +151,7 @@ class MetricLogger:
         if len(kept) < len(records):
             text = "".join(json.dumps(r) + "\n" for r in kept)
             os.close(self._fd)
-            _atomic_write_bytes(self.jsonl_path, text.encode(), durable=True)
+            atomic_write_bytes(self.jsonl_path, text.encode(), durable=True)
             self._fd = os.open(self.jsonl_path, os.O_RDWR | os.O_APPEND)
             self._rewrite_csv()
         self._purge_step = env_steps + 1

@@ -108,3 +108,39 @@ def test_sigkill_resumes_from_last_complete_checkpoint(tmp_path, straight_run):
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_metrics(tmp_path) == read_metrics(straight_dir)
+
+
+def test_non_finite_state_stops_the_run_and_is_never_saved(tmp_path, monkeypatch):
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    import mbrl_jax.runner as runner
+    from mbrl_jax.checkpoint import Checkpointer
+
+    config = make_config("debug", **SMALL)
+    first_bad = config.prefill_steps_per_env * config.num_envs + 5 * config.env_steps_per_chunk
+    real_make_train = runner.make_train
+
+    def poisoned_make_train(cfg):
+        trainer = real_make_train(cfg)
+
+        def run_chunk(state):
+            state, metrics = trainer.run_chunk(state)
+            bad = state.env_steps >= first_bad
+            params = jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x), state.agent.params)
+            metrics["loss_model"] = jnp.where(bad, jnp.nan, metrics["loss_model"])
+            return state.replace(agent=state.agent.replace(params=params)), metrics
+
+        return dataclasses.replace(trainer, run_chunk=run_chunk)
+
+    monkeypatch.setattr(runner, "make_train", poisoned_make_train)
+    with pytest.raises(runner.NonFiniteError) as err:
+        train(config, tmp_path, progress=False)
+    message = str(err.value)
+    last_good = first_bad - config.env_steps_per_chunk  # chunk 4 ends on a checkpoint (every 2 chunks)
+    assert f"env step {first_bad}" in message and "loss_model" in message
+    assert f"env step {last_good}" in message
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.latest_step() == last_good
+    assert [r["env_steps"] for r in read_metrics(tmp_path)][-1] == last_good  # the bad chunk is not logged

@@ -142,7 +142,36 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
             f"![{s['task']}]({os.path.relpath(plot, results_md.parent)})",
             "",
         ]
+    lines += throughput_section(out)
     results_md.write_text("\n".join(lines))
+
+
+def throughput_section(out: Path) -> list[str]:
+    """Tables from the JSON files `benchmarks/throughput.py --out <out>/throughput-*.json` wrote."""
+    from benchmarks.throughput import ROWS
+
+    lines = []
+    for path in sorted(out.glob("throughput*.json")):
+        report = json.loads(path.read_text())
+        m, results = report["machine"], report["results"]
+        lines += [
+            f"## Throughput: `{path.name}`",
+            "",
+            f"Machine: {m['device_kind']} ({m['platform']}), {m['cpu_count']} CPUs, jax {m['jax_version']}. "
+            f"Settings: {json.dumps(report['settings'])}.",
+            "",
+            "| | " + " | ".join(r["preset"] for r in results) + " |",
+            "| --- |" + " --- |" * len(results),
+        ]
+        lines += [
+            f"| {label} | " + " | ".join(fmt.format(r[f]) for r in results) + " |" for f, label, fmt in ROWS
+        ]
+        for r in results:
+            for name in ("profile", "note"):
+                if r.get(name):
+                    lines += ["", f"**{r['preset']} {name}:**", "", r[name]]
+        lines.append("")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.extend import core as jcore  # noqa: E402
 
+from benchmarks.profile_ops import profile_markdown, profile_ops  # noqa: E402
 from mbrl_jax.agents.dreamer import env_action, make_dreamer  # noqa: E402
 from mbrl_jax.config import PRESETS, Config, ConfigError, make_config, parse_overrides  # noqa: E402
 from mbrl_jax.envs import EnvSpec, env_spec, make_env  # noqa: E402
@@ -302,6 +303,14 @@ def measure(
     return {k: result[k] for k in RESULT_FIELDS}
 
 
+def profile_update(config: Config, top: int = 15) -> dict[str, Any]:
+    """XLA ops of one learner update ranked by measured time (benchmarks/profile_ops.py)."""
+    trainer, agent = make_train(config), make_dreamer(config, env_spec(config.env))
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(config.seed))
+    batch = replay_sample(state.replay, jax.random.PRNGKey(1), config.batch_size, config.batch_length)
+    return profile_ops(jax.jit(agent.learn), state.agent, batch, jax.random.PRNGKey(2), top=top)
+
+
 # ---- command line ----------------------------------------------------------------------------------------
 
 ROWS = (  # (field, label, format)
@@ -357,6 +366,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunks", type=int, default=2, help="training chunks timed after one warm-up chunk")
     parser.add_argument("--peak-size", type=int, default=2048, help="matmul size for the f32 peak")
     parser.add_argument("--out", help="also write the JSON object to this file")
+    parser.add_argument(
+        "--profile", action="store_true", help="add a profile of one learner update: XLA ops ranked by time"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every preset")
     return parser.parse_args(argv)
 
@@ -379,7 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name, config in zip(names, configs, strict=True):
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        results.append({"preset": name, **measure(config, args.updates, args.chunks, peak_gflops=peak)})
+        result = {"preset": name, **measure(config, args.updates, args.chunks, peak_gflops=peak)}
+        if args.profile:
+            result["profile"] = profile_markdown(profile_update(config))
+            print(result["profile"], file=sys.stderr)
+        results.append(result)
     report = {
         "machine": machine_info(),
         "settings": {

@@ -28,11 +28,37 @@ _CONTAINERS = (
     "PjitFunction",
     "$",
 )
-_METADATA = re.compile(r"%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]+)\"")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = .*?\s([\w\-]+)\(")
+_OP_NAME = re.compile(r"op_name=\"([^\"]+)\"")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
 
 
 def _op_sources(hlo_text: str) -> dict[str, str]:
-    return {m.group(1): m.group(2) for m in _METADATA.finditer(hlo_text)}
+    """HLO instruction name -> JAX source. A fusion is named after the matmul inside it when there is one
+    (its own metadata is that of its root op, often a cheap reduction or add)."""
+    computations: dict[str, list[tuple[str, str]]] = {}
+    own: dict[str, tuple[str, str | None]] = {}
+    current: list[tuple[str, str]] = []
+    for line in hlo_text.splitlines():
+        if line.rstrip().endswith("{") and " = " not in line:
+            header = line.strip().removeprefix("ENTRY ").lstrip("%")
+            current = computations.setdefault(header.split(" ", 1)[0], [])
+            continue
+        match = _INSTRUCTION.match(line)
+        if not match:
+            continue
+        name, opcode = match.groups()
+        op_name = _OP_NAME.search(line)
+        calls = _CALLS.search(line)
+        current.append((opcode, op_name.group(1) if op_name else ""))
+        own[name] = (op_name.group(1) if op_name else "?", calls.group(1) if calls else None)
+    sources = {}
+    for name, (op_name, called) in own.items():
+        inner = [
+            src for opcode, src in computations.get(called, []) if opcode in ("dot", "convolution") and src
+        ]
+        sources[name] = inner[0] if inner else op_name
+    return sources
 
 
 def _short(source: str, keep: int = 4) -> str:

@@ -8,6 +8,7 @@ finished run exactly as if the larger budget had been given from the start (a ch
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -86,10 +87,12 @@ def train(
 
     trainer = make_train(config)
     init = jax.jit(trainer.init)
-    chunk_fn = jax.jit(
-        lambda s: (lambda s2, m: (s2, m, _all_finite((s2.agent.params, m))))(*trainer.run_chunk(s)),
-        donate_argnums=0,
-    )
+
+    def chunk_and_check(state):
+        state, metrics = trainer.run_chunk(state)
+        return state, metrics, _all_finite((state.agent.params, metrics))
+
+    chunk_fn = jax.jit(chunk_and_check, donate_argnums=0)
     key = jax.random.PRNGKey(config.seed)
     ckpt = Checkpointer(path / "checkpoints", keep=config.keep_checkpoints) if path is not None else None
     logger = MetricLogger(path) if path is not None else None
@@ -111,9 +114,11 @@ def train(
     records = []
     display = Progress(total_steps, int(state.env_steps)) if progress else None
     t_start = time.time()
-    try:
+    with contextlib.ExitStack() as cleanup:
         if display is not None:
-            display.__enter__()
+            cleanup.enter_context(display)
+        if logger is not None:
+            cleanup.callback(logger.close)
         for index in range(start_chunk, config.num_chunks):
             if stop_after_chunks is not None and index - start_chunk >= stop_after_chunks:
                 break
@@ -139,11 +144,6 @@ def train(
             if ckpt is not None and (done % ckpt_every == 0 or done == config.num_chunks):
                 ckpt.save(env_steps, state, {"env_steps": env_steps, "wall_time": time.time() - t_start})
                 last_saved = env_steps
-    finally:
-        if display is not None:
-            display.__exit__(None, None, None)
-        if logger is not None:
-            logger.close()
     if path is not None and int(state.env_steps) >= total_steps:
         from mbrl_jax.plotting import plot_run
 

@@ -75,7 +75,6 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
     obs_dim = spec.obs_shape[0]
     wm = WorldModel(
         obs_dim=obs_dim,
-        action_dim=A,
         deter=c.deter,
         hidden=c.hidden,
         stoch=c.stoch,

@@ -45,7 +45,6 @@ def mask_latent(latent: Latent, keep: jax.Array) -> Latent:
 
 class WorldModel(nn.Module):
     obs_dim: int
-    action_dim: int
     deter: int
     hidden: int
     stoch: int

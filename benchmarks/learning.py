@@ -16,10 +16,13 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -50,21 +53,94 @@ def bootstrap_ci(values: np.ndarray, stat=np.mean, reps: int = 2000, seed: int =
     return float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))
 
 
-def run_task(task: str, seed: int, out: Path, overrides: dict) -> dict:
-    from mbrl_jax.runner import train
+def random_policy_return(env_name: str, episodes: int = 64, seed: int = 0) -> float:
+    """Mean return of uniformly random actions over `episodes` full episodes (run in parallel on device)."""
+    from mbrl_jax.agents.dreamer import env_action, random_action
+    from mbrl_jax.envs import make_env
 
-    config = make_config(task, seed=seed, **overrides)
-    logdir = out / "runs" / f"{task}-s{seed}"
-    timing = logdir / "wall_time.json"
+    env = make_env(env_name, episodes)
+    spec = env.spec
+
+    def run(key):
+        k_reset, k_loop = jax.random.split(key)
+        env_state, ts = env.reset(k_reset)
+
+        def step(carry, key_t):
+            env_state, ts, ret, finished = carry
+            k_act, k_env = jax.random.split(key_t)
+            action = env_action(spec, random_action(spec, episodes, k_act))
+            env_state, ts = env.step(env_state, action, k_env)
+            ret = jnp.where(finished, ret, ts.episode_return)
+            return (env_state, ts, ret, finished | ts.is_last), None
+
+        init = (env_state, ts, jnp.zeros(episodes), jnp.zeros(episodes, bool))
+        keys = jax.random.split(k_loop, spec.max_episode_steps + 1)
+        (_, _, ret, _), _ = jax.lax.scan(step, init, keys)
+        return ret.mean()
+
+    return float(jax.jit(run)(jax.random.PRNGKey(seed)))
+
+
+def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[dict]:
+    """Trains every seed of `task` as one compiled program (the train state vmapped over a seed axis) and
+    logs each seed to `<out>/runs/<task>-s<seed>/` (config.yaml, metrics.jsonl/csv, wall_time.json).
+
+    A seed whose losses turn non-finite stops being logged (its run directory records where); the others go
+    on. Seeds whose run directory already holds a finished run are skipped. There are no checkpoints: an
+    interrupted task starts over."""
+    from mbrl_jax.checkpoint import save_config
+    from mbrl_jax.logging import MetricLogger
+    from mbrl_jax.train import make_train, summarize_chunk
+
+    configs = {seed: make_config(task, seed=seed, **overrides) for seed in seeds}
+    logdirs = {seed: out / "runs" / f"{task}-s{seed}" for seed in seeds}
+    todo = [s for s in seeds if not _finished(logdirs[s], configs[s])]
+    if not todo:
+        return [{"task": task, "seed": s, "skipped": True} for s in seeds]
+    config = configs[todo[0]]
+    trainer = make_train(config)
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in todo])
     start = time.perf_counter()
-    train(config, logdir, progress=sys.stdout.isatty())
+    state = jax.jit(jax.vmap(trainer.init))(keys)
+    chunk = jax.jit(jax.vmap(trainer.run_chunk), donate_argnums=0)
+    loggers = {}
+    for seed in todo:
+        shutil.rmtree(logdirs[seed], ignore_errors=True)
+        logdirs[seed].mkdir(parents=True)
+        save_config(logdirs[seed], configs[seed].to_dict())
+        loggers[seed] = MetricLogger(logdirs[seed])
+    diverged: dict[int, int] = {}
+    for index in range(config.num_chunks):
+        state, metrics = chunk(state)
+        metrics = jax.device_get(metrics)
+        line = []
+        for i, seed in enumerate(todo):
+            record = summarize_chunk({k: v[i] for k, v in metrics.items()})
+            if seed in diverged:
+                continue
+            if not all(np.isfinite(v) for k, v in record.items() if k.startswith("loss")):
+                diverged[seed] = record["env_steps"]
+                (logdirs[seed] / "diverged.json").write_text(json.dumps({"env_steps": record["env_steps"]}))
+                continue
+            loggers[seed].write(record)
+            line.append(f"s{seed} {record['eval_return']:.1f}")
+        elapsed = time.perf_counter() - start
+        print(
+            f"{task} chunk {index + 1}/{config.num_chunks} env_steps {record['env_steps']} "
+            f"eval {' '.join(line)} ({elapsed / 60:.1f} min)",
+            flush=True,
+        )
     wall = time.perf_counter() - start
-    previous = json.loads(timing.read_text()) if timing.exists() else {"wall_s": 0.0}
-    # A resumed (already finished) run adds ~nothing; keep the time of the run that did the work.
-    if wall > 5.0 or previous["wall_s"] == 0.0:
-        previous = {"wall_s": previous["wall_s"] + wall if wall <= 5.0 else wall, "steps": config.steps}
-        timing.write_text(json.dumps(previous))
-    return {"task": task, "seed": seed, "logdir": str(logdir), **previous}
+    for seed in todo:
+        loggers[seed].close()
+        timing = {"wall_s": wall, "steps": config.steps, "seeds_in_program": len(todo)}
+        (logdirs[seed] / "wall_time.json").write_text(json.dumps(timing))
+    return [{"task": task, "seed": s, "wall_s": wall, "diverged_at": diverged.get(s)} for s in todo]
+
+
+def _finished(logdir: Path, config) -> bool:
+    records = read_metrics(logdir) if (logdir / "wall_time.json").exists() else []
+    return bool(records) and records[-1]["env_steps"] >= config.steps
 
 
 def summarize(task: str, logdirs: list[Path]) -> dict:
@@ -203,9 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not args.report_only:
+        by_task: dict[str, list[int]] = {}
         for task, seed in plan:
-            result = run_task(task, seed, out, overrides)
-            print(json.dumps(result), flush=True)
+            by_task.setdefault(task, []).append(seed)
+        for task, seeds in by_task.items():
+            for result in run_task(task, seeds, out, overrides):
+                print(json.dumps(result), flush=True)
+            baseline = out / "runs" / f"random-{task}.json"
+            if not baseline.exists():
+                env = make_config(task, **overrides).env
+                baseline.write_text(json.dumps({"env": env, "return": random_policy_return(env)}))
     tasks = sorted({p.name.rsplit("-s", 1)[0] for p in (out / "runs").glob("*-s*")})
     tasks = [t for t in tasks if not args.task or t in {s.partition(":")[0] for s in args.task}]
     summaries = [summarize(t, sorted((out / "runs").glob(f"{t}-s*"))) for t in tasks]

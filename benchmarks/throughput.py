@@ -202,7 +202,7 @@ def measure_learner(agent, agent_state, batch: dict, key: jax.Array, updates: in
 
     def many(agent_state, keys):
         def update(agent_state, k):
-            agent_state, metrics = agent.learn(agent_state, batch, k)
+            agent_state, metrics, _ = agent.learn(agent_state, batch, k)
             return agent_state, metrics["loss_model"]
 
         return jax.lax.scan(update, agent_state, keys)
@@ -280,7 +280,9 @@ def measure(
     k_train, k_batch, k_learn, k_imag, k_act = jax.random.split(jax.random.PRNGKey(c.seed), 5)
 
     state, result = measure_training(trainer, k_train, chunks)
-    batch = jax.jit(replay_sample, static_argnums=(2, 3))(state.replay, k_batch, c.batch_size, c.batch_length)
+    batch = jax.jit(replay_sample, static_argnums=(2, 3))(
+        state.replay, k_batch, c.batch_size, c.sample_length
+    )[0]
     result.update(measure_learner(agent, state.agent, batch, k_learn, updates))
     result["imagination_steps_per_s"] = measure_imagination(
         c, spec, agent, state.agent.params, k_imag, updates
@@ -307,7 +309,7 @@ def profile_update(config: Config, top: int = 15) -> dict[str, Any]:
     """XLA ops of one learner update ranked by measured time (benchmarks/profile_ops.py)."""
     trainer, agent = make_train(config), make_dreamer(config, env_spec(config.env))
     state = jax.jit(trainer.init)(jax.random.PRNGKey(config.seed))
-    batch = replay_sample(state.replay, jax.random.PRNGKey(1), config.batch_size, config.batch_length)
+    batch = replay_sample(state.replay, jax.random.PRNGKey(1), config.batch_size, config.sample_length)[0]
     return profile_ops(jax.jit(agent.learn), state.agent, batch, jax.random.PRNGKey(2), top=top)
 
 

@@ -58,7 +58,7 @@ def _key_name(entry: Any) -> str:
     return str(entry)
 
 
-def _flat_leaves(tree: PyTree) -> dict[str, Any]:
+def flat_leaves(tree: PyTree) -> dict[str, Any]:
     """{'params/encoder/kernel': leaf}: flax dataclass fields, dict keys and list indices joined by '/'."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {"/".join(_key_name(k) for k in path) or "<root>": leaf for path, leaf in flat}
@@ -185,8 +185,8 @@ class Checkpointer:
     def check_compatible(self, step: int, target: PyTree) -> None:
         """Raise ValueError naming every leaf whose path, shape or dtype differs between step and target."""
         self._check_step(step)
-        stored = _flat_leaves(self._manager.item_metadata(step)["state"].tree)
-        wanted = _flat_leaves(_abstract_key_data(target))
+        stored = flat_leaves(self._manager.item_metadata(step)["state"].tree)
+        wanted = flat_leaves(_abstract_key_data(target))
         problems = [f"leaf '{k}' is in the checkpoint but not in the target" for k in stored.keys() - wanted]
         problems += [f"leaf '{k}' is in the target but not in the checkpoint" for k in wanted.keys() - stored]
         for name in stored.keys() & wanted.keys():

@@ -37,6 +37,8 @@ class Config:
     batch_size: int = 16
     batch_length: int = 64
     train_ratio: float = 512.0  # replayed steps per env step, as DreamerV3 counts it
+    replay_context: bool = True  # a window starts from the latent stored for the step before it (reference)
+    replay_online: bool = True  # each fresh window is trained on once, in the first batch rows (reference)
     # --- world model (size presets set these) ---
     deter: int = 512  # GRU state size
     hidden: int = 64  # RSSM input / prior / posterior layer width
@@ -59,6 +61,9 @@ class Config:
     loss_rep: float = 0.1
     loss_actor: float = 1.0
     loss_critic: float = 1.0
+    loss_repval: float = (
+        0.3  # critic loss on lambda returns along replayed windows (reference); 0 turns it off
+    )
     # --- behaviour from imagination ---
     imag_horizon: int = 15
     horizon: float = 333.0  # discount = 1 - 1 / horizon
@@ -118,6 +123,11 @@ class Config:
         return max(0, math.ceil(remaining / self.env_steps_per_chunk))
 
     @property
+    def sample_length(self) -> int:
+        """Steps per sampled window: batch_length, plus one step of context with the replay context."""
+        return self.batch_length + int(self.replay_context)
+
+    @property
     def capacity_per_env(self) -> int:
         return math.ceil(self.replay_capacity / self.num_envs)
 
@@ -141,16 +151,19 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
     "size400m": dict(deter=12288, hidden=1536, classes=96, units=1536),
 }
 
-# Classic-control tasks on a 2-core CPU: a model between the 1M and 12M rows (deter 256), shorter and fewer
-# replayed windows per update (8 x 32) so the same compute buys 4x more updates, train ratio 128 and a higher
-# learning rate with a short warm-up. CartPole reaches 500 in ~17k env steps with these in about 13 minutes;
-# the reference settings (B 16 x T 64, ratio 512, lr 4e-5) need hours here for the same env steps.
-_SMALL_TASK = dict(deter=256, batch_size=8, batch_length=32, train_ratio=128.0, lr=3e-4, warmup=100)
+# One set of settings for every classic-control task on a 2-core CPU: a model between the 1M and 12M rows
+# (deter 256), shorter and fewer replayed windows per update (8 x 32) so the same compute buys 4x more
+# updates, train ratio 128 and a higher learning rate with a short warm-up. The reference settings
+# (B 16 x T 64, ratio 512, lr 4e-5) need hours here for the same env steps. The task presets below only pick
+# the env: their hyperparameters are `classic`'s, never tuned per task.
+CLASSIC = dict(steps=30_000, deter=256, batch_size=8, batch_length=32, train_ratio=128.0, lr=3e-4, warmup=100)
 
 TASK_PRESETS: dict[str, dict[str, Any]] = {
-    "cartpole": dict(env="CartPole-v1", steps=30_000, **_SMALL_TASK),
-    "pendulum": dict(env="Pendulum-v1", steps=30_000, **_SMALL_TASK),
-    "acrobot": dict(env="Acrobot-v1", steps=50_000, **_SMALL_TASK),
+    "classic": CLASSIC,
+    "cartpole": dict(CLASSIC, env="CartPole-v1"),
+    "acrobot": dict(CLASSIC, env="Acrobot-v1"),
+    "pendulum": dict(CLASSIC, env="Pendulum-v1"),
+    "mountaincar": dict(CLASSIC, env="MountainCarContinuous-v0"),
     # Tiny settings for tests and smoke runs: compiles fast, learns nothing in particular.
     "debug": dict(
         steps=2_000,
@@ -227,7 +240,7 @@ _NON_NEGATIVE = "prefill warmup head_layers seed".split()
 _POSITIVE_FLOAT = "train_ratio horizon lr opt_eps action_minstd action_maxstd agc".split()
 _UNIT_INTERVAL = "unimix return_lambda retnorm_rate slow_critic_rate beta1 beta2".split()
 _NON_NEGATIVE_FLOAT = (
-    "free_nats loss_rec loss_rew loss_con loss_dyn loss_rep loss_actor loss_critic actor_entropy "
+    "free_nats loss_rec loss_rew loss_con loss_dyn loss_rep loss_actor loss_critic loss_repval actor_entropy "
     "slow_critic_reg"
 ).split()
 
@@ -253,17 +266,22 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             f"action_minstd={config.action_minstd} must be <= action_maxstd={config.action_maxstd}"
         )
-    if config.capacity_per_env < config.batch_length:
+    if config.capacity_per_env < config.sample_length:
         raise ConfigError(
-            f"batch_length={config.batch_length} is longer than the replay per env "
+            f"batch_length={config.batch_length} (+1 with replay_context) is longer than the replay per env "
             f"(replay_capacity={config.replay_capacity} / num_envs={config.num_envs} "
             f"= {config.capacity_per_env})"
         )
-    if config.prefill_steps_per_env < config.batch_length:
+    if config.prefill_steps_per_env < config.sample_length:
         raise ConfigError(
             f"prefill={config.prefill} gives {config.prefill_steps_per_env} steps per env, fewer than "
-            f"batch_length={config.batch_length}; allowed: prefill >= batch_length * num_envs "
-            f"= {config.batch_length * config.num_envs}"
+            f"the sampled window of {config.sample_length} steps (batch_length, +1 with replay_context); "
+            f"allowed: prefill >= {config.sample_length * config.num_envs}"
+        )
+    if config.replay_online and config.num_envs > config.batch_size:
+        raise ConfigError(
+            f"replay_online=True puts one fresh window per env in each batch, so num_envs={config.num_envs} "
+            f"must be <= batch_size={config.batch_size}; or set replay_online=false"
         )
     if config.prefill_steps_per_env * config.num_envs > config.steps:
         raise ConfigError(f"prefill={config.prefill} exceeds the budget steps={config.steps}")

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mbrl_jax.checkpoint import Checkpointer, load_config, save_config
+from mbrl_jax.checkpoint import Checkpointer, flat_leaves, load_config, save_config
 from mbrl_jax.config import RESUMABLE_FIELDS, Config, ConfigError, config_diff, config_from_dict
 from mbrl_jax.logging import MetricLogger, Progress
-from mbrl_jax.train import TrainState, make_train
+from mbrl_jax.train import TrainState, make_train, summarize_chunk
 
 
 class NonFiniteError(RuntimeError):
@@ -60,11 +59,36 @@ def check_resume(config: Config, logdir: Path) -> None:
         )
 
 
-def _all_finite(tree) -> jax.Array:
-    leaves = [
-        jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
-    ]
-    return jnp.all(jnp.stack(leaves))
+def finite_flags(state: TrainState, metrics: dict) -> dict:
+    """Inside jit: one bool per floating leaf of what the guard watches: the agent's parameters, optimiser
+    state, slow critic and return norm, and the chunk's losses. Everything else a chunk reports is either
+    finite by construction or absent."""
+    watched = {
+        "agent": state.agent,
+        "losses": {k: v for k, v in metrics.items() if k.startswith("loss")},
+    }
+    return jax.tree.map(
+        lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.bool_(True),
+        watched,
+    )
+
+
+def non_finite_names(flags: dict) -> list[str]:
+    """Host side: 'agent/params/wm/...' paths of the leaves whose flag is False."""
+    return [name for name, ok in flat_leaves(jax.device_get(flags)).items() if not bool(ok)]
+
+
+def describe_non_finite(names: list[str], limit: int = 3) -> str:
+    """'losses loss_model; agent state params/wm/... and 12 more tensors' from `non_finite_names`."""
+    losses = [n.split("/", 1)[1] for n in names if n.startswith("losses/")]
+    state = [n.split("/", 1)[1] for n in names if n.startswith("agent/")]
+    parts = []
+    if losses:
+        parts.append("losses " + ", ".join(losses))
+    if state:
+        more = f" and {len(state) - limit} more tensors" if len(state) > limit else ""
+        parts.append("agent state " + ", ".join(state[:limit]) + more)
+    return "; ".join(parts)
 
 
 def _chunks_done(config: Config, env_steps: int) -> int:
@@ -90,7 +114,7 @@ def train(
 
     def chunk_and_check(state):
         state, metrics = trainer.run_chunk(state)
-        return state, metrics, _all_finite((state.agent.params, metrics))
+        return state, metrics, finite_flags(state, metrics)
 
     chunk_fn = jax.jit(chunk_and_check, donate_argnums=0)
     key = jax.random.PRNGKey(config.seed)
@@ -123,14 +147,12 @@ def train(
             if stop_after_chunks is not None and index - start_chunk >= stop_after_chunks:
                 break
             state, metrics, finite = chunk_fn(state)
-            metrics = {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
-            env_steps = int(metrics["env_steps"])
-            metrics["env_steps"], metrics["updates"] = env_steps, int(metrics["updates"])
-            if not bool(finite):
-                bad = sorted(k for k, v in metrics.items() if k.startswith("loss") and not math.isfinite(v))
+            metrics = summarize_chunk(metrics)
+            env_steps = metrics["env_steps"]
+            bad = non_finite_names(finite)
+            if bad:
                 raise NonFiniteError(
-                    f"non-finite {'losses ' + ', '.join(bad) if bad else 'parameters'} "
-                    f"in the chunk ending at "
+                    f"non-finite {describe_non_finite(bad)} in the chunk ending at "
                     f"env step {env_steps}; nothing from it was saved. Last good checkpoint: "
                     f"{'env step ' + str(last_saved) if last_saved is not None else 'none'}"
                     f"{' in ' + str(ckpt.directory) if ckpt is not None and last_saved is not None else ''}"

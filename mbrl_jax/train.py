@@ -16,12 +16,13 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from mbrl_jax.agents.dreamer import AgentState, PolicyCarry, env_action, make_dreamer, random_action
 from mbrl_jax.config import Config
 from mbrl_jax.envs import TimeStep, make_env
-from mbrl_jax.replay import Replay, replay_add, replay_init, replay_sample
+from mbrl_jax.replay import Replay, replay_add, replay_init, replay_sample, replay_update
 
 
 @struct.dataclass
@@ -44,11 +45,13 @@ class Trainer:
     evaluate: Callable  # (AgentState, key) -> mean return of config.eval_episodes episodes
 
 
-def _replay_row(ts: TimeStep, prev_action: jax.Array) -> dict:
+def replay_row(ts: TimeStep, prev_action: jax.Array, context: dict) -> dict:
     """What the replay stores for one step: the observation, the action that led to it (zero at episode
-    starts), the reward received on arriving, and the episode flags."""
+    starts), the reward received on arriving, the episode flags, and the agent's replay context (its latent
+    after this observation; zeros where no policy ran)."""
     keep = 1.0 - ts.is_first.astype(jnp.float32)
     return {
+        **context,
         "obs": ts.obs,
         "action": prev_action * keep[:, None],
         "reward": ts.reward,
@@ -65,10 +68,12 @@ def make_train(config: Config) -> Trainer:
     spec = env.spec
     agent = make_dreamer(c, spec)
     steps_per_env = c.env_steps_per_iteration // c.num_envs
+    no_context = agent.replay_context(agent.initial_carry(c.num_envs))  # zeros: random steps have no latent
 
-    def env_step(state: TrainState, action: jax.Array, key) -> TrainState:
+    def env_step(state: TrainState, action: jax.Array, key, context: dict) -> TrainState:
         """Stores the current step with the action that led to it, then steps the envs with `action`."""
-        replay = replay_add(state.replay, _replay_row(state.timestep, state.policy.prev_action))
+        row = replay_row(state.timestep, state.policy.prev_action, context)
+        replay = replay_add(state.replay, row)
         env_state, timestep = env.step(state.env_state, env_action(spec, action), key)
         return state.replace(
             env_state=env_state, timestep=timestep, replay=replay, env_steps=state.env_steps + c.num_envs
@@ -79,20 +84,20 @@ def make_train(config: Config) -> Trainer:
         ts = state.timestep
         action, policy = agent.act(state.agent, state.policy, ts.obs, ts.is_first, k_act)
         done = ts.is_last
-        state = env_step(state.replace(key=key), action, k_env)
+        state = env_step(state.replace(key=key), action, k_env, agent.replay_context(policy))
         state = state.replace(policy=policy)
         return state, (done, ts.episode_return, ts.episode_length)
 
     def random_step(state: TrainState, _):
         key, k_act, k_env = jax.random.split(state.key, 3)
         action = random_action(spec, c.num_envs, k_act)
-        state = env_step(state.replace(key=key), action, k_env)
+        state = env_step(state.replace(key=key), action, k_env, no_context)
         return state.replace(policy=state.policy.replace(prev_action=action)), None
 
     def init(key) -> TrainState:
         k_agent, k_env, k_loop = jax.random.split(key, 3)
         env_state, timestep = env.reset(k_env)
-        example = _replay_row(timestep, jnp.zeros((c.num_envs, spec.action_dim)))
+        example = replay_row(timestep, jnp.zeros((c.num_envs, spec.action_dim)), no_context)
         state = TrainState(
             key=k_loop,
             env_steps=jnp.int32(0),
@@ -112,9 +117,13 @@ def make_train(config: Config) -> Trainer:
 
     def learn_step(state: TrainState, _):
         key, k_sample, k_learn = jax.random.split(state.key, 3)
-        batch = replay_sample(state.replay, k_sample, c.batch_size, c.batch_length)
-        agent_state, metrics = agent.learn(state.agent, batch, k_learn)
-        return state.replace(key=key, agent=agent_state, updates=state.updates + 1), metrics
+        batch, index, replay = replay_sample(
+            state.replay, k_sample, c.batch_size, c.sample_length, c.replay_online, stride=c.batch_length
+        )
+        agent_state, metrics, writes = agent.learn(state.agent, batch, k_learn)
+        if writes:
+            replay = replay_update(replay, index, writes)
+        return state.replace(key=key, agent=agent_state, replay=replay, updates=state.updates + 1), metrics
 
     def iteration(state: TrainState, _):
         state, (done, ep_return, ep_length) = jax.lax.scan(policy_step, state, None, length=steps_per_env)
@@ -153,10 +162,26 @@ def make_train(config: Config) -> Trainer:
             env_steps=state.env_steps,
             updates=state.updates,
             episodes=count,
-            episode_return=jnp.where(count > 0, ret_sum.sum() / jnp.maximum(count, 1), jnp.nan),
-            episode_length=jnp.where(count > 0, len_sum.sum() / jnp.maximum(count, 1), jnp.nan),
+            episode_return_sum=ret_sum.sum(),
+            episode_length_sum=len_sum.sum().astype(jnp.float32),
             eval_return=evaluate(state.agent, k_eval),
         )
         return state, metrics
 
     return Trainer(config=c, init=init, run_chunk=run_chunk, evaluate=evaluate)
+
+
+def summarize_chunk(raw: dict) -> dict:
+    """Host side: the compiled chunk's metrics (scalar arrays) -> plain Python numbers for logging.
+
+    Episode statistics come out of the chunk as sums and a count; their means are defined only when an
+    episode ended in the chunk, so `episode_return` / `episode_length` are absent otherwise (never NaN).
+    """
+    out = {k: np.asarray(v).item() for k, v in jax.device_get(raw).items()}
+    ret_sum, len_sum = out.pop("episode_return_sum"), out.pop("episode_length_sum")
+    for key in ("env_steps", "updates", "episodes"):
+        out[key] = int(out[key])
+    if out["episodes"] > 0:
+        out["episode_return"] = ret_sum / out["episodes"]
+        out["episode_length"] = len_sum / out["episodes"]
+    return out

@@ -60,7 +60,9 @@ def test_wraparound_windows_cover_valid_range():
     num_envs, capacity, writes, length, batch = 3, 16, 45, 5, 4096
     key = jax.random.key(0)
     replay = fill(num_envs, capacity, writes)
-    out = jax.tree.map(np.asarray, jax.jit(replay_sample, static_argnums=(2, 3))(replay, key, batch, length))
+    out = jax.tree.map(
+        np.asarray, jax.jit(replay_sample, static_argnums=(2, 3))(replay, key, batch, length)[0]
+    )
     assert out["value"].shape == (batch, length) and out["obs"].shape == (batch, length, 2)
     check_windows(out, num_envs, capacity, writes, length)
     # Starts are uniform over the capacity - length + 1 valid ones (t in [29, 40]) and over envs.
@@ -87,7 +89,7 @@ def test_sample_property(num_envs: int, capacity: int, data: st.DataObject):
     writes = data.draw(st.integers(length, 3 * capacity + 2), label="writes")
     replay = fill(num_envs, capacity, writes)
     assert int(replay.count) == min(writes, capacity) and int(replay.cursor) == writes % capacity
-    out = jax.tree.map(np.asarray, replay_sample(replay, jax.random.key(writes), 64, length))
+    out = jax.tree.map(np.asarray, replay_sample(replay, jax.random.key(writes), 64, length)[0])
     check_windows(out, num_envs, capacity, writes, length)
     # With 64 draws over at most 12 starts, both the oldest and the newest window are very likely hit;
     # checking the range ends catches an off-by-one in the start bound.

@@ -44,7 +44,7 @@ def test_vmapped_seeds_equal_single_runs(debug_config):
         single, metrics_1 = chunk_1(init_1(keys[seed]))
         # Same data collected: replay contents are exactly equal up to the end of the first chunk's acting
         # only while the policies agree; batched matmuls may round differently, so compare closely.
-        for name in ("loss_model", "loss_rec", "loss_rew", "kl", "eval_return", "episode_return"):
+        for name in ("loss_model", "loss_rec", "loss_rew", "kl", "eval_return", "episode_return_sum"):
             np.testing.assert_allclose(
                 metrics_v[name][seed], metrics_1[name], rtol=2e-3, atol=2e-3, err_msg=name
             )

@@ -23,7 +23,9 @@ def test_observe_and_imagine_shapes(env):
     obs = jax.random.normal(jax.random.PRNGKey(1), (B, T, *spec.obs_shape))
     actions = jax.random.uniform(jax.random.PRNGKey(2), (B, T, A))
     is_first = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 4].set(True)
-    posts, prior_logits = observe(wm, params, obs, actions, is_first, jax.random.PRNGKey(3))
+    posts, prior_logits = observe(
+        wm, params, obs, actions, is_first, jax.random.split(jax.random.PRNGKey(3), T)
+    )
     assert posts.deter.shape == (B, T, D)
     assert posts.stoch.shape == posts.logits.shape == prior_logits.shape == (B, T, S, K)
     assert posts.feat.shape == (B, T, D + S * K)
@@ -51,8 +53,8 @@ def test_is_first_resets_the_state():
     actions = jax.nn.one_hot(jax.random.randint(jax.random.PRNGKey(2), (1, 6), 0, 2), 2)
     first = jnp.zeros((1, 6), bool).at[0, 0].set(True).at[0, 3].set(True)
     key = jax.random.PRNGKey(5)
-    full, _ = observe(wm, params, obs, actions, first, key)
-    tail, _ = observe(wm, params, obs[:, 3:], actions[:, 3:], first[:, 3:], key)
+    full, _ = observe(wm, params, obs, actions, first, jax.random.split(key, 6))
+    tail, _ = observe(wm, params, obs[:, 3:], actions[:, 3:], first[:, 3:], jax.random.split(key, 3))
     # same key per step index differs between the two calls, so compare the deterministic parts
     np.testing.assert_allclose(full.deter[:, 3], tail.deter[:, 0], atol=1e-6)
     np.testing.assert_allclose(full.logits[:, 3], tail.logits[:, 0], atol=1e-5)
@@ -61,7 +63,7 @@ def test_is_first_resets_the_state():
 
 def test_actor_gradient_reaches_world_model_only_through_its_loss():
     """The world-model loss trains encoder, RSSM and heads; its gradient is non-zero for each of them."""
-    config = make_config("debug")
+    config = make_config("debug", replay_context=False)
     agent = make_dreamer(config, env_spec(config.env))
     state = agent.init(jax.random.PRNGKey(0))
     B, T = 2, 8
@@ -73,11 +75,11 @@ def test_actor_gradient_reaches_world_model_only_through_its_loss():
         "is_last": jnp.zeros((B, T), bool),
         "is_terminal": jnp.zeros((B, T), bool),
     }
-    new_state, metrics = jax.jit(agent.learn)(state, batch, jax.random.PRNGKey(2))
+    new_state, metrics, _ = jax.jit(agent.learn)(state, batch, jax.random.PRNGKey(2))
     assert all(np.isfinite(float(v)) for v in metrics.values())
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
     # warmup makes the first step's learning rate 0; a second update must move every module
-    newer, _ = jax.jit(agent.learn)(new_state, batch, jax.random.PRNGKey(3))
+    newer, _, _ = jax.jit(agent.learn)(new_state, batch, jax.random.PRNGKey(3))
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_state.params, newer.params)
     for module in ("wm", "actor", "critic"):
         assert any(jax.tree.leaves(changed[module])), module

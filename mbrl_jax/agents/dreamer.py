@@ -4,8 +4,12 @@
   init(key)                                   -> AgentState
   initial_carry(n)                            -> PolicyCarry for n envs
   act(state, carry, obs, is_first, key, mode) -> (action [n, A], carry)   one env step of the policy
-  learn(state, batch, key)                    -> (state, metrics)         one gradient update
+  learn(state, batch, key)                    -> (state, metrics, writes) one gradient update
+  replay_context(carry)                       -> what the replay stores per step for the replay context
 Actions are vectors: one-hot for discrete envs, values in [-1, 1] for continuous ones.
+
+The losses are module functions of a `Networks` record and parameters, so each can be called on its own:
+`world_model_loss`, `imagine_trajectory`, `actor_critic_loss`, `replay_value_loss`.
 """
 
 from __future__ import annotations
@@ -55,26 +59,41 @@ class PolicyCarry:
 
 
 @dataclasses.dataclass(frozen=True)
-class Dreamer:
-    init: Callable
-    initial_carry: Callable
-    act: Callable
-    learn: Callable
-    policy: Callable  # (actor params, feat [N, F]) -> distrax distribution over actions [N, A]
+class Networks:
+    """The flax modules and static settings that the loss functions read (Brax-style network record)."""
+
+    config: Config
+    spec: EnvSpec
     world_model: WorldModel
+    actor: Head
+    critic: Head
+
+    @property
+    def bins(self) -> jax.Array:
+        return twohot_bins(self.config.num_bins)
+
+    def policy(self, actor_params, feat: jax.Array):
+        """feat [..., F] -> distrax distribution over actions [..., A] (unimix categorical or bounded normal)."""
+        c, out = self.config, self.actor.apply(actor_params, feat)
+        if self.spec.discrete:
+            return onehot_categorical(unimix_logits(out, c.unimix))
+        mean, std = jnp.split(out, 2, -1)
+        return bounded_normal(mean, std, c.action_minstd, c.action_maxstd)
+
+    def value(self, critic_params, feat: jax.Array) -> jax.Array:
+        """Critic logits [..., bins]."""
+        return self.critic.apply(critic_params, feat)
 
 
-def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
+def make_networks(config: Config, spec: EnvSpec) -> Networks:
     if len(spec.obs_shape) != 1:
         raise ValueError(
             f"env {spec.name!r} has observations of shape {spec.obs_shape}; Dreamer here takes "
             "vector observations (1-d)"
         )
     c = config
-    A = spec.action_dim
-    obs_dim = spec.obs_shape[0]
-    wm = WorldModel(
-        obs_dim=obs_dim,
+    world_model = WorldModel(
+        obs_dim=spec.obs_shape[0],
         deter=c.deter,
         hidden=c.hidden,
         stoch=c.stoch,
@@ -87,20 +106,178 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         num_bins=c.num_bins,
         unimix=c.unimix,
     )
-    actor = Head(A if spec.discrete else 2 * A, c.units, c.ac_layers)
-    critic = Head(c.num_bins, c.units, c.ac_layers, zero_init=True)
-    bins = twohot_bins(c.num_bins)
+    A = spec.action_dim
+    # Reference output scales: 0.01 for the policy (a near-uniform first policy), 0 for the critic.
+    actor = Head(A if spec.discrete else 2 * A, c.units, c.ac_layers, out_scale=0.01)
+    critic = Head(c.num_bins, c.units, c.ac_layers, out_scale=0.0)
+    return Networks(config=c, spec=spec, world_model=world_model, actor=actor, critic=critic)
+
+
+# ---- losses ------------------------------------------------------------------------------------------------
+
+
+def world_model_loss(
+    nets: Networks, wm_params, batch: dict, keys: jax.Array, start: Latent | None = None
+) -> tuple[jax.Array, tuple[Latent, dict]]:
+    """DreamerV3's world-model loss on replayed windows (paper eq. 5, with free nats).
+
+    batch leaves [B, T, ...]: obs, action (the one that led to obs_t), reward, is_first, is_terminal.
+    keys: [T] per-step keys; start: latent before the first step (replay context) or None for zeros.
+    The continue target is (1 - terminal) * discount, as in the reference ("contdisc"): the head then predicts
+    the discount itself and imagination needs no separate discount factor.
+    Returns the mean loss and (posteriors [B, T], metrics).
+    """
+    c, wm, bins = nets.config, nets.world_model, nets.bins
+    posts, prior_logits = observe(
+        wm, wm_params, batch["obs"], batch["action"], batch["is_first"], keys, start
+    )
+    obs_pred, reward_logits, cont_logit = wm.apply(wm_params, posts.feat, method=WorldModel.heads)
+    rec = jnp.sum((obs_pred - symlog(batch["obs"])) ** 2, -1)  # symlog-MSE, summed over dims
+    rew = -twohot_log_prob(reward_logits, bins, batch["reward"])
+    cont_target = (1.0 - batch["is_terminal"].astype(jnp.float32)) * c.discount
+    con = -bernoulli_log_prob(cont_logit, cont_target)
+    # KL(sg(post) || prior) trains the prior only; KL(post || sg(prior)) the posterior only.
+    dyn = kl_loss_free_nats(categorical_kl(sg(posts.logits), prior_logits), c.free_nats)
+    rep = kl_loss_free_nats(categorical_kl(posts.logits, sg(prior_logits)), c.free_nats)
+    loss = (
+        c.loss_rec * rec + c.loss_rew * rew + c.loss_con * con + c.loss_dyn * dyn + c.loss_rep * rep
+    ).mean()
+    metrics = {
+        "loss_rec": rec.mean(),
+        "loss_rew": rew.mean(),
+        "loss_con": con.mean(),
+        "loss_dyn": dyn.mean(),
+        "loss_rep": rep.mean(),
+        "kl": categorical_kl(posts.logits, prior_logits).mean(),
+    }
+    return loss, (posts, metrics)
+
+
+def imagine_trajectory(nets: Networks, params: dict, start: Latent, key: jax.Array) -> dict:
+    """Imagined rollouts of the policy from `start` (leaves [N, ...]) for `imag_horizon` steps.
+
+    Returns, time-major and without gradient (nothing of the world model is trained through imagination):
+      feat [H+1, N, F], action [H, N, A], reward [H, N] (predicted on arriving at s_1..s_H),
+      cont [H+1, N]: the continue head's probability at every state, the start included (reference: soft
+      continue flags that already hold the discount).
+    """
+    wm = nets.world_model
+    policy = lambda feat, k: nets.policy(params["actor"], feat).sample(seed=k)
+    states, actions = imagine(wm, params["wm"], policy, sg(start), nets.config.imag_horizon, key)
+    reward_logits, cont_logit = wm.apply(params["wm"], states.feat, method=WorldModel.reward_cont)
+    traj = {
+        "feat": states.feat,
+        "action": actions,
+        "reward": twohot_mean(reward_logits[1:], nets.bins),
+        "cont": jax.nn.sigmoid(cont_logit),
+    }
+    return jax.tree.map(sg, traj)
+
+
+def imagination_weights(cont: jax.Array) -> jax.Array:
+    """[H+1, N] continue probabilities -> [H, N] weights of s_0..s_{H-1}: the probability that the episode
+    is still running there, the cumulative product of continue probabilities from the start state on."""
+    return jnp.cumprod(cont, 0)[:-1]
+
+
+def actor_critic_loss(
+    nets: Networks, ac_params: dict, traj: dict, slow_critic, return_norm: ReturnNorm
+) -> tuple[jax.Array, tuple[ReturnNorm, jax.Array, dict]]:
+    """DreamerV3's actor and critic losses on an imagined trajectory (paper eqs. 7-11).
+
+    ac_params: {"actor", "critic"}. Lambda returns bootstrap from the critic with the continue probabilities
+    as discounts; advantages (R - v) are divided by the return scale max(1, P95 - P5) (EMA); the critic
+    regresses the returns and its slow EMA copy's prediction, each step weighted by `imagination_weights`.
+    Returns the loss and (updated return norm, lambda returns [H, N], metrics).
+    """
+    c, bins = nets.config, nets.bins
+    feat, actions, cont = traj["feat"], traj["action"], traj["cont"]
+    critic_logits = nets.value(ac_params["critic"], feat)  # [H+1, N, bins]
+    values = twohot_mean(critic_logits, bins)
+    returns = lambda_returns(traj["reward"], sg(values), cont[1:], c.return_lambda)  # [H, N]
+    weight = sg(imagination_weights(cont))
+    new_norm = update_return_norm(return_norm, returns, c.retnorm_rate)
+    scale = return_scale(new_norm)
+    advantage = sg((returns - values[:-1]) / scale)
+    dist = nets.policy(ac_params["actor"], feat[:-1])
+    log_prob = dist.log_prob(sg(actions))
+    entropy = dist.entropy()
+    actor_loss = -(weight * (log_prob * advantage + c.actor_entropy * entropy)).mean()
+    slow_mean = twohot_mean(nets.value(slow_critic, feat[:-1]), bins)
+    critic_nll = -twohot_log_prob(critic_logits[:-1], bins, sg(returns))
+    critic_reg = -twohot_log_prob(critic_logits[:-1], bins, sg(slow_mean))
+    critic_loss = (weight * (critic_nll + c.slow_critic_reg * critic_reg)).mean()
+    loss = c.loss_actor * actor_loss + c.loss_critic * critic_loss
+    metrics = {
+        "loss_actor": actor_loss,
+        "loss_critic": critic_nll.mean(),
+        "actor_entropy": entropy.mean(),
+        "imag_return": returns.mean(),
+        "imag_cont": cont.mean(),
+        "return_scale": scale,
+        "value": values.mean(),
+    }
+    return loss, (new_norm, returns, metrics)
+
+
+def replay_value_loss(
+    nets: Networks, critic_params, slow_critic, feat: jax.Array, batch: dict, boot: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The reference's replay value loss ("repval"): the critic also regresses lambda returns computed along
+    the replayed windows, bootstrapped at every step from the imagined lambda return that starts there.
+
+    feat [B, T, F] (posterior features, no gradient), batch leaves [B, T] (reward, is_last, is_terminal),
+    boot [B, T]. Returns the mean loss (steps at an episode's last step weigh 0) and the returns [B, T-1].
+    """
+    c, bins = nets.config, nets.bins
+    tm = lambda x: jnp.swapaxes(x, 0, 1)  # lambda_returns is time-major
+    returns = tm(
+        lambda_returns(
+            tm(batch["reward"][:, 1:]),
+            tm(boot),
+            c.discount * (1.0 - tm(batch["is_terminal"][:, 1:]).astype(jnp.float32)),
+            c.return_lambda,
+            truncated=tm(batch["is_last"][:, 1:]),
+        )
+    )
+    logits = nets.value(critic_params, sg(feat[:, :-1]))
+    slow_mean = twohot_mean(nets.value(slow_critic, sg(feat[:, :-1])), bins)
+    nll = -twohot_log_prob(logits, bins, sg(returns)) - c.slow_critic_reg * twohot_log_prob(
+        logits, bins, sg(slow_mean)
+    )
+    weight = 1.0 - batch["is_last"][:, :-1].astype(jnp.float32)
+    return (weight * nll).mean(), returns
+
+
+# ---- the agent ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Dreamer:
+    init: Callable
+    initial_carry: Callable
+    act: Callable
+    learn: Callable
+    replay_context: Callable  # PolicyCarry -> {"deter": [n, D], "stoch": [n, S, K]} stored with each step
+    networks: Networks
+
+    @property
+    def world_model(self) -> WorldModel:
+        return self.networks.world_model
+
+    def policy(self, actor_params, feat):
+        return self.networks.policy(actor_params, feat)
+
+
+def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
+    c = config
+    nets = make_networks(config, spec)
+    wm = nets.world_model
+    A, obs_dim = spec.action_dim, spec.obs_shape[0]
     optimizer = make_optimizer(
         c.lr, agc=c.agc, eps=c.opt_eps, beta1=c.beta1, beta2=c.beta2, warmup_steps=c.warmup
     )
     feat_dim = c.deter + c.stoch * c.classes
-
-    def policy_dist(actor_params, feat):
-        out = actor.apply(actor_params, feat)
-        if spec.discrete:
-            return onehot_categorical(unimix_logits(out, c.unimix))
-        mean, std = jnp.split(out, 2, -1)
-        return bounded_normal(mean, std, c.action_minstd, c.action_maxstd)
 
     def init(key) -> AgentState:
         k_wm, k_actor, k_critic, k_sample = jax.random.split(key, 4)
@@ -108,13 +285,18 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
             "wm": wm.init(
                 k_wm, jnp.zeros((1, obs_dim)), jnp.zeros((1, A)), k_sample, method=WorldModel.init_all
             ),
-            "actor": actor.init(k_actor, jnp.zeros((1, feat_dim))),
-            "critic": critic.init(k_critic, jnp.zeros((1, feat_dim))),
+            "actor": nets.actor.init(k_actor, jnp.zeros((1, feat_dim))),
+            "critic": nets.critic.init(k_critic, jnp.zeros((1, feat_dim))),
         }
         return AgentState(params, optimizer.init(params), params["critic"], return_norm_init())
 
     def initial_carry(n: int) -> PolicyCarry:
         return PolicyCarry(zeros_latent((n,), c.deter, c.stoch, c.classes), jnp.zeros((n, A)))
+
+    def replay_context(carry: PolicyCarry) -> dict:
+        if not c.replay_context:
+            return {}
+        return {"deter": carry.latent.deter, "stoch": carry.latent.stoch}
 
     def act(state: AgentState, carry: PolicyCarry, obs, is_first, key, mode: bool = False):
         """obs: [n, obs_dim], is_first: [n] -> action [n, A], new carry."""
@@ -130,98 +312,57 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
             k_post,
             method=WorldModel.obs_step,
         )
-        dist = policy_dist(state.params["actor"], post.feat)
+        dist = nets.policy(state.params["actor"], post.feat)
         action = dist.mode() if mode else dist.sample(seed=k_act)
         return action, PolicyCarry(post, action)
 
-    def world_model_loss(wm_params, batch, key):
-        posts, prior_logits = observe(wm, wm_params, batch["obs"], batch["action"], batch["is_first"], key)
-        obs_pred, reward_logits, cont_logit = wm.apply(wm_params, posts.feat, method=WorldModel.heads)
-        rec = jnp.sum((obs_pred - symlog(batch["obs"])) ** 2, -1)  # symlog-MSE, summed over dims
-        rew = -twohot_log_prob(reward_logits, bins, batch["reward"])
-        con = -bernoulli_log_prob(cont_logit, 1.0 - batch["is_terminal"].astype(jnp.float32))
-        dyn = kl_loss_free_nats(categorical_kl(sg(posts.logits), prior_logits), c.free_nats)
-        rep = kl_loss_free_nats(categorical_kl(posts.logits, sg(prior_logits)), c.free_nats)
-        loss = (
-            c.loss_rec * rec + c.loss_rew * rew + c.loss_con * con + c.loss_dyn * dyn + c.loss_rep * rep
-        ).mean()
-        metrics = {
-            "loss_rec": rec.mean(),
-            "loss_rew": rew.mean(),
-            "loss_con": con.mean(),
-            "loss_dyn": dyn.mean(),
-            "loss_rep": rep.mean(),
-            "kl": categorical_kl(posts.logits, prior_logits).mean(),
-        }
-        return loss, (posts, metrics)
+    def behaviour_loss(ac_params, traj, slow_critic, return_norm, feat, rows):
+        loss, (norm, returns, metrics) = actor_critic_loss(nets, ac_params, traj, slow_critic, return_norm)
+        if c.loss_repval > 0:
+            B, T = rows["reward"].shape
+            boot = returns[0].reshape(B, T)
+            repval, _ = replay_value_loss(nets, ac_params["critic"], slow_critic, feat, rows, boot)
+            loss = loss + c.loss_repval * repval
+            metrics = {**metrics, "loss_repval": repval}
+        return loss, (norm, metrics)
 
-    def actor_critic_loss(ac_params, traj, slow_critic, return_norm):
-        """traj: imagined states (feat [H+1, N, F]), actions [H, N, A], reward [H, N], cont [H+1, N]."""
-        feat, actions = traj["feat"], traj["action"]
-        critic_logits = critic.apply(ac_params["critic"], feat)  # [H+1, N, bins]
-        values = twohot_mean(critic_logits, bins)
-        discounts = c.discount * traj["cont"][1:]
-        returns = lambda_returns(traj["reward"], sg(values), discounts, c.return_lambda)  # [H, N]
-        # Weight of each imagined step: probability that the episode is still running (cumulative continue).
-        weight = sg(jnp.cumprod(c.discount * traj["cont"], 0) / c.discount)[:-1]
-        new_norm = update_return_norm(return_norm, returns, c.retnorm_rate)
-        scale = return_scale(new_norm)
-        advantage = sg((returns - values[:-1]) / scale)
-        dist = policy_dist(ac_params["actor"], feat[:-1])
-        log_prob = dist.log_prob(sg(actions))
-        entropy = dist.entropy()
-        actor_loss = -(weight * (log_prob * advantage + c.actor_entropy * entropy)).mean()
-        slow_mean = twohot_mean(critic.apply(slow_critic, feat[:-1]), bins)
-        critic_nll = -twohot_log_prob(critic_logits[:-1], bins, sg(returns))
-        critic_reg = -twohot_log_prob(critic_logits[:-1], bins, sg(slow_mean))
-        critic_loss = (weight * (critic_nll + c.slow_critic_reg * critic_reg)).mean()
-        loss = c.loss_actor * actor_loss + c.loss_critic * critic_loss
-        metrics = {
-            "loss_actor": actor_loss,
-            "loss_critic": critic_nll.mean(),
-            "actor_entropy": entropy.mean(),
-            "imag_return": returns.mean(),
-            "return_scale": scale,
-            "value": values.mean(),
-        }
-        return loss, (new_norm, metrics)
-
-    def learn(state: AgentState, batch: dict, key) -> tuple[AgentState, dict]:
-        """One update of world model, actor and critic on batch leaves [B, T, ...]."""
+    def learn(state: AgentState, batch: dict, key) -> tuple[AgentState, dict, dict]:
+        """One update of world model, actor and critic on batch leaves [B, L, ...] (L = batch_length, plus one
+        leading context step with the replay context). Returns the new state, metrics, and the fields to
+        write back to the replay for the last batch_length steps (the fresh posteriors; {} without context)."""
         k_wm, k_imag = jax.random.split(key)
         params = state.params
-        (wm_loss, (posts, wm_metrics)), wm_grads = jax.value_and_grad(world_model_loss, has_aux=True)(
-            params["wm"], batch, k_wm
-        )
-
+        if c.replay_context:
+            start = Latent(batch["deter"][:, 0], batch["stoch"][:, 0], jnp.zeros_like(batch["stoch"][:, 0]))
+            rows = jax.tree.map(lambda x: x[:, 1:], batch)
+        else:
+            start, rows = None, batch
+        keys = jax.random.split(k_wm, rows["obs"].shape[1])
+        (wm_loss, (posts, wm_metrics)), wm_grads = jax.value_and_grad(
+            world_model_loss, argnums=1, has_aux=True
+        )(nets, params["wm"], rows, keys, start)
         # Imagine from every posterior state of the batch (B*T starts); nothing here is differentiated.
-        start = jax.tree.map(lambda x: sg(x.reshape(-1, *x.shape[2:])), posts)
-        policy = lambda feat, k: policy_dist(params["actor"], feat).sample(seed=k)
-        states, actions = imagine(wm, params["wm"], policy, start, c.imag_horizon, k_imag)
-        reward_logits, cont_logit = wm.apply(params["wm"], states.feat, method=WorldModel.reward_cont)
-        cont = (cont_logit > 0).astype(jnp.float32)
-        first_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
-        traj = {
-            "feat": states.feat,
-            "action": actions,
-            "reward": twohot_mean(reward_logits[1:], bins),
-            "cont": jnp.concatenate([first_cont[None], cont[1:]], 0),
-        }
-        traj = jax.tree.map(sg, traj)
+        starts = jax.tree.map(lambda x: sg(x.reshape(-1, *x.shape[2:])), posts)
+        traj = imagine_trajectory(nets, params, starts, k_imag)
         ac_params = {"actor": params["actor"], "critic": params["critic"]}
-        (ac_loss, (return_norm, ac_metrics)), ac_grads = jax.value_and_grad(actor_critic_loss, has_aux=True)(
-            ac_params, traj, state.slow_critic, state.return_norm
+        (_, (return_norm, ac_metrics)), ac_grads = jax.value_and_grad(behaviour_loss, has_aux=True)(
+            ac_params, traj, state.slow_critic, state.return_norm, sg(posts.feat), rows
         )
-
         grads = {"wm": wm_grads, **ac_grads}
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         params = optax.apply_updates(params, updates)
         slow = optax.incremental_update(params["critic"], state.slow_critic, c.slow_critic_rate)
         metrics = {"loss_model": wm_loss, **wm_metrics, **ac_metrics, "grad_norm": optax.tree.norm(grads)}
-        return AgentState(params, opt_state, slow, return_norm), metrics
+        writes = replay_context(PolicyCarry(sg(posts), rows["action"])) if c.replay_context else {}
+        return AgentState(params, opt_state, slow, return_norm), metrics, writes
 
     return Dreamer(
-        init=init, initial_carry=initial_carry, act=act, learn=learn, policy=policy_dist, world_model=wm
+        init=init,
+        initial_carry=initial_carry,
+        act=act,
+        learn=learn,
+        replay_context=replay_context,
+        networks=nets,
     )
 
 
@@ -237,4 +378,18 @@ def env_action(spec: EnvSpec, action: jax.Array) -> jax.Array:
     return jnp.argmax(action, -1).astype(jnp.int32) if spec.discrete else action
 
 
-__all__ = ["AgentState", "PolicyCarry", "Dreamer", "make_dreamer", "random_action", "env_action"]
+__all__ = [
+    "AgentState",
+    "PolicyCarry",
+    "Networks",
+    "Dreamer",
+    "make_networks",
+    "make_dreamer",
+    "world_model_loss",
+    "imagine_trajectory",
+    "imagination_weights",
+    "actor_critic_loss",
+    "replay_value_loss",
+    "random_action",
+    "env_action",
+]

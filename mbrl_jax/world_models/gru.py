@@ -8,8 +8,12 @@ import jax.numpy as jnp
 
 from mbrl_jax.nets.layers import dense_init
 
-# Fan-in of a block kernel [g, in, out] is `in`: the group axis is a batch axis of independent maps.
-_block_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", batch_axis=(0,))
+
+def block_init(blocks: int):
+    """Truncated normal with the fan-in of the whole block-diagonal layer, blocks x per-block input (as the
+    DreamerV3 reference's BlockLinear computes it from the flat shape), not the per-block input alone: a
+    variance scale of 1/blocks over the per-block fan-in."""
+    return nn.initializers.variance_scaling(1.0 / blocks, "fan_in", "truncated_normal", batch_axis=(0,))
 
 
 class BlockGRU(nn.Module):
@@ -35,7 +39,7 @@ class BlockGRU(nn.Module):
         action = action / jax.lax.stop_gradient(jnp.maximum(1.0, jnp.abs(action)))
         parts = []
         for x in (deter, stoch, action):
-            x = nn.Dense(self.hidden, use_bias=False, kernel_init=dense_init)(x)
+            x = nn.Dense(self.hidden, kernel_init=dense_init)(x)
             parts.append(jax.nn.silu(nn.RMSNorm(epsilon=1e-4)(x)))
         inputs = jnp.concatenate(parts, -1)  # [B, 3*hidden], shared by every block
         batch = deter.shape[:-1]
@@ -55,6 +59,6 @@ class BlockGRU(nn.Module):
 
     def _block_linear(self, name: str, x: jax.Array, units: int) -> jax.Array:
         """[g, B, in] -> [g, B, units], one kernel per group."""
-        kernel = self.param(f"{name}_kernel", _block_init, (self.blocks, x.shape[-1], units))
+        kernel = self.param(f"{name}_kernel", block_init(self.blocks), (self.blocks, x.shape[-1], units))
         bias = self.param(f"{name}_bias", nn.initializers.zeros, (self.blocks, *([1] * (x.ndim - 2)), units))
         return jnp.einsum("g...i,gio->g...o", x, kernel) + bias

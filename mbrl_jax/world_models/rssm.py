@@ -65,7 +65,7 @@ class WorldModel(nn.Module):
         self.post_net = MLP(self.hidden, 1)  # "obslayers" = 1
         self.post_out = nn.Dense(self.stoch * self.classes, kernel_init=dense_init)
         self.decoder = Head(self.obs_dim, self.units, self.dec_layers)
-        self.reward_head = Head(self.num_bins, self.units, self.head_layers, zero_init=True)
+        self.reward_head = Head(self.num_bins, self.units, self.head_layers, out_scale=0.0)
         self.cont_head = Head(1, self.units, self.head_layers)
 
     def encode(self, obs: jax.Array) -> jax.Array:
@@ -106,17 +106,25 @@ class WorldModel(nn.Module):
 
 
 def observe(
-    model: WorldModel, params, obs: jax.Array, prev_action: jax.Array, is_first: jax.Array, key: jax.Array
+    model: WorldModel,
+    params,
+    obs: jax.Array,
+    prev_action: jax.Array,
+    is_first: jax.Array,
+    keys: jax.Array,
+    start: Latent | None = None,
 ) -> tuple[Latent, jax.Array]:
-    """Posterior states for a batch of replayed windows, each started from the zero state.
+    """Posterior states for a batch of replayed windows.
 
-    obs: [B, T, obs_dim]; prev_action: [B, T, A] (the action that led to obs_t); is_first: [B, T].
+    obs: [B, T, obs_dim]; prev_action: [B, T, A] (the action that led to obs_t); is_first: [B, T];
+    keys: [T] one PRNG key per step (explicit, so that a window split in two observes exactly like the whole);
+    start: the latent before the first step (leaves [B, ...]; the replay context), zeros when None.
     Returns posteriors (Latent with leaves [B, T, ...]) and prior logits [B, T, S, K].
     """
     B = obs.shape[0]
     embed = model.apply(params, obs, method=WorldModel.encode)
-    keys = jax.random.split(key, obs.shape[1])
-    start = zeros_latent((B,), model.deter, model.stoch, model.classes)
+    if start is None:
+        start = zeros_latent((B,), model.deter, model.stoch, model.classes)
 
     def step(prev, inputs):
         embed_t, action_t, first_t, key_t = inputs

@@ -110,8 +110,8 @@ def replay_sample(
 
 
 def replay_update(replay: Replay, index: ReplayIndex, values: dict[str, jax.Array]) -> Replay:
-    """Overwrite the fields in `values` (leaves [B, L, ...], L <= the sampled length: the last L sampled steps)
-    at the slots they were sampled from. Where windows overlap, one of the written values is kept."""
+    """Overwrite the fields in `values` (leaves [B, L, ...], L <= the sampled length: the last L sampled
+    steps) at the slots they were sampled from. Where windows overlap, one of the written values is kept."""
     length = jax.tree.leaves(values)[0].shape[1]
     env, slot = index.env[:, None], index.slot[:, -length:]
     data = dict(replay.data)

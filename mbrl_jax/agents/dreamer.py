@@ -73,7 +73,7 @@ class Networks:
         return twohot_bins(self.config.num_bins)
 
     def policy(self, actor_params, feat: jax.Array):
-        """feat [..., F] -> distrax distribution over actions [..., A] (unimix categorical or bounded normal)."""
+        """feat [..., F] -> distribution over actions [..., A] (unimix categorical or bounded normal)."""
         c, out = self.config, self.actor.apply(actor_params, feat)
         if self.spec.discrete:
             return onehot_categorical(unimix_logits(out, c.unimix))
@@ -327,9 +327,9 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         return loss, (norm, metrics)
 
     def learn(state: AgentState, batch: dict, key) -> tuple[AgentState, dict, dict]:
-        """One update of world model, actor and critic on batch leaves [B, L, ...] (L = batch_length, plus one
-        leading context step with the replay context). Returns the new state, metrics, and the fields to
-        write back to the replay for the last batch_length steps (the fresh posteriors; {} without context)."""
+        """One update of world model, actor and critic on batch leaves [B, L, ...] (L = batch_length, plus
+        one leading context step with the replay context). Returns the new state, metrics, and the fields
+        to write back to the replay for the last batch_length steps (fresh posteriors; {} without context)."""
         k_wm, k_imag = jax.random.split(key)
         params = state.params
         if c.replay_context:

@@ -138,7 +138,11 @@ class MetricLogger:
         if self._tb is None:
             from tensorboardX import SummaryWriter  # slow import, only when used
 
-            self._tb = SummaryWriter(str(directory or self.logdir / TB))
+            # tensorboardX names a file by the second and the host only: a writer opened in the same second
+            # would overwrite the last one's file. The first step in the name keeps them apart, in step order
+            # (TensorBoard reads a folder's files in name order).
+            suffix = f".from{record['env_steps']:012d}"
+            self._tb = SummaryWriter(str(directory or self.logdir / TB), filename_suffix=suffix)
         step = record["env_steps"]
         for key, value in record.items():
             if key != "env_steps" and isinstance(value, int | float) and not isinstance(value, bool):

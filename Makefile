@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast bench lint clean
+.PHONY: setup run test test-fast bench lint tensorboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py $(ARGS)
+
+tensorboard: $(STAMP)  # every run under runs/ (or LOGDIR=...)
+	$(VENV)/bin/tensorboard --logdir $(or $(LOGDIR),runs)
 
 lint: $(STAMP)
 	$(PY) -m ruff check mbrl_jax experiments benchmarks tests

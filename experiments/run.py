@@ -1,63 +1,164 @@
 """Train an agent from the command line.
 
-    python experiments/run.py                                   # DreamerV3 on gymnax CartPole-v1
-    python experiments/run.py --env Pendulum-v1 --preset pendulum --steps 30000 --logdir runs/pendulum
-    python experiments/run.py --preset cartpole,size1m --seed 3 lr=1e-4 batch_size=32
+    python experiments/run.py                        # CartPole-v1, in runs/CartPole-v1-cartpole-seed0
+    python experiments/run.py                        # the same command again resumes that run
+    python experiments/run.py --steps 50000          # continues it to 50k env steps
+    python experiments/run.py --preset pendulum --seed 1
+    python experiments/run.py --preset cartpole,size1m lr=1e-4 --seed 3 batch_size=32
+    python experiments/run.py --logdir runs/X        # resumes runs/X with the config stored there
 
-Presets apply left to right, then --env/--seed/--steps, then trailing key=value overrides; the result is
-validated before anything compiles. Running again with the same --logdir resumes that run.
-Exit status 2 means bad input (nothing was compiled and nothing in the logdir changed).
+The config, by one rule:
+  1. Start from the config stored in --logdir when it holds a run and --preset is not given; otherwise from
+     the defaults, with --preset cartpole when neither --preset nor --env is given.
+  2. Apply the presets of --preset a,b,... left to right.
+  3. Apply the field settings: --env E, --seed S, --steps N and key=value (any field of
+     mbrl_jax.config.Config). They may come in any order, mixed with the other flags: --steps N is the same
+     as steps=N, and a field set twice (as flag or key) is an error naming both.
+Everything is validated, device memory included, before anything is allocated or compiled.
+
+Run directory: --logdir, by default runs/<env>-<presets>-seed<seed>. Running again with the same directory
+resumes the run there; only steps, checkpoint_every, checkpoint_minutes and keep_checkpoints may differ.
+--new starts a fresh run in <logdir>-2 (-3, ...) when <logdir> already holds one.
+Ctrl-C or SIGTERM: the chunk in flight finishes and is checkpointed, then the run exits with status 130 / 143
+and prints how to resume it (a second signal stops at once, losing only that chunk).
+Exit status: 0 done or already finished, 1 non-finite losses, 2 bad input (nothing allocated, compiled or
+changed), 130 / 143 interrupted. Compiled programs are cached in $MBRL_JAX_CACHE_DIR
+(default ~/.cache/mbrl_jax/xla; empty turns the cache off).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
 
-from mbrl_jax.config import PRESETS, ConfigError, make_config, parse_overrides  # noqa: E402
+from mbrl_jax.config import (  # noqa: E402
+    PRESETS,
+    Config,
+    ConfigError,
+    coerce_value,
+    config_from_dict,
+    make_config,
+)
 
 DEFAULT_PRESET = "cartpole"
+FIELD_FLAGS = ("env", "seed", "steps")  # flags that are field settings: --steps N is steps=N
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit status 2, like every other bad input
+        raise ConfigError(message)
+
+
+class _Field(argparse.Action):
+    """`--steps N`: recorded as the field setting ('--steps N', 'steps', 'N') in the order given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.fields = [*(namespace.fields or []), (f"{option_string} {values}", self.dest, values)]
+
+
+class _Once(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        previous = getattr(namespace, self.dest)
+        if previous is not None:
+            raise ConfigError(
+                f"{option_string} is given twice: {option_string} {previous} and {option_string} {values}; "
+                f"give it once (presets combine as {option_string} a,b)"
+            )
+        setattr(namespace, self.dest, values)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--env", help="gymnax env id, e.g. CartPole-v1, Pendulum-v1")
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(fields=None)
+    parser.add_argument("--env", action=_Field, help="gymnax env id, e.g. CartPole-v1 (the field env)")
     parser.add_argument(
         "--preset",
-        default=None,
+        action=_Once,
         help=f"comma-separated presets, applied left to right; known: {', '.join(PRESETS)} "
-        f"(default: {DEFAULT_PRESET} when --env is not given)",
+        f"(default: {DEFAULT_PRESET} when neither --env nor a stored run gives the config)",
     )
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--steps", type=int, help="total env steps")
-    parser.add_argument("--logdir", help="run directory (default: runs/<env>-<preset>-seed<seed>-<time>)")
+    parser.add_argument("--seed", action=_Field, help="the field seed (0 to 2**32 - 1)")
+    parser.add_argument("--steps", action=_Field, help="the field steps: total env steps, prefill included")
+    parser.add_argument(
+        "--logdir", action=_Once, help="run directory (default: runs/<env>-<presets>-seed<seed>)"
+    )
+    parser.add_argument(
+        "--new", action="store_true", help="start a fresh run in <logdir>-2 (-3, ...) if <logdir> holds one"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides")
-    return parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config field settings")
+    return parser.parse_intermixed_args(argv)
 
 
-def build_config(args: argparse.Namespace):
+def field_settings(args: argparse.Namespace) -> dict:
+    """The --env/--seed/--steps flags and key=value pairs as {field: typed value}; each field once."""
+    settings = list(args.fields or [])
+    for pair in args.overrides:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
+        key, value = pair.split("=", 1)
+        settings.append((pair, key.strip(), value))
+    given: dict[str, str] = {}
+    values = {}
+    for text, key, value in settings:
+        if key in given:
+            raise ConfigError(f"{key} is given twice: {given[key]} and {text}; give it once")
+        given[key] = text
+        values[key] = coerce_value(key, value)
+    return values
+
+
+def _holds_run(path: Path) -> bool:
+    return (path / "config.yaml").is_file()
+
+
+def _stored_config(logdir: Path) -> Config | None:
+    from mbrl_jax.checkpoint import load_config
+
+    stored = load_config(logdir) if logdir.is_dir() else None
+    if stored is None:
+        return None
+    try:
+        return config_from_dict(stored)
+    except ConfigError as err:
+        raise ConfigError(
+            f"logdir={str(logdir)!r} holds a config.yaml this version cannot read: {err}"
+        ) from None
+
+
+def _fresh(path: Path) -> Path:
+    """`path`, or the first of path-2, path-3, ... that holds no run."""
+    candidate, n = path, 1
+    while _holds_run(candidate):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def build_config(args: argparse.Namespace) -> tuple[Config, Path]:
+    """The config by the rule in the module docstring, and the run directory."""
+    values = field_settings(args)
     presets = [p for p in (args.preset or "").split(",") if p]
-    if not presets and args.env is None:
+    given = Path(args.logdir).expanduser() if args.logdir else None
+    base = None
+    if given is not None and not args.preset and not args.new:
+        base = _stored_config(given)
+    if not presets and "env" not in values and base is None:
         presets = [DEFAULT_PRESET]
-    overrides = parse_overrides(args.overrides)
-    for name in ("env", "seed", "steps"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    return make_config(*presets, **overrides)
+    config = make_config(*presets, base=base, **values)
+    logdir = given or Path("runs") / "-".join([config.env, *presets, f"seed{config.seed}"])
+    return config, (_fresh(logdir) if args.new else logdir)
 
 
 def enable_compilation_cache() -> None:
     """Keeps compiled programs on disk, so a second run (or a resume) of the same config starts in seconds.
     MBRL_JAX_CACHE_DIR picks the folder; set it to an empty string to turn the cache off."""
-    import os
-
     folder = os.environ.get("MBRL_JAX_CACHE_DIR", str(Path.home() / ".cache" / "mbrl_jax" / "xla"))
     if folder:
         import jax
@@ -67,32 +168,47 @@ def enable_compilation_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
-        config = build_config(args)
+        args = parse_args(argv)
+        config, logdir = build_config(args)
+        from mbrl_jax.memory import check_memory
         from mbrl_jax.runner import check_logdir, check_resume
 
-        logdir = args.logdir or (
-            f"runs/{config.env}-seed{config.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        )
+        check_resume(config, logdir)
+        check_memory(config)
         path = check_logdir(logdir)
-        check_resume(config, path)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    enable_compilation_cache()
-    from mbrl_jax.runner import NonFiniteError, train
+    from mbrl_jax.logging import read_metrics
+    from mbrl_jax.runner import Interrupted, NonFiniteError, final_env_steps, latest_checkpoint, train
 
+    resume = f"python {shlex.quote(os.path.relpath(__file__))} --logdir {shlex.quote(str(path))}"
+    point = latest_checkpoint(path)
+    if point is not None and point[0] >= final_env_steps(config):
+        print(f"{path}: finished at {point[0]} env steps; pass --steps M > {point[0]} to continue")
+        return 0
     print(
         f"mbrl_jax: {config.agent} on {config.env}, seed {config.seed}, {config.steps} env steps "
         f"(train ratio {config.effective_train_ratio:g}, {config.num_envs} envs) -> {path}",
         flush=True,
     )
+    if point is not None:
+        saved = datetime.fromtimestamp(point[1]).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"resuming from env step {point[0]} (checkpoint of {saved})", flush=True)
+    elif read_metrics(path):
+        print(
+            "no checkpoint yet: starting from env step 0; the metrics written so far are replaced", flush=True
+        )
+    enable_compilation_cache()
     try:
         _, records = train(config, path, progress=not args.no_progress)
     except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except Interrupted as stop:
+        print(f"{stop}; resume with: {resume}", file=sys.stderr, flush=True)
+        return stop.exit_status
     evals = [r["eval_return"] for r in records if "eval_return" in r]
     if evals:
         print(

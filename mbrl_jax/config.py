@@ -30,6 +30,7 @@ class Config:
     chunk_steps: int = 1_000  # env steps per compiled chunk: the logging / eval / checkpoint interval
     eval_episodes: int = 8
     checkpoint_every: int = 10_000  # env steps between checkpoints (rounded to whole chunks); one at the end
+    checkpoint_minutes: float = 10.0  # also save at the first chunk end this long after the last save
     keep_checkpoints: int = 3
     # --- replay ---
     replay_capacity: int = 100_000  # env steps kept, over all envs
@@ -245,8 +246,29 @@ _NON_NEGATIVE_FLOAT = (
 ).split()
 
 
+# Counters and sizes are int32 on the device; the seed becomes a uint32 PRNG key.
+INT32_MAX = 2**31 - 1
+UINT32_MAX = 2**32 - 1
+
+
+def check_numbers(config: Config) -> None:
+    """Every float field finite, every int field within what the device program can hold."""
+    for key, typ in _TYPES.items():
+        value = getattr(config, key)
+        if typ is float and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} is not finite; allowed: a finite number")
+        if typ is int:
+            high = UINT32_MAX if key == "seed" else INT32_MAX
+            kind = "a uint32 PRNG seed" if key == "seed" else "an int32 on the device"
+            if value > high:
+                raise ConfigError(f"{key}={value!r} is too large; allowed: at most {high} ({kind})")
+    if not config.checkpoint_minutes > 0:
+        raise ConfigError(f"checkpoint_minutes={config.checkpoint_minutes!r} must be > 0")
+
+
 def validate(config: Config) -> Config:
     """Checks every field and the relations between them; raises ConfigError naming the field."""
+    check_numbers(config)
     for key in _POSITIVE_INT + _POSITIVE_FLOAT:
         if not getattr(config, key) > 0:
             raise ConfigError(f"{key}={getattr(config, key)!r} must be > 0")
@@ -319,6 +341,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r} is not of the form key=value")
         key, value = pair.split("=", 1)
+        if key.strip() in out:
+            raise ConfigError(f"{key.strip()} is given twice ({pair!r} and an earlier one); give it once")
         out[key.strip()] = coerce_value(key.strip(), value)
     return out
 
@@ -332,7 +356,7 @@ def config_from_dict(values: Mapping[str, Any]) -> Config:
 
 # Fields that change how long or how often a run saves, never what it computes: a run may be resumed
 # with different values of these.
-RESUMABLE_FIELDS = frozenset({"steps", "checkpoint_every", "keep_checkpoints"})
+RESUMABLE_FIELDS = frozenset({"steps", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints"})
 
 
 def config_diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:

@@ -6,7 +6,8 @@ last line (power loss, or a writer other than this class) is cut off when the fi
 `MetricLogger`, and skipped by `read_metrics`. `<logdir>/metrics.csv` is a view derived from it: rows are
 appended while the columns (the union of keys, in order of first appearance, `env_steps` first) stay the same,
 and the whole file is regenerated from the JSONL (temp file + os.replace) when a new key appears, on open, and
-after `truncate_after`. TensorBoard scalars go to `<logdir>/tb/` with step = env_steps.
+after `truncate_after`. TensorBoard scalars go to `<logdir>/tb/` with step = env_steps; `truncate_after`
+rebuilds them from the JSONL too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -29,6 +31,7 @@ from mbrl_jax.fileio import atomic_write_bytes
 Metrics = Mapping[str, Any]
 JSONL = "metrics.jsonl"
 CSV = "metrics.csv"
+TB = "tb"
 
 
 def _plain(value: Any) -> Any:
@@ -91,8 +94,7 @@ class MetricLogger:
         self.jsonl_path = self.logdir / JSONL
         self.csv_path = self.logdir / CSV
         self._tensorboard = tensorboard
-        self._tb: Any = None  # SummaryWriter, made on first write so truncate_after can set purge_step
-        self._purge_step: int | None = None
+        self._tb: Any = None  # SummaryWriter, made on first write
         self._fd = os.open(self.jsonl_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self._repair_tail()
         self._rewrite_csv()
@@ -130,13 +132,17 @@ class MetricLogger:
             self._rewrite_csv()
         self._write_tensorboard(record)
 
-    def _write_tensorboard(self, record: Metrics) -> None:
+    def _write_tensorboard(self, record: Metrics, directory: Path | None = None) -> None:
         if not self._tensorboard:
             return
         if self._tb is None:
             from tensorboardX import SummaryWriter  # slow import, only when used
 
-            self._tb = SummaryWriter(str(self.logdir / "tb"), purge_step=self._purge_step)
+            # tensorboardX names a file by the second and the host only: a writer opened in the same second
+            # would overwrite the last one's file. The first step in the name keeps them apart, in step order
+            # (TensorBoard reads a folder's files in name order).
+            suffix = f".from{record['env_steps']:012d}"
+            self._tb = SummaryWriter(str(directory or self.logdir / TB), filename_suffix=suffix)
         step = record["env_steps"]
         for key, value in record.items():
             if key != "env_steps" and isinstance(value, int | float) and not isinstance(value, bool):
@@ -144,8 +150,9 @@ class MetricLogger:
         self._tb.flush()
 
     def truncate_after(self, env_steps: int) -> int:
-        """Drop records with env_steps > `env_steps` (for resuming from an older checkpoint); returns how many
-        were dropped. The JSONL is replaced atomically; TensorBoard hides the dropped steps (purge_step)."""
+        """Drop records with env_steps > `env_steps` (resuming from a checkpoint; -1 empties the files);
+        returns how many were dropped. The JSONL is replaced atomically and the CSV and TensorBoard files are
+        rebuilt from it, so every sink holds each kept record exactly once."""
         records = read_metrics(self.logdir)
         kept = [r for r in records if r["env_steps"] <= env_steps]
         if len(kept) < len(records):
@@ -154,11 +161,28 @@ class MetricLogger:
             atomic_write_bytes(self.jsonl_path, text.encode(), durable=True)
             self._fd = os.open(self.jsonl_path, os.O_RDWR | os.O_APPEND)
             self._rewrite_csv()
-        self._purge_step = env_steps + 1
+        if self._tensorboard:
+            self._rebuild_tensorboard(kept)
+        return len(records) - len(kept)
+
+    def _rebuild_tensorboard(self, records: list[Metrics]) -> None:
+        """Replace `tb/` by event files holding exactly `records` (written beside it, then swapped in)."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-        return len(records) - len(kept)
+        tb, fresh, old = (self.logdir / name for name in (TB, TB + ".new", TB + ".old"))
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        for record in records:
+            self._write_tensorboard(record, directory=fresh)
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if tb.exists():
+            os.replace(tb, old)
+        if fresh.exists():
+            os.replace(fresh, tb)
+        shutil.rmtree(old, ignore_errors=True)
 
     def close(self) -> None:
         """Flush and close every sink; the CSV is regenerated from the JSONL one last time."""

@@ -31,14 +31,31 @@ BAD_INPUTS = [
     (["unimix=1.5"], ["unimix", "1.5", "[0, 1]"]),
     (["return_lambda=-0.1"], ["return_lambda", "-0.1", "[0, 1]"]),
     (["horizon=0.5"], ["horizon", "0.5", ">= 1"]),
-    (["batch_length=256", "replay_capacity=800"], ["batch_length", "256", "replay"]),
+    (["--preset", "cartpole", "batch_length=256", "replay_capacity=800"], ["batch_length", "256", "replay"]),
     (["prefill=10"], ["prefill", "10", "batch_length"]),
-    (["deter=100"], ["deter", "100", "blocks"]),
+    (["--preset", "cartpole", "deter=100"], ["deter", "100", "blocks"]),
     (["action_minstd=2", "action_maxstd=1"], ["action_minstd", "action_maxstd"]),
     (["agent=tdmpc2"], ["agent", "tdmpc2", "allowed"]),
     (["--env", "Breakout-MinAtar"], ["env", "Breakout-MinAtar", "vector observations"]),
     (["lr"], ["lr", "key=value"]),
     (["--logdir", "/proc/no_such_dir/run"], ["logdir", "/proc/no_such_dir/run"]),
+    # device memory, integer ranges, non-finite floats: refused before anything is allocated
+    (["--new", "batch_size=10000000"], ["batch_size=10000000", "device memory", "GiB", "activations"]),
+    (["seed=1e20"], ["seed", "100000000000000000000", "4294967295"]),
+    (["--seed", "4294967296"], ["seed", "4294967296", "4294967295"]),
+    (["steps=3e9"], ["steps", "3000000000", "2147483647"]),
+    (["lr=inf"], ["lr", "inf", "finite"]),
+    (["lr=nan"], ["lr", "nan", "finite"]),
+    (["horizon=inf"], ["horizon", "inf", "finite"]),
+    (["checkpoint_minutes=0"], ["checkpoint_minutes", "0", "> 0"]),
+    # the command line itself
+    (["--steps", "1000", "steps=1.5e4"], ["steps", "--steps 1000", "steps=1.5e4", "twice"]),
+    (["batch_size=4", "batch_size=8"], ["batch_size=4", "batch_size=8", "twice"]),
+    (["--seed", "1", "--seed", "2"], ["seed", "--seed 1", "--seed 2", "twice"]),
+    (["--preset", "debug", "--preset", "cartpole"], ["--preset debug", "--preset cartpole", "twice"]),
+    (["--steps", "1.5"], ["steps", "1.5", "int"]),
+    (["--bogus"], ["unrecognized", "--bogus"]),
+    (["--steps"], ["--steps", "expected one argument"]),
 ]
 
 
@@ -88,6 +105,26 @@ def test_resuming_with_another_config_is_refused(capsys, monkeypatch, existing_r
     err = capsys.readouterr().err
     assert "lr" in err and "units" in err and "0.001" in err
     assert _snapshot(existing_run) == before
+
+
+def test_edge_values_are_accepted():
+    """The range and finiteness checks stay quiet at the edges and on every preset."""
+    from mbrl_jax.config import PRESETS, make_config
+
+    config = make_config("debug", seed=2**32 - 1, steps=2**31 - 1, lr=1e-30, checkpoint_minutes=1e-6)
+    assert config.seed == 2**32 - 1 and config.steps == 2**31 - 1
+    args = run_cli.parse_args(["--preset", "debug", "--seed", "4294967295", "--steps", "1.5e4"])
+    assert run_cli.build_config(args)[0].seed == 2**32 - 1
+    for name in PRESETS:
+        make_config(name)
+
+
+def test_memory_check_is_quiet_on_healthy_presets():
+    from mbrl_jax.config import make_config
+    from mbrl_jax.memory import check_memory
+
+    for name in ("debug", "cartpole", "size12m"):
+        check_memory(make_config(name))
 
 
 def test_at_least_twenty_bad_inputs():

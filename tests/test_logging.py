@@ -198,3 +198,33 @@ def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     out = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", stream.getvalue())  # drop ANSI escapes
     assert "500/1000" in out and "return 12.0" in out and "loss_actor 0.5" in out and "eta" in out
     assert progress.last_line == ""  # no plain lines on a terminal
+
+
+def test_tensorboard_reads_each_step_once_after_truncation(tmp_path: Path) -> None:
+    """The viewer installed by `make setup` (tensorboard, a dependency) reads the event files, and after a
+    resume's truncation every step appears exactly once, the dropped ones not at all."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with MetricLogger(tmp_path) as logger:
+        for step in (100, 200, 300, 400):
+            logger.write({"env_steps": step, "loss": step / 10})
+    with MetricLogger(tmp_path) as logger:  # resumed from the checkpoint at 200
+        assert logger.truncate_after(200) == 2
+        for step in (300, 400, 500):
+            logger.write({"env_steps": step, "loss": step / 100})
+    accumulator = EventAccumulator(str(tmp_path / "tb"))
+    accumulator.Reload()
+    seen = [(e.step, e.value) for e in accumulator.Scalars("loss")]
+    assert seen == [(100, 10.0), (200, 20.0), (300, 3.0), (400, 4.0), (500, 5.0)]
+    assert tb_scalars(tmp_path / "tb")["loss"] == seen  # the raw files too, not only the viewer's purge
+
+
+def test_truncate_to_nothing_empties_every_sink(tmp_path: Path) -> None:
+    with MetricLogger(tmp_path) as logger:
+        logger.write(RECORDS[0])
+        logger.write(RECORDS[1])
+    with MetricLogger(tmp_path) as logger:
+        assert logger.truncate_after(-1) == 2
+    assert read_metrics(tmp_path) == []
+    assert read_csv(tmp_path / "metrics.csv") == ([], [])
+    assert tb_scalars(tmp_path / "tb") == {}

@@ -144,3 +144,121 @@ def test_non_finite_state_stops_the_run_and_is_never_saved(tmp_path, monkeypatch
     ckpt = Checkpointer(tmp_path / "checkpoints")
     assert ckpt.latest_step() == last_good
     assert [r["env_steps"] for r in read_metrics(tmp_path)][-1] == last_good  # the bad chunk is not logged
+
+
+def _run_cli_args(logdir, *extra):
+    return [sys.executable, str(ROOT / "experiments/run.py"), "--logdir", str(logdir), *extra]
+
+
+def _cli_env():
+    cache = os.environ.get("MBRL_JAX_TEST_CACHE", "/tmp/mbrl_jax_test_xla_cache")
+    return {**os.environ, "MBRL_JAX_CACHE_DIR": cache, "JAX_PLATFORMS": "cpu"}
+
+
+def _final_params(logdir, config):
+    from mbrl_jax.checkpoint import Checkpointer
+    from mbrl_jax.train import make_train
+
+    target = jax.eval_shape(make_train(config).init, jax.random.PRNGKey(config.seed))
+    with Checkpointer(Path(logdir) / "checkpoints") as ckpt:
+        return _params(ckpt.restore(ckpt.latest_step(), target))
+
+
+def _signal_after_metrics(args, logdir, signum, lines=2):
+    """Start `args`, send `signum` once metrics.jsonl has `lines` lines; returns the finished process."""
+    proc = subprocess.Popen(args, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(read_metrics(logdir)) < lines:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def test_sigint_saves_the_last_chunk_and_the_rerun_equals_an_uninterrupted_run(tmp_path, straight_run):
+    """Ctrl-C mid-run: exit 130 with one line saying how to resume; the checkpoint holds the last complete
+    chunk (checkpoint_every is larger than the run, so only the interrupt saves); `--logdir` alone resumes
+    with the stored config and ends bit-identical, with no metric row duplicated or lost."""
+    straight_dir, straight_params = straight_run
+    settings = {**SMALL, "checkpoint_every": 100_000}
+    first = _run_cli_args(
+        tmp_path, "--preset", "debug", "--no-progress", *[f"{k}={v}" for k, v in settings.items()]
+    )
+    returncode, _, err = _signal_after_metrics(first, tmp_path, signal.SIGINT)
+    assert returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "resume with: " in line][-1].endswith(f"--logdir {tmp_path}")
+    written = read_metrics(tmp_path)
+    assert 2 <= len(written) < len(read_metrics(straight_dir))
+    assert written == read_metrics(straight_dir)[: len(written)]
+    from mbrl_jax.checkpoint import Checkpointer
+
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        assert ckpt.all_steps() == [written[-1]["env_steps"]]  # the last complete chunk, nothing else
+    result = subprocess.run(
+        _run_cli_args(tmp_path, "--no-progress"), env=_cli_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming from env step {written[-1]['env_steps']} (checkpoint of " in result.stdout
+    assert read_metrics(tmp_path) == read_metrics(straight_dir)
+    _assert_same(_final_params(tmp_path, make_config("debug", **SMALL)), straight_params)
+    from test_logging import tb_scalars
+
+    assert tb_scalars(tmp_path / "tb") == tb_scalars(straight_dir / "tb")
+    again = subprocess.run(_run_cli_args(tmp_path), env=_cli_env(), capture_output=True, text=True)
+    end = read_metrics(straight_dir)[-1]["env_steps"]
+    assert again.returncode == 0
+    assert f"finished at {end} env steps; pass --steps M > {end} to continue" in again.stdout
+
+
+def test_sigterm_exits_143_and_says_how_to_resume(tmp_path):
+    args = _run_cli_args(tmp_path, "--preset", "debug", *[f"{k}={v}" for k, v in SMALL.items()])
+    proc = subprocess.Popen(args, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(read_metrics(tmp_path)) < 1:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last.startswith("stopped by SIGTERM at env step ") and f"--logdir {tmp_path}" in last, last
+    assert "Traceback" not in err
+    steps = read_metrics(tmp_path)[-1]["env_steps"]
+    from mbrl_jax.checkpoint import Checkpointer
+
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        assert ckpt.latest_step() == steps
+    assert "compiling the training step (first time: about " in out and "cached afterwards in " in out
+    assert out.index("compiled in ") < out.index("env_steps ")  # progress lines come after compiling
+
+
+def test_resume_without_a_checkpoint_leaves_no_duplicates(tmp_path, straight_run, capsys):
+    straight_dir, straight_params = straight_run
+    config = make_config("debug", **{**SMALL, "checkpoint_every": 100_000})
+    train(config, tmp_path, progress=False, stop_after_chunks=2)  # killed before any checkpoint
+    assert len(read_metrics(tmp_path)) == 2 and not list((tmp_path / "checkpoints").glob("[0-9]*"))
+    state, _ = train(config, tmp_path, progress=True)
+    _assert_same(_params(state), straight_params)
+    assert read_metrics(tmp_path) == read_metrics(straight_dir)
+    from test_logging import tb_scalars
+
+    assert tb_scalars(tmp_path / "tb") == tb_scalars(straight_dir / "tb")
+    out = capsys.readouterr().out
+    assert out.index("compiling the training step") < out.index("compiled in ") < out.index("env_steps ")
+
+
+@pytest.mark.parametrize(("minutes", "expected"), [(1e-9, [164, 264, 364]), (60.0, [364])])
+def test_time_based_checkpoints(tmp_path, minutes, expected):
+    """checkpoint_minutes saves at the first chunk end after that long (here: every chunk), beside the
+    step-based interval (here: larger than the run); a long interval adds nothing."""
+    config = make_config(
+        "debug",
+        **{**SMALL, "steps": 364, "checkpoint_every": 100_000, "checkpoint_minutes": minutes},
+        keep_checkpoints=10,
+    )
+    train(config, tmp_path, progress=False)
+    from mbrl_jax.checkpoint import Checkpointer
+
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        assert ckpt.all_steps() == expected

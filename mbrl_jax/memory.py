@@ -1,0 +1,121 @@
+"""An estimate of the device memory a run needs, checked against what the device has before anything is
+allocated (a batch size that cannot fit is refused in a second, not after a 20 s compile and an OOM trace).
+
+The train state (replay, parameters, optimiser, env states) is sized exactly with `jax.eval_shape`, which
+traces `init` without allocating. The activations of one learner update are estimated: the update keeps, per
+replayed start (batch_size * batch_length of them), the world model's step and `imag_horizon + 1` imagined
+steps for the backward pass. The per-step coefficients below were fitted to XLA's own figure
+(`compiled.memory_analysis().temp_size_in_bytes` of a chunk) over batch, length, horizon, deter, units,
+latent and bin sizes, and err on the high side by about 10-20%; `tests/test_memory.py` keeps them honest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+
+from mbrl_jax.config import Config, ConfigError
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes, by what holds them."""
+
+    replay: int
+    params: int  # parameters of every network (and the slow critic)
+    optimiser: int
+    other_state: int  # env states, policy carry, keys, counters
+    activations: int  # kept for the backward pass of one update, plus the gradients
+
+    @property
+    def total(self) -> int:
+        return self.replay + self.params + self.optimiser + self.other_state + self.activations
+
+    def describe(self) -> str:
+        parts = {
+            "replay": self.replay,
+            "parameters": self.params,
+            "optimiser": self.optimiser,
+            "activations of one update": self.activations,
+        }
+        return ", ".join(f"{name} {_gib(size)}" for name, size in parts.items())
+
+
+def _gib(size: float) -> str:
+    return f"{size / GIB:.2f} GiB" if size >= GIB / 100 else f"{size / 2**20:.1f} MiB"
+
+
+def _nbytes(tree) -> int:
+    return int(sum(np.prod(x.shape, dtype=np.int64) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def activation_floats_per_start(config: Config) -> int:
+    """float32 values kept per replayed start for the backward pass: one world-model step and
+    `imag_horizon + 1` imagined steps (actor, critic, slow critic, reward and continue heads)."""
+    c = config
+    # latent state, prior/posterior layers and logits, two-hot distributions over num_bins
+    step = 6 * c.deter + 3 * c.hidden + 4 * c.stoch * c.classes + 6 * c.num_bins
+    wm_layers = c.enc_layers + c.dec_layers + 2 * c.head_layers
+    imag_layers = 3 * c.ac_layers + 2 * c.head_layers
+    return step + 3 * c.units * wm_layers + (c.imag_horizon + 1) * (step + 3 * c.units * imag_layers)
+
+
+def estimate_memory(config: Config) -> MemoryEstimate:
+    """Device memory of a run of `config`; allocates nothing (shapes come from `jax.eval_shape`)."""
+    from mbrl_jax.train import make_train  # late import: pulls in the agent and the envs
+
+    state = jax.eval_shape(make_train(config).init, jax.random.PRNGKey(0))
+    replay, params = _nbytes(state.replay), _nbytes(state.agent.params)
+    agent = _nbytes(state.agent)
+    starts = config.batch_size * config.batch_length
+    activations = 4 * starts * activation_floats_per_start(config) + params  # + one gradient per parameter
+    return MemoryEstimate(
+        replay=replay,
+        params=params,
+        optimiser=agent - params,
+        other_state=_nbytes(state) - replay - agent,
+        activations=activations,
+    )
+
+
+def device_memory(device: jax.Device | None = None) -> int | None:
+    """Bytes the device can allocate: the allocator's limit on an accelerator, physical memory on a CPU
+    (None when unknown)."""
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(config: Config, available: int | None = None) -> MemoryEstimate:
+    """Raises ConfigError with the figures when the estimate exceeds `available` bytes (default: what the
+    first device has). Returns the estimate."""
+    estimate = estimate_memory(config)
+    if available is None:
+        available = device_memory()
+    if available is not None and estimate.total > available:
+        device = jax.devices()[0]
+        largest = max(
+            [
+                (
+                    estimate.activations,
+                    f"batch_size={config.batch_size} x batch_length={config.batch_length}",
+                ),
+                (estimate.replay, f"replay_capacity={config.replay_capacity}"),
+                (estimate.params + estimate.optimiser, "the model size (deter, units, classes)"),
+            ]
+        )[1]
+        raise ConfigError(
+            f"{largest} needs about {_gib(estimate.total)} of device memory ({estimate.describe()}), "
+            f"more than the {_gib(available)} of {device.platform}:{device.id}; reduce it"
+        )
+    return estimate

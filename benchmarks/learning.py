@@ -144,12 +144,15 @@ def _finished(logdir: Path, config) -> bool:
 
 
 def summarize(task: str, logdirs: list[Path]) -> dict:
-    finals, bests, solved_at, walls, steps = [], [], [], [], []
+    finals, bests, solved_at, walls, steps, seeds, diverged = [], [], [], [], [], [], []
     threshold = THRESHOLDS.get(task)
     for logdir in logdirs:
         evals = [(r["env_steps"], r["eval_return"]) for r in read_metrics(logdir) if "eval_return" in r]
         if not evals:
             continue
+        seeds.append(int(logdir.name.rsplit("-s", 1)[1]))
+        bad = logdir / "diverged.json"
+        diverged.append(json.loads(bad.read_text())["env_steps"] if bad.exists() else None)
         finals.append(evals[-1][1])
         bests.append(max(v for _, v in evals))
         steps.append(evals[-1][0])
@@ -158,9 +161,21 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         timing = logdir / "wall_time.json"
         walls.append(json.loads(timing.read_text())["wall_s"] if timing.exists() else float("nan"))
     finals, bests = np.array(finals), np.array(bests)
+    baseline = logdirs[0].parent / f"random-{task}.json" if logdirs else None
+    random_return = json.loads(baseline.read_text())["return"] if baseline and baseline.exists() else None
+    env = None
+    if logdirs and (logdirs[0] / "config.yaml").exists():
+        from mbrl_jax.checkpoint import load_config
+
+        env = load_config(logdirs[0])["env"]
     return {
         "task": task,
+        "env": env,
         "seeds": len(finals),
+        "seed_ids": seeds,
+        "steps_per_seed": [int(x) for x in steps],
+        "diverged": diverged,
+        "random_return": random_return,
         "env_steps": int(max(steps)) if steps else 0,
         "final_mean": float(finals.mean()),
         "final_iqm": iqm(finals),
@@ -196,6 +211,7 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
         "above the threshold.",
         "",
     ]
+    lines += robustness_table(summaries, out)
     for s in summaries:
         plot = out / f"{s['task']}.png"
         runs = sorted((out / "runs").glob(f"{s['task']}-s*"))
@@ -220,6 +236,56 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
         ]
     lines += throughput_section(out)
     results_md.write_text("\n".join(lines))
+
+
+def robustness_table(summaries: list[dict], out: Path) -> list[str]:
+    """One row per task: every seed's final evaluation return beside a random policy's return."""
+    lines = [
+        "## Robustness: one set of hyperparameters across tasks",
+        "",
+        "| task | env | seeds | env steps (per seed) | final return (per seed) | best (per seed) "
+        "| random policy | threshold | reached at | non-finite runs | wall time (per seed) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in summaries:
+        fmt = lambda xs: ", ".join(f"{x:.1f}" for x in xs)
+        reached = (
+            ", ".join("not reached" if x is None else f"{x:,}" for x in s["solved_at"])
+            if s["threshold"]
+            else "–"
+        )
+        random = "–" if s["random_return"] is None else f"{s['random_return']:.1f}"
+        bad = sum(d is not None for d in s["diverged"])
+        lines.append(
+            f"| {s['task']} | {s['env']} | {', '.join(map(str, s['seed_ids']))} | "
+            f"{', '.join(f'{x:,}' for x in s['steps_per_seed'])} | {fmt(s['finals'])} | {fmt(s['bests'])} | "
+            f"{random} | {s['threshold'] or '–'} | {reached} | {bad} | "
+            f"{', '.join(f'{w / 60:.0f} min' for w in s['wall_s'])} |"
+        )
+    lines += ["", settings_note(summaries, out), ""]
+    return lines
+
+
+def settings_note(summaries: list[dict], out: Path) -> str:
+    """States the runs' shared hyperparameters, checked against each run's config.yaml."""
+    from mbrl_jax.checkpoint import load_config
+
+    classic = make_config("classic").to_dict()
+    differing = set()
+    for s in summaries:
+        for seed in s["seed_ids"]:
+            stored = load_config(out / "runs" / f"{s['task']}-s{seed}") or {}
+            differing |= {k for k, v in stored.items() if classic.get(k) != v} - {"env", "seed"}
+    same = (
+        "every run's config.yaml equals `--preset classic` except env and seed"
+        if not differing
+        else (f"runs differ from `--preset classic` in {sorted(differing)}")
+    )
+    settings = ", ".join(f"{k}={v}" for k, v in PRESETS["classic"].items())
+    return (
+        f"Settings: `classic` preset ({settings}); {same}. A run still in progress shows fewer env steps; "
+        "*random policy*: mean return of uniformly random actions over 64 episodes."
+    )
 
 
 def throughput_section(out: Path) -> list[str]:
@@ -289,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             if not baseline.exists():
                 env = make_config(task, **overrides).env
                 baseline.write_text(json.dumps({"env": env, "return": random_policy_return(env)}))
-    tasks = sorted({p.name.rsplit("-s", 1)[0] for p in (out / "runs").glob("*-s*")})
+    tasks = sorted({p.name.rsplit("-s", 1)[0] for p in (out / "runs").glob("*-s*") if p.is_dir()})
     tasks = [t for t in tasks if not args.task or t in {s.partition(":")[0] for s in args.task}]
     summaries = [summarize(t, sorted((out / "runs").glob(f"{t}-s*"))) for t in tasks]
     command = "python benchmarks/learning.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -1,21 +1,32 @@
-"""Durable orbax checkpoints of the whole train state, and the run's config file.
+"""Orbax checkpoints of the whole train state, and the run's config file.
 
 Layout under `directory` (one folder per saved step, named by env steps):
 
     <directory>/<env_steps>/state/   the train-state pytree (orbax StandardSave, OCDBT)
     <directory>/<env_steps>/extra/   a small JSON dict (`extra`)
 
-Crash safety: orbax writes each step into `<env_steps>.orbax-checkpoint-tmp` and renames it on commit; a
-kill at any moment before the rename leaves only that tmp folder, which orbax does not list as a step and
-which this class deletes on open. Files are fsynced before and after the rename (orbax itself does not
-fsync), so a listed step has its bytes on disk. Old steps are pruned by an atomic rename into `.trash/`
-before deletion, so a kill mid-prune never leaves a half-deleted step listed.
+Only orbax's public API is used: `ocp.CheckpointManager` with `CheckpointManagerOptions`, the public handlers
+and the `ocp.args` save/restore arguments, so an orbax upgrade that keeps that API keeps this module working.
+
+Crash safety (SIGKILL): on a local (POSIX) file system orbax writes each step into a temporary folder
+(`<env_steps>.<suffix>`) and renames it to `<env_steps>` on commit; the manager lists only committed steps. A
+kill at any moment therefore leaves the previous steps, or those plus the complete new one, listed. On open,
+every entry whose name is a step number followed by a dot and that the manager does not list as a step (the
+folder of a save killed before its commit) is deleted, synchronously, before the first save or restore.
+Old steps are pruned by a rename into `.trash/` before deletion (`todelete_subdir`), so a kill mid-prune never
+leaves a half-deleted step listed; a `.trash/` left by a kill is emptied on open.
+
+Durability (power loss): orbax does not fsync, and its public API has no hook between writing a step and
+renaming it, so the fsync that would make the rename wait for the bytes is not done here. `save` fsyncs the
+committed step's files and folders right after the commit instead: once `save` returns, the step is on disk.
+A power loss in the short window between the rename and those fsyncs can leave the newest listed step with
+missing bytes (the file system's ordering decides); a SIGKILL cannot, since the page cache survives it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,12 +36,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import yaml
-from orbax.checkpoint.path import atomicity
 
-from mbrl_jax.fileio import atomic_write_bytes, fsync_path
+from mbrl_jax.fileio import atomic_write_bytes, fsync_path, to_plain
 
 PyTree = Any
 _TRASH = ".trash"  # not an integer, so orbax never lists it as a step
+_UNCOMMITTED = re.compile(r"\d+\.")  # '<step>.' then anything: a step's folder before its commit
 
 
 def _fsync_tree(root: Path) -> None:
@@ -40,15 +51,6 @@ def _fsync_tree(root: Path) -> None:
             fsync_path(Path(folder, name), directory=False)
         fsync_path(Path(folder), directory=True)
     fsync_path(root.parent, directory=True)
-
-
-class _FsyncAtomicRenamePath(atomicity.AtomicRenameTemporaryPath):
-    """orbax's atomic-rename commit with fsyncs, so a listed step survives power loss as well as SIGKILL."""
-
-    async def finalize(self) -> None:
-        await asyncio.to_thread(_fsync_tree, Path(self.get()))
-        await super().finalize()  # writes commit metadata, then renames tmp -> final
-        await asyncio.to_thread(_fsync_tree, Path(self.get_final()))
 
 
 def _key_name(entry: Any) -> str:
@@ -119,26 +121,28 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self.keep = keep
         self.directory.mkdir(parents=True, exist_ok=True)
-        # Leftovers of a kill: a half-pruned step in .trash/, tmp folders of saves killed before commit.
-        # Removed here, synchronously: orbax's own `cleanup_tmp_directories` runs in a background thread
-        # that it only joins at the next save.
-        for path in self.directory.iterdir():
-            if path.name == _TRASH or atomicity.TMP_DIR_SUFFIX in path.name:
-                shutil.rmtree(path, ignore_errors=True)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             enable_async_checkpointing=False,
             todelete_subdir=_TRASH,
-            temporary_path_class=_FsyncAtomicRenamePath,
             create=True,
         )
         # handlers named up front so a fresh manager can read metadata of steps written by another process
         handlers = {"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()}
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Deletes what a killed process left: a half-pruned step in .trash/, and the folders of saves killed
+        before their commit (named '<step>.<suffix>' and not listed by the manager as a step)."""
+        listed = {str(step) for step in self.all_steps()}
+        for path in self.directory.iterdir():
+            if path.name == _TRASH or (path.name not in listed and _UNCOMMITTED.match(path.name)):
+                shutil.rmtree(path, ignore_errors=True)
 
     def save(self, env_steps: int, state: PyTree, extra: Mapping[str, Any] | None = None) -> None:
         """Write `state` (a pytree of arrays) and `extra` (JSON-able dict) as step `env_steps`; block until
-        the step is committed and on disk.
+        the step is committed and fsynced.
 
         Raises ValueError if a checkpoint at or after `env_steps` exists: orbax would keep the newer one as
         latest, so a run resumed from an older step must first call `delete_after(step)`.
@@ -156,6 +160,7 @@ class Checkpointer:
         self._manager.save(env_steps, args=args, force=True)
         self._manager.wait_until_finished()
         self._manager.check_for_errors()
+        _fsync_tree(self.directory / str(env_steps))  # see the module docstring on durability
         shutil.rmtree(self.directory / _TRASH, ignore_errors=True)
 
     def delete_after(self, env_steps: int) -> list[int]:
@@ -231,19 +236,6 @@ class Checkpointer:
         self.close()
 
 
-def _plain(value: Any) -> Any:
-    """Tuples -> lists, Paths -> str, numpy scalars -> Python, recursively (yaml.safe_dump accepts these)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace `path` with `text` atomically and durably."""
     atomic_write_bytes(path, text.encode("utf-8"), durable=True)
@@ -252,7 +244,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def save_config(logdir: str | Path, config: Mapping[str, Any]) -> Path:
     """Write `config` (nested dict) to `<logdir>/config.yaml`, keys in insertion order; returns the path."""
     path = Path(logdir) / "config.yaml"
-    atomic_write_text(path, yaml.safe_dump(_plain(config), sort_keys=False, default_flow_style=False))
+    atomic_write_text(path, yaml.safe_dump(to_plain(config), sort_keys=False, default_flow_style=False))
     return path
 
 

@@ -1,10 +1,35 @@
-"""Crash-safe file writes shared by the metric logger, the config file and checkpoints."""
+"""Crash-safe file writes, and plain Python values for YAML / JSON, shared by the metric logger, the config
+file and checkpoints."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def to_plain(value: Any) -> Any:
+    """`value` as plain Python that yaml.safe_dump and json.dumps accept, recursively: mappings -> dicts with
+    str keys, tuples and lists -> lists, Paths -> str, numpy / jax scalars (0-d arrays too) -> bool, int,
+    float or str. Raises TypeError for an array with a shape, naming the shape."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    arr = np.asarray(value)
+    if arr.shape != ():
+        raise TypeError(f"expected a scalar, got an array of shape {arr.shape}")
+    return arr.item()
 
 
 def fsync_path(path: str | Path, directory: bool = False) -> None:

@@ -24,24 +24,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
-from mbrl_jax.fileio import atomic_write_bytes
+from mbrl_jax.fileio import atomic_write_bytes, to_plain
 
 Metrics = Mapping[str, Any]
 JSONL = "metrics.jsonl"
 CSV = "metrics.csv"
 TB = "tb"
-
-
-def _plain(value: Any) -> Any:
-    """numpy / jax scalars -> Python bool/int/float; strings pass through."""
-    if isinstance(value, bool | int | float | str):
-        return value
-    arr = np.asarray(value)
-    if arr.shape != ():
-        raise TypeError(f"metric values must be scalars, got an array of shape {arr.shape}")
-    return arr.item()
 
 
 def _parse_lines(data: bytes) -> list[dict[str, Any]]:
@@ -115,7 +103,10 @@ class MetricLogger:
         """Append one record: a flat dict of scalars (numpy/jax scalars are converted) with `env_steps`."""
         if "env_steps" not in metrics:
             raise KeyError("every metrics record needs an 'env_steps' key")
-        record = {k: _plain(v) for k, v in metrics.items()}
+        record = {k: to_plain(v) for k, v in metrics.items()}
+        nested = sorted(k for k, v in record.items() if isinstance(v, list | dict))
+        if nested:
+            raise TypeError(f"metric values must be scalars; not so for {nested}")
         if isinstance(record["env_steps"], float) and record["env_steps"].is_integer():
             record["env_steps"] = int(record["env_steps"])
         if not isinstance(record["env_steps"], int) or isinstance(record["env_steps"], bool):

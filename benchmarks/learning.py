@@ -3,11 +3,12 @@
     python benchmarks/learning.py --task cartpole:0,1,2 --task pendulum:0 --out benchmarks/results
     python benchmarks/learning.py --report-only --out benchmarks/results      # rewrite RESULTS.md from runs
 
-Each (task, seed) trains with `mbrl_jax.train` into `<out>/runs/<task>-s<seed>/` (a finished run is
-resumed, i.e. skipped, so the command can be re-run after an interruption). Then `benchmarks/RESULTS.md` is
-written from the runs' metrics: per task the final and best evaluation return (mean, IQM and bootstrap
-95% CI over seeds), the first env step at which the task's threshold was reached, wall time, and the
-machine; and a PNG of the curves (mean and band over seeds). Nothing in RESULTS.md is typed in by hand.
+Each (task, seed) trains with `mbrl_jax.make_train` (a task's seeds vmapped in one program) into
+`<out>/runs/<task>-s<seed>/` (a finished run is skipped, so the command can be re-run after an
+interruption). Then `benchmarks/RESULTS.md` is written from the runs' metrics: per task the final and best
+evaluation return (mean, IQM and bootstrap 95% CI over seeds), the first env step at which the task's
+threshold was reached, wall time, and the machine; and a PNG of the curves (mean and band over seeds).
+Nothing in RESULTS.md is typed in by hand.
 """
 
 from __future__ import annotations
@@ -44,41 +45,19 @@ def iqm(values: np.ndarray) -> float:
     return float(values[n // 4 : n - n // 4].mean())
 
 
-def bootstrap_ci(values: np.ndarray, stat=np.mean, reps: int = 2000, seed: int = 0) -> tuple[float, float]:
-    values = np.asarray(values, float)
-    if len(values) < 2:
-        return float(values[0]), float(values[0])
-    rng = np.random.default_rng(seed)
-    samples = [stat(rng.choice(values, len(values))) for _ in range(reps)]
-    return float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))
-
-
 def random_policy_return(env_name: str, episodes: int = 64, seed: int = 0) -> float:
     """Mean return of uniformly random actions over `episodes` full episodes (run in parallel on device)."""
-    from mbrl_jax.agents.dreamer import env_action, random_action
+    from mbrl_jax.agents.dreamer import random_action
     from mbrl_jax.envs import make_env
+    from mbrl_jax.trainer import episode_returns
 
     env = make_env(env_name, episodes)
-    spec = env.spec
 
-    def run(key):
-        k_reset, k_loop = jax.random.split(key)
-        env_state, ts = env.reset(k_reset)
+    def act(carry, obs, is_first, key):
+        return random_action(env.spec, episodes, key), carry
 
-        def step(carry, key_t):
-            env_state, ts, ret, finished = carry
-            k_act, k_env = jax.random.split(key_t)
-            action = env_action(spec, random_action(spec, episodes, k_act))
-            env_state, ts = env.step(env_state, action, k_env)
-            ret = jnp.where(finished, ret, ts.episode_return)
-            return (env_state, ts, ret, finished | ts.is_last), None
-
-        init = (env_state, ts, jnp.zeros(episodes), jnp.zeros(episodes, bool))
-        keys = jax.random.split(k_loop, spec.max_episode_steps + 1)
-        (_, _, ret, _), _ = jax.lax.scan(step, init, keys)
-        return ret.mean()
-
-    return float(jax.jit(run)(jax.random.PRNGKey(seed)))
+    run = jax.jit(lambda key: episode_returns(env, act, None, key).mean())
+    return float(run(jax.random.PRNGKey(seed)))
 
 
 def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[dict]:
@@ -90,7 +69,7 @@ def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[di
     interrupted task starts over."""
     from mbrl_jax.checkpoint import save_config
     from mbrl_jax.logging import MetricLogger
-    from mbrl_jax.train import make_train, summarize_chunk
+    from mbrl_jax.trainer import make_train, summarize_chunk
 
     configs = {seed: make_config(task, seed=seed, **overrides) for seed in seeds}
     logdirs = {seed: out / "runs" / f"{task}-s{seed}" for seed in seeds}
@@ -144,6 +123,8 @@ def _finished(logdir: Path, config) -> bool:
 
 
 def summarize(task: str, logdirs: list[Path]) -> dict:
+    from mbrl_jax.plotting import bootstrap_mean_ci
+
     finals, bests, solved_at, walls, steps, seeds, diverged = [], [], [], [], [], [], []
     threshold = THRESHOLDS.get(task)
     for logdir in logdirs:
@@ -179,7 +160,7 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         "env_steps": int(max(steps)) if steps else 0,
         "final_mean": float(finals.mean()),
         "final_iqm": iqm(finals),
-        "final_ci": bootstrap_ci(finals),
+        "final_ci": tuple(float(x) for x in bootstrap_mean_ci(finals)[1:]),
         "best_mean": float(bests.mean()),
         "finals": finals.tolist(),
         "bests": bests.tolist(),

@@ -40,7 +40,7 @@ from mbrl_jax.agents.dreamer import env_action, make_dreamer  # noqa: E402
 from mbrl_jax.config import PRESETS, Config, ConfigError, make_config, parse_overrides  # noqa: E402
 from mbrl_jax.envs import EnvSpec, env_spec, make_env  # noqa: E402
 from mbrl_jax.replay import replay_sample  # noqa: E402
-from mbrl_jax.train import make_train  # noqa: E402
+from mbrl_jax.trainer import make_train  # noqa: E402
 from mbrl_jax.world_models.rssm import imagine, zeros_latent  # noqa: E402
 
 DEFAULT_PRESET = "cartpole"

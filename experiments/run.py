@@ -42,7 +42,6 @@ from mbrl_jax.config import (  # noqa: E402
     Config,
     ConfigError,
     coerce_value,
-    config_from_dict,
     make_config,
 )
 
@@ -118,20 +117,6 @@ def _holds_run(path: Path) -> bool:
     return (path / "config.yaml").is_file()
 
 
-def _stored_config(logdir: Path) -> Config | None:
-    from mbrl_jax.checkpoint import load_config
-
-    stored = load_config(logdir) if logdir.is_dir() else None
-    if stored is None:
-        return None
-    try:
-        return config_from_dict(stored)
-    except ConfigError as err:
-        raise ConfigError(
-            f"logdir={str(logdir)!r} holds a config.yaml this version cannot read: {err}"
-        ) from None
-
-
 def _fresh(path: Path) -> Path:
     """`path`, or the first of path-2, path-3, ... that holds no run."""
     candidate, n = path, 1
@@ -148,7 +133,9 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Path]:
     given = Path(args.logdir).expanduser() if args.logdir else None
     base = None
     if given is not None and not args.preset and not args.new:
-        base = _stored_config(given)
+        from mbrl_jax.runner import stored_config  # late import: the runner pulls in jax
+
+        base = stored_config(given)
     if not presets and "env" not in values and base is None:
         presets = [DEFAULT_PRESET]
     config = make_config(*presets, base=base, **values)

@@ -2,7 +2,7 @@
 
 from mbrl_jax.config import Config, ConfigError, make_config
 from mbrl_jax.runner import train
-from mbrl_jax.train import TrainState, make_train
+from mbrl_jax.trainer import TrainState, make_train
 
 __all__ = ["Config", "ConfigError", "make_config", "make_train", "train", "TrainState"]
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import math
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -198,15 +198,19 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _TYPES = typing.get_type_hints(Config)
 
 
-def _suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """The hint " (did you mean 'X'?)", X the option closest to `name` (case ignored), or "" when none is
+    close; for error messages about a mistyped key, preset or env name."""
+    by_lower = {str(option).lower(): str(option) for option in options}
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 def coerce_value(key: str, value: Any) -> Any:
     """Turns a CLI string or a Python value into the field's type, or raises ConfigError."""
     if key not in _FIELDS:
-        raise ConfigError(f"unknown config key '{key}'{_suggest(key, _FIELDS)}; see mbrl_jax.config.Config")
+        hint = did_you_mean(key, _FIELDS)
+        raise ConfigError(f"unknown config key '{key}'{hint}; see mbrl_jax.config.Config")
     typ = _TYPES[key]
     if isinstance(value, str) and typ is not str:
         text = value.strip()
@@ -310,7 +314,8 @@ def validate(config: Config) -> Config:
     from mbrl_jax.envs import env_spec, list_envs  # late import: envs pulls in gymnax
 
     if config.env not in list_envs():
-        raise ConfigError(f"env={config.env!r} is not a known gymnax env{_suggest(config.env, list_envs())}")
+        hint = did_you_mean(config.env, list_envs())
+        raise ConfigError(f"env={config.env!r} is not a known gymnax env{hint}")
     spec = env_spec(config.env)
     if len(spec.obs_shape) != 1:
         raise ConfigError(
@@ -326,7 +331,7 @@ def make_config(*presets: str, base: Config | None = None, **overrides: Any) -> 
     for name in presets:
         if name not in PRESETS:
             raise ConfigError(
-                f"unknown preset '{name}'{_suggest(name, PRESETS)}; allowed: {', '.join(PRESETS)}"
+                f"unknown preset '{name}'{did_you_mean(name, PRESETS)}; allowed: {', '.join(PRESETS)}"
             )
         values.update(PRESETS[name])
     for key, value in overrides.items():

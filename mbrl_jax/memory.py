@@ -67,7 +67,7 @@ def activation_floats_per_start(config: Config) -> int:
 
 def estimate_memory(config: Config) -> MemoryEstimate:
     """Device memory of a run of `config`; allocates nothing (shapes come from `jax.eval_shape`)."""
-    from mbrl_jax.train import make_train  # late import: pulls in the agent and the envs
+    from mbrl_jax.trainer import make_train  # late import: pulls in the agent and the envs
 
     state = jax.eval_shape(make_train(config).init, jax.random.PRNGKey(0))
     replay, params = _nbytes(state.replay), _nbytes(state.agent.params)

@@ -35,13 +35,14 @@ def metric_series(records: Sequence[Metrics], key: str) -> tuple[np.ndarray, np.
 def bootstrap_mean_ci(
     values: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over runs and a percentile-bootstrap confidence band.
+    """Mean over runs and its percentile-bootstrap confidence interval (runs resampled with replacement).
 
     Args:
-      values: [R, G] one row per run on a shared grid.
+      values: [R, ...] one entry per run: [R] final returns, or [R, G] curves on a shared grid.
     Returns:
-      (mean, low, high), each [G].
+      (mean, low, high), each of shape [...] (numpy scalars for [R]). With one run, low = high = mean.
     """
+    values = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, values.shape[0], size=(resamples, values.shape[0]))
     means = values[idx].mean(axis=1)  # [resamples, G]

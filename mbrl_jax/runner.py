@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from mbrl_jax.checkpoint import Checkpointer, flat_leaves, load_config, save_config
 from mbrl_jax.config import RESUMABLE_FIELDS, Config, ConfigError, config_diff, config_from_dict
 from mbrl_jax.logging import MetricLogger, Progress
-from mbrl_jax.train import TrainState, make_train, summarize_chunk
+from mbrl_jax.trainer import TrainState, make_train, summarize_chunk
 
 
 class NonFiniteError(RuntimeError):
@@ -41,17 +41,25 @@ def check_logdir(logdir: str | Path) -> Path:
     return path
 
 
-def check_resume(config: Config, logdir: Path) -> None:
-    """Refuses a logdir that holds a run of another config; only `RESUMABLE_FIELDS` may differ."""
+def stored_config(logdir: Path) -> Config | None:
+    """The config of the run in `logdir` (its config.yaml), or None when it holds none; raises ConfigError
+    naming the logdir when this version cannot read the file."""
     stored = load_config(logdir)
     if stored is None:
-        return
+        return None
     try:
-        previous = config_from_dict(stored)
+        return config_from_dict(stored)
     except ConfigError as err:
         raise ConfigError(
             f"logdir={str(logdir)!r} holds a config.yaml this version cannot read: {err}"
         ) from None
+
+
+def check_resume(config: Config, logdir: Path) -> None:
+    """Refuses a logdir that holds a run of another config; only `RESUMABLE_FIELDS` may differ."""
+    previous = stored_config(logdir)
+    if previous is None:
+        return
     diff = {k: v for k, v in config_diff(previous, config).items() if k not in RESUMABLE_FIELDS}
     if diff:
         fields = ", ".join(f"{k} (run has {a!r}, given {b!r})" for k, (a, b) in sorted(diff.items()))

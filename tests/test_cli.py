@@ -1,18 +1,15 @@
 """The command line's one precedence rule, the default run directory, and resume feedback; the README says the
 same as `--help`."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from experiments import run as run_cli
 from mbrl_jax.checkpoint import save_config
 from mbrl_jax.config import make_config
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("run_cli", ROOT / "experiments" / "run.py")
-run_cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_cli)
 
 
 def build(*argv):

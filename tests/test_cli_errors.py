@@ -1,15 +1,11 @@
 """Bad input: a one-line error naming the field, the value and what is allowed; exit status 2; nothing
 compiled; nothing in an existing run directory changed."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("run_cli", ROOT / "experiments" / "run.py")
-run_cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_cli)
+from experiments import run as run_cli
 
 # (arguments, words the message must contain)
 BAD_INPUTS = [

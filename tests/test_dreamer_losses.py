@@ -22,7 +22,7 @@ from mbrl_jax.envs import env_spec
 from mbrl_jax.nets.distributions import categorical_kl, kl_loss_free_nats
 from mbrl_jax.replay import replay_add, replay_init, replay_sample, replay_update
 from mbrl_jax.returns import return_norm_init
-from mbrl_jax.train import make_train
+from mbrl_jax.trainer import make_train
 from mbrl_jax.world_models.rssm import Latent, WorldModel, observe
 
 

@@ -110,7 +110,7 @@ def test_continuous_action_rescaling():
 def test_unknown_env_name():
     with pytest.raises(ValueError, match="CartPole-v0") as err:
         make_env("CartPole-v0", 2)
-    assert "Did you mean 'CartPole-v1'" in str(err.value) and "Pendulum-v1" in str(err.value)
+    assert "(did you mean 'CartPole-v1'?)" in str(err.value) and "Pendulum-v1" in str(err.value)
     with pytest.raises(ValueError, match="pendulum"):
         env_spec("pendulum")
     with pytest.raises(ValueError, match="num_envs"):

@@ -7,7 +7,7 @@ import pytest
 
 from mbrl_jax.config import ConfigError, make_config
 from mbrl_jax.memory import GIB, check_memory, device_memory, estimate_memory
-from mbrl_jax.train import make_train
+from mbrl_jax.trainer import make_train
 
 
 def test_estimate_is_close_to_xla_for_a_compiled_chunk():

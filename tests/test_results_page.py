@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.learning import bootstrap_ci, iqm, summarize, write_results
+from benchmarks.learning import iqm, summarize, write_results
 from benchmarks.profile_ops import profile_markdown, profile_ops
 from mbrl_jax.logging import MetricLogger
+from mbrl_jax.plotting import bootstrap_mean_ci
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
@@ -21,8 +22,8 @@ def test_iqm_is_the_mean_of_the_middle_half():
 def test_bootstrap_ci_contains_the_mean_and_narrows_with_data():
     rng = np.random.default_rng(0)
     small, large = rng.normal(10, 1, 5), rng.normal(10, 1, 500)
-    lo_s, hi_s = bootstrap_ci(small)
-    lo_l, hi_l = bootstrap_ci(large)
+    _, lo_s, hi_s = bootstrap_mean_ci(small)
+    _, lo_l, hi_l = bootstrap_mean_ci(large)
     assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
     assert hi_l - lo_l < hi_s - lo_s
 

@@ -157,7 +157,7 @@ def _cli_env():
 
 def _final_params(logdir, config):
     from mbrl_jax.checkpoint import Checkpointer
-    from mbrl_jax.train import make_train
+    from mbrl_jax.trainer import make_train
 
     target = jax.eval_shape(make_train(config).init, jax.random.PRNGKey(config.seed))
     with Checkpointer(Path(logdir) / "checkpoints") as ckpt:

@@ -6,7 +6,6 @@ instead and pick per env with `jnp.where`.
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any
 
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import spaces
 
+from mbrl_jax.config import did_you_mean
 from mbrl_jax.envs.base import EnvSpec, TimeStep, VecEnv, first_timestep, rescale_action
 
 
@@ -37,10 +37,9 @@ def list_envs() -> list[str]:
 def _make_gymnax(name: str) -> tuple[Any, Any]:
     envs = list_envs()
     if name not in envs:
-        lower = {e.lower(): e for e in envs}
-        close = difflib.get_close_matches(str(name).lower(), list(lower), n=1, cutoff=0.4)
-        hint = f" Did you mean {lower[close[0]]!r}?" if close else ""
-        raise ValueError(f"Unknown env name {name!r}.{hint} Registered gymnax envs: {', '.join(envs)}")
+        raise ValueError(
+            f"Unknown env name {name!r}{did_you_mean(name, envs)}. Registered gymnax envs: {', '.join(envs)}"
+        )
     return gymnax.make(name)
 
 

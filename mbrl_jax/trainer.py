@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ from flax import struct
 
 from mbrl_jax.agents.dreamer import AgentState, PolicyCarry, env_action, make_dreamer, random_action
 from mbrl_jax.config import Config
-from mbrl_jax.envs import TimeStep, make_env
+from mbrl_jax.envs import TimeStep, VecEnv, make_env
 from mbrl_jax.replay import Replay, replay_add, replay_init, replay_sample, replay_update
 
 
@@ -61,7 +62,56 @@ def replay_row(ts: TimeStep, prev_action: jax.Array, context: dict) -> dict:
     }
 
 
+def episode_returns(env: VecEnv, act: Callable, carry: Any, key: jax.Array) -> jax.Array:
+    """The return of the first episode in each of `env`'s N envs, all run in parallel from a reset.
+
+    Args:
+      env: N batched envs.
+      act: `(carry, obs [N, *obs_shape], is_first [N], key) -> (action, carry)`, the action in the agent's
+        format (one-hot [N, A] or [-1, 1]^A; `env_action` maps it to the env's).
+      carry: the policy's state for N envs (None for a memoryless policy).
+      key: split into a reset key and, per step, one key for `act` and one for the env.
+    Returns:
+      [N] float32. The loop runs `max_episode_steps + 1` steps, so every episode ends; steps after an env's
+      first episode ends do not count.
+    """
+    spec = env.spec
+    k_reset, k_loop = jax.random.split(key)
+    env_state, ts = env.reset(k_reset)
+    n = env.num_envs
+
+    def step(loop, key_t):
+        env_state, ts, carry, ret, finished = loop
+        k_act, k_env = jax.random.split(key_t)
+        action, carry = act(carry, ts.obs, ts.is_first, k_act)
+        env_state, ts = env.step(env_state, env_action(spec, action), k_env)
+        ret = jnp.where(finished, ret, ts.episode_return)
+        finished = finished | ts.is_last
+        return (env_state, ts, carry, ret, finished), None
+
+    init = (env_state, ts, carry, jnp.zeros(n), jnp.zeros(n, bool))
+    (_, _, _, ret, _), _ = jax.lax.scan(step, init, jax.random.split(k_loop, spec.max_episode_steps + 1))
+    return ret
+
+
 def make_train(config: Config) -> Trainer:
+    """The whole training loop of `config` as pure functions of arrays (the static work happens here:
+    env, networks, optimiser, shapes).
+
+    Returns a `Trainer` with
+      init: `key -> TrainState`. Builds the agent, resets `num_envs` envs and prefills the replay with
+        `prefill` random steps, all on device.
+      run_chunk: `TrainState -> (TrainState, metrics)`. One `lax.scan` of `iterations_per_chunk` iterations
+        (`env_steps_per_iteration` env steps with the policy, then `updates_per_iteration` learner updates),
+        then one evaluation. `metrics` is a dict of scalar arrays: the learner's losses and statistics
+        averaged over the chunk, `env_steps` and `updates` (totals so far), `episodes` (episodes ended in
+        the chunk) with `episode_return_sum` and `episode_length_sum` over them, and `eval_return`;
+        `summarize_chunk` turns it into plain numbers.
+      evaluate: `(AgentState, key) -> []` float32, the mean return of `eval_episodes` episodes with the
+        policy's mode.
+    All three work under `jax.jit` and `jax.vmap`: with a leading seed axis on the key (and so on the state,
+    [S, ...] on every leaf, and on metrics, [S]) one program trains S seeds.
+    """
     c = config
     env = make_env(c.env, c.num_envs)
     eval_env = make_env(c.env, c.eval_episodes)
@@ -133,22 +183,11 @@ def make_train(config: Config) -> Trainer:
 
     def evaluate(agent_state: AgentState, key) -> jax.Array:
         """Mean return of `eval_episodes` episodes run in parallel with the policy's mode."""
-        k_reset, k_loop = jax.random.split(key)
-        env_state, ts = eval_env.reset(k_reset)
-        carry0 = agent.initial_carry(c.eval_episodes)
 
-        def step(carry, key_t):
-            env_state, ts, policy, ret, finished = carry
-            k_act, k_env = jax.random.split(key_t)
-            action, policy = agent.act(agent_state, policy, ts.obs, ts.is_first, k_act, mode=True)
-            env_state, ts = eval_env.step(env_state, env_action(spec, action), k_env)
-            ret = jnp.where(finished, ret, ts.episode_return)
-            finished = finished | ts.is_last
-            return (env_state, ts, policy, ret, finished), None
+        def act(policy: PolicyCarry, obs, is_first, key_t):
+            return agent.act(agent_state, policy, obs, is_first, key_t, mode=True)
 
-        init = (env_state, ts, carry0, jnp.zeros(c.eval_episodes), jnp.zeros(c.eval_episodes, bool))
-        (_, _, _, ret, _), _ = jax.lax.scan(step, init, jax.random.split(k_loop, spec.max_episode_steps + 1))
-        return ret.mean()
+        return episode_returns(eval_env, act, agent.initial_carry(c.eval_episodes), key).mean()
 
     def run_chunk(state: TrainState) -> tuple[TrainState, dict]:
         state, (metrics, (count, ret_sum, len_sum)) = jax.lax.scan(

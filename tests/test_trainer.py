@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mbrl_jax.config import make_config
-from mbrl_jax.train import make_train
+from mbrl_jax.trainer import make_train
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,13 @@ def test_train_ratio_is_respected():
     assert config.effective_train_ratio == 32.0
     config = make_config("debug", num_envs=1, batch_size=8, batch_length=16, train_ratio=512.0)
     assert config.env_steps_per_iteration == 1 and config.updates_per_iteration == 4
+
+
+def test_public_names_say_what_they_are():
+    import importlib.util
+
+    import mbrl_jax
+    from mbrl_jax import runner, trainer
+
+    assert mbrl_jax.train is runner.train and mbrl_jax.make_train is trainer.make_train
+    assert importlib.util.find_spec("mbrl_jax.train") is None  # no module for the function to hide

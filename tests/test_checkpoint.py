@@ -171,6 +171,18 @@ def test_sigkill_mid_save_leaves_the_previous_checkpoint(tmp_path: Path) -> None
         assert ckpt.all_steps() == [1, 2]
 
 
+def test_open_removes_only_the_leftovers_of_killed_saves(tmp_path: Path) -> None:
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, make_state(1))
+    (tmp_path / "2.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)  # a save killed before commit
+    (tmp_path / ".trash" / "0").mkdir(parents=True)  # a prune killed half way
+    (tmp_path / "notes.txt").write_text("mine")  # not orbax's: left alone
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.all_steps() == [1]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "notes.txt"]
+        assert_bit_exact(make_state(1), ckpt.restore(1, make_state(0)))
+
+
 def test_config_yaml_round_trip(tmp_path: Path) -> None:
     assert load_config(tmp_path) is None
     config = {"env": "cartpole", "seed": 3, "lr": 3e-4, "sizes": (64, 64), "model": {"depth": 2, "act": None}}

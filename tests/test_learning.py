@@ -6,11 +6,13 @@ seeds 0, 1, 2) is measured by benchmarks/learning.py and recorded in benchmarks/
 """
 
 import numpy as np
+import pytest
 
 from mbrl_jax.config import make_config
 from mbrl_jax.runner import train
 
 
+@pytest.mark.slow
 def test_cartpole_learns_well_above_random():
     config = make_config("cartpole", steps=8_000, train_ratio=64.0, seed=0)
     _, records = train(config, logdir=None, progress=False)

@@ -11,7 +11,8 @@ interruption). On a 2-core CPU one XLA process barely uses the second core and v
 (cartpole preset: 84 ms per update for one seed, 88 ms per seed-update for three vmapped; 102 ms on one
 core), so runs pinned one per core in parallel give the most runs per hour there.
 Then `benchmarks/RESULTS.md` is written from the runs' metrics: per task the final and best evaluation
-return (mean, IQM and bootstrap 95% CI over seeds), the first env step at which the task's threshold was reached, wall time, and the machine; and a PNG of the curves (mean and band over seeds).
+return (mean, IQM and bootstrap 95% CI over seeds), the first env step at which the threshold was reached,
+wall time, and the machine; and a PNG of the curves (mean and band over seeds).
 Nothing in RESULTS.md is typed in by hand.
 """
 

@@ -353,7 +353,7 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         params = optax.apply_updates(params, updates)
         slow = optax.incremental_update(params["critic"], state.slow_critic, c.slow_critic_rate)
         metrics = {"loss_model": wm_loss, **wm_metrics, **ac_metrics, "grad_norm": optax.tree.norm(grads)}
-        writes = replay_context(PolicyCarry(sg(posts), rows["action"])) if c.replay_context else {}
+        writes = replay_context(PolicyCarry(sg(posts), rows["action"]))  # {} without the replay context
         return AgentState(params, opt_state, slow, return_norm), metrics, writes
 
     return Dreamer(

@@ -33,7 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mbrl_jax.config import PRESETS, ConfigError, make_config, parse_overrides  # noqa: E402
+from mbrl_jax.config import (  # noqa: E402
+    PRESETS,
+    ConfigError,
+    config_from_dict,
+    make_config,
+    parse_overrides,
+)
 from mbrl_jax.logging import read_metrics  # noqa: E402
 
 # Thresholds the issues name: (key, value); a run "solves" the task at the first eval at or above it.
@@ -76,7 +82,7 @@ def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[di
     from mbrl_jax.logging import MetricLogger
     from mbrl_jax.trainer import make_train, summarize_chunk
 
-    configs = {seed: make_config(task, seed=seed, **overrides) for seed in seeds}
+    configs = {seed: make_config(task, **{**overrides, "run.seed": seed}) for seed in seeds}
     logdirs = {seed: out / "runs" / f"{task}-s{seed}" for seed in seeds}
     todo = [s for s in seeds if not _finished(logdirs[s], configs[s])]
     if not todo:
@@ -117,14 +123,14 @@ def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[di
     wall = time.perf_counter() - start
     for seed in todo:
         loggers[seed].close()
-        timing = {"wall_s": wall, "steps": config.steps, "seeds_in_program": len(todo)}
+        timing = {"wall_s": wall, "steps": config.run.steps, "seeds_in_program": len(todo)}
         (logdirs[seed] / "wall_time.json").write_text(json.dumps(timing))
     return [{"task": task, "seed": s, "wall_s": wall, "diverged_at": diverged.get(s)} for s in todo]
 
 
 def _finished(logdir: Path, config) -> bool:
     records = read_metrics(logdir) if (logdir / "wall_time.json").exists() else []
-    return bool(records) and records[-1]["env_steps"] >= config.steps
+    return bool(records) and records[-1]["env_steps"] >= config.run.steps
 
 
 def summarize(task: str, logdirs: list[Path]) -> dict:
@@ -153,7 +159,7 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
     if logdirs and (logdirs[0] / "config.yaml").exists():
         from mbrl_jax.checkpoint import load_config
 
-        env = load_config(logdirs[0])["env"]
+        env = config_from_dict(load_config(logdirs[0])).env.name
     return {
         "task": task,
         "env": env,
@@ -256,12 +262,12 @@ def settings_note(summaries: list[dict], out: Path) -> str:
     """States the runs' shared hyperparameters, checked against each run's config.yaml."""
     from mbrl_jax.checkpoint import load_config
 
-    classic = make_config("classic").to_dict()
+    classic = make_config("classic").flat()
     differing = set()
     for s in summaries:
         for seed in s["seed_ids"]:
-            stored = load_config(out / "runs" / f"{s['task']}-s{seed}") or {}
-            differing |= {k for k, v in stored.items() if classic.get(k) != v} - {"env", "seed"}
+            stored = config_from_dict(load_config(out / "runs" / f"{s['task']}-s{seed}") or {}).flat()
+            differing |= {k for k, v in stored.items() if classic[k] != v} - {"env.name", "run.seed"}
     same = (
         "every run's config.yaml equals `--preset classic` except env and seed"
         if not differing
@@ -326,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"unknown task preset '{task}'; allowed: {', '.join(PRESETS)}")
             plan += [(task, int(s)) for s in (seeds or "0").split(",")]
             for task_, seed in plan:
-                make_config(task_, seed=seed, **overrides)  # validate everything before the first run
+                make_config(task_, **{**overrides, "run.seed": seed})  # validate all before the first run
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -339,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(result), flush=True)
             baseline = out / "runs" / f"random-{task}.json"
             if not baseline.exists():
-                env = make_config(task, **overrides).env
+                env = make_config(task, **overrides).env.name
                 baseline.write_text(json.dumps({"env": env, "return": random_policy_return(env)}))
     tasks = sorted({p.name.rsplit("-s", 1)[0] for p in (out / "runs").glob("*-s*") if p.is_dir()})
     tasks = [t for t in tasks if not args.task or t in {s.partition(":")[0] for s in args.task}]

@@ -36,7 +36,8 @@ import jax.numpy as jnp  # noqa: E402
 from jax.extend import core as jcore  # noqa: E402
 
 from benchmarks.profile_ops import profile_markdown, profile_ops  # noqa: E402
-from mbrl_jax.agents.dreamer import env_action, make_dreamer  # noqa: E402
+from mbrl_jax.agents import env_action  # noqa: E402
+from mbrl_jax.agents.dreamer import make_dreamer  # noqa: E402
 from mbrl_jax.config import PRESETS, Config, ConfigError, make_config, parse_overrides  # noqa: E402
 from mbrl_jax.envs import EnvSpec, env_spec, make_env  # noqa: E402
 from mbrl_jax.replay import replay_sample  # noqa: E402
@@ -222,41 +223,43 @@ def measure_imagination(
 ) -> float:
     """Imagined latent steps per second: B*T starts x imag_horizon steps per rollout."""
     c = config
-    starts = c.batch_size * c.batch_length
-    start = zeros_latent((starts,), c.deter, c.stoch, c.classes)
+    starts = c.replay.batch_size * c.replay.batch_length
+    start = zeros_latent((starts,), c.wm.deter, c.wm.stoch, c.wm.classes)
 
     def rollouts(params, start, keys):
         def one(total, k):
             policy = lambda feat, k_act: agent.policy(params["actor"], feat).sample(seed=k_act)
-            states, _ = imagine(agent.world_model, params["wm"], policy, start, c.imag_horizon, k)
+            states, _ = imagine(agent.world_model, params["wm"], policy, start, c.dreamer.imag_horizon, k)
             return total + states.feat.sum(), None  # the sum keeps every state alive
 
         return jax.lax.scan(one, jnp.float32(0), keys)[0]
 
     keys = jax.random.split(key, repeats)
     seconds = best_time(jax.jit(rollouts), params, start, keys)
-    return repeats * starts * c.imag_horizon / seconds
+    return repeats * starts * c.dreamer.imag_horizon / seconds
 
 
 def measure_acting(config: Config, agent, agent_state, key: jax.Array, steps: int) -> float:
     """Env steps per second (over num_envs envs) of policy forward + env step, no learning, no replay."""
-    env = make_env(config.env, config.num_envs)
+    env = make_env(config.env.name, config.env.num_envs)
     k_reset, k_loop = jax.random.split(key)
     env_state, ts = env.reset(k_reset)
 
     def rollout(agent_state, env_state, ts, keys):
         def step(carry, k):
-            env_state, ts, policy = carry
+            env_state, ts, policy, prev_action = carry
             k_act, k_env = jax.random.split(k)
-            action, policy = agent.act(agent_state, policy, ts.obs, ts.is_first, k_act)
+            action, policy = agent.act(agent_state, policy, ts.obs, prev_action, ts.is_first, k_act)
             env_state, ts = env.step(env_state, env_action(env.spec, action), k_env)
-            return (env_state, ts, policy), None
+            return (env_state, ts, policy, action), None
 
-        return jax.lax.scan(step, (env_state, ts, agent.initial_carry(config.num_envs)), keys)[0]
+        n = config.env.num_envs
+        start = (env_state, ts, agent.initial_carry(n), jnp.zeros((n, env.spec.action_dim)))
+        return jax.lax.scan(step, start, keys)[0]
 
     keys = jax.random.split(k_loop, steps)
     seconds = best_time(jax.jit(rollout), agent_state, env_state, ts, keys)
-    return steps * config.num_envs / seconds
+    return steps * config.env.num_envs / seconds
 
 
 def measure(
@@ -275,13 +278,13 @@ def measure(
     if peak_gflops is None:
         peak_gflops = measure_peak_gflops(peak_size)
     trainer = make_train(c)
-    spec = env_spec(c.env)
+    spec = env_spec(c.env.name)
     agent = make_dreamer(c, spec)
-    k_train, k_batch, k_learn, k_imag, k_act = jax.random.split(jax.random.PRNGKey(c.seed), 5)
+    k_train, k_batch, k_learn, k_imag, k_act = jax.random.split(jax.random.PRNGKey(c.run.seed), 5)
 
     state, result = measure_training(trainer, k_train, chunks)
     batch = jax.jit(replay_sample, static_argnums=(2, 3))(
-        state.replay, k_batch, c.batch_size, c.sample_length
+        state.replay, k_batch, c.replay.batch_size, c.sample_length
     )[0]
     result.update(measure_learner(agent, state.agent, batch, k_learn, updates))
     result["imagination_steps_per_s"] = measure_imagination(
@@ -293,11 +296,11 @@ def measure(
     result["num_params"] = sum(x.size for x in jax.tree.leaves(state.agent.params))
     result["peak_rss_mb"] = peak_rss_mb()
     result.update(
-        env=c.env,
-        num_envs=c.num_envs,
-        batch_size=c.batch_size,
-        batch_length=c.batch_length,
-        imag_horizon=c.imag_horizon,
+        env=c.env.name,
+        num_envs=c.env.num_envs,
+        batch_size=c.replay.batch_size,
+        batch_length=c.replay.batch_length,
+        imag_horizon=c.dreamer.imag_horizon,
         env_steps_per_chunk=c.env_steps_per_chunk,
         updates_per_chunk=c.iterations_per_chunk * c.updates_per_iteration,
         imagination_note=IMAGINATION_NOTE,
@@ -307,9 +310,11 @@ def measure(
 
 def profile_update(config: Config, top: int = 15) -> dict[str, Any]:
     """XLA ops of one learner update ranked by measured time (benchmarks/profile_ops.py)."""
-    trainer, agent = make_train(config), make_dreamer(config, env_spec(config.env))
-    state = jax.jit(trainer.init)(jax.random.PRNGKey(config.seed))
-    batch = replay_sample(state.replay, jax.random.PRNGKey(1), config.batch_size, config.sample_length)[0]
+    trainer, agent = make_train(config), make_dreamer(config, env_spec(config.env.name))
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(config.run.seed))
+    batch = replay_sample(
+        state.replay, jax.random.PRNGKey(1), config.replay.batch_size, config.sample_length
+    )[0]
     return profile_ops(jax.jit(agent.learn), state.agent, batch, jax.random.PRNGKey(2), top=top)
 
 

@@ -4,20 +4,23 @@
     python experiments/run.py                        # the same command again resumes that run
     python experiments/run.py --steps 50000          # continues it to 50k env steps
     python experiments/run.py --preset pendulum --seed 1
-    python experiments/run.py --preset cartpole,size1m lr=1e-4 --seed 3 batch_size=32
+    python experiments/run.py --preset cartpole,size1m optim.lr=1e-4 --seed 3 replay.batch_size=32
     python experiments/run.py --logdir runs/X        # resumes runs/X with the config stored there
+    python experiments/run.py --show-config --preset pendulum dreamer.imag_horizon=10   # print, don't run
 
 The config, by one rule:
   1. Start from the config stored in --logdir when it holds a run and --preset is not given; otherwise from
      the defaults, with --preset cartpole when neither --preset nor --env is given.
   2. Apply the presets of --preset a,b,... left to right.
-  3. Apply the field settings: --env E, --seed S, --steps N and key=value (any field of
-     mbrl_jax.config.Config). They may come in any order, mixed with the other flags: --steps N is the same
-     as steps=N, and a field set twice (as flag or key) is an error naming both.
+  3. Apply the field settings: --env E, --seed S, --steps N and key=value with dotted keys (any field of
+     mbrl_jax.config.Config: run.*, env.*, replay.*, wm.*, wm.gru.*, dreamer.*, optim.*, agent; see
+     --show-config). They may come in any order, mixed with the other flags: --steps N is the same as
+     run.steps=N, and a field set twice (as flag or key) is an error naming both.
 Everything is validated, device memory included, before anything is allocated or compiled.
 
 Run directory: --logdir, by default runs/<env>-<presets>-seed<seed>. Running again with the same directory
-resumes the run there; only steps, checkpoint_every, checkpoint_minutes and keep_checkpoints may differ.
+resumes the run there; only run.steps, run.checkpoint_every, run.checkpoint_minutes and
+run.keep_checkpoints may differ.
 --new starts a fresh run in <logdir>-2 (-3, ...) when <logdir> already holds one.
 Ctrl-C or SIGTERM: the chunk in flight finishes and is checkpointed, then the run exits with status 130 / 143
 and prints how to resume it (a second signal stops at once, losing only that chunk).
@@ -42,11 +45,12 @@ from mbrl_jax.config import (  # noqa: E402
     Config,
     ConfigError,
     coerce_value,
+    describe_config,
     make_config,
 )
 
 DEFAULT_PRESET = "cartpole"
-FIELD_FLAGS = ("env", "seed", "steps")  # flags that are field settings: --steps N is steps=N
+FIELD_FLAGS = {"env": "env.name", "seed": "run.seed", "steps": "run.steps"}  # --steps N is run.steps=N
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,10 +59,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Field(argparse.Action):
-    """`--steps N`: recorded as the field setting ('--steps N', 'steps', 'N') in the order given."""
+    """`--steps N`: recorded as the field setting ('--steps N', 'run.steps', 'N') in the order given."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        namespace.fields = [*(namespace.fields or []), (f"{option_string} {values}", self.dest, values)]
+        setting = (f"{option_string} {values}", FIELD_FLAGS[self.dest], values)
+        namespace.fields = [*(namespace.fields or []), setting]
 
 
 class _Once(argparse.Action):
@@ -75,15 +80,17 @@ class _Once(argparse.Action):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(fields=None)
-    parser.add_argument("--env", action=_Field, help="gymnax env id, e.g. CartPole-v1 (the field env)")
+    parser.add_argument("--env", action=_Field, help="gymnax env id, e.g. CartPole-v1 (the field env.name)")
     parser.add_argument(
         "--preset",
         action=_Once,
         help=f"comma-separated presets, applied left to right; known: {', '.join(PRESETS)} "
         f"(default: {DEFAULT_PRESET} when neither --env nor a stored run gives the config)",
     )
-    parser.add_argument("--seed", action=_Field, help="the field seed (0 to 2**32 - 1)")
-    parser.add_argument("--steps", action=_Field, help="the field steps: total env steps, prefill included")
+    parser.add_argument("--seed", action=_Field, help="the field run.seed (0 to 2**32 - 1)")
+    parser.add_argument(
+        "--steps", action=_Field, help="the field run.steps: total env steps, prefill included"
+    )
     parser.add_argument(
         "--logdir", action=_Once, help="run directory (default: runs/<env>-<presets>-seed<seed>)"
     )
@@ -91,6 +98,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--new", action="store_true", help="start a fresh run in <logdir>-2 (-3, ...) if <logdir> holds one"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved config, each field with its meaning, and exit without running",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config field settings")
     return parser.parse_intermixed_args(argv)
 
@@ -136,10 +148,10 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Path]:
         from mbrl_jax.runner import stored_config  # late import: the runner pulls in jax
 
         base = stored_config(given)
-    if not presets and "env" not in values and base is None:
+    if not presets and "env.name" not in values and base is None:
         presets = [DEFAULT_PRESET]
     config = make_config(*presets, base=base, **values)
-    logdir = given or Path("runs") / "-".join([config.env, *presets, f"seed{config.seed}"])
+    logdir = given or Path("runs") / "-".join([config.env.name, *presets, f"seed{config.run.seed}"])
     return config, (_fresh(logdir) if args.new else logdir)
 
 
@@ -158,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         config, logdir = build_config(args)
+        if args.show_config:
+            print(describe_config(config))
+            return 0
         from mbrl_jax.memory import check_memory
         from mbrl_jax.runner import check_logdir, check_resume
 
@@ -176,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: finished at {point[0]} env steps; pass --steps M > {point[0]} to continue")
         return 0
     print(
-        f"mbrl_jax: {config.agent} on {config.env}, seed {config.seed}, {config.steps} env steps "
-        f"(train ratio {config.effective_train_ratio:g}, {config.num_envs} envs) -> {path}",
+        f"mbrl_jax: {config.agent} on {config.env.name}, seed {config.run.seed}, "
+        f"{config.run.steps} env steps "
+        f"(train ratio {config.effective_train_ratio:g}, {config.env.num_envs} envs) -> {path}",
         flush=True,
     )
     if point is not None:

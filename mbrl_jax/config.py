@@ -1,7 +1,13 @@
-"""Every setting of a run, as one frozen dataclass, plus presets and validated overrides.
+"""Every setting of a run: nested frozen dataclasses grouped by component; presets; validated overrides.
 
-`make_config("cartpole", "size1m", seed=3, batch_size=32)` applies presets left to right, then keyword
-overrides, then validates once. The command line does the same with `--preset a,b` and `key=value` pairs.
+    Config(agent, run, env, replay, wm=(..., gru), dreamer, optim)
+
+A setting is named by its dotted path: `replay.batch_size`, `wm.gru.blocks`, `dreamer.imag_horizon`.
+`make_config("cartpole", "size1m", **{"run.seed": 3, "replay.batch_size": 32})` (or
+`make_config("cartpole", replay={"batch_size": 32})`) applies presets left to right, then overrides, then
+validates once. The command line does the same with `--preset a,b` and `key=value` pairs.
+Each field carries its one-line meaning and the rule it must satisfy (`setting(default, help, rule)`); the
+relations between fields live in the `check` method of the smallest group that holds them all.
 Derived quantities (discount, updates per iteration, ...) are properties, never stored fields.
 """
 
@@ -11,7 +17,7 @@ import dataclasses
 import difflib
 import math
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
@@ -20,94 +26,178 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    # --- run ---
-    env: str = "CartPole-v1"  # any gymnax id
-    agent: str = "dreamer"
-    seed: int = 0
-    steps: int = 30_000  # total env steps (over all envs), prefill included
-    num_envs: int = 4
-    chunk_steps: int = 1_000  # env steps per compiled chunk: the logging / eval / checkpoint interval
-    eval_episodes: int = 8
-    checkpoint_every: int = 10_000  # env steps between checkpoints (rounded to whole chunks); one at the end
-    checkpoint_minutes: float = 10.0  # also save at the first chunk end this long after the last save
-    keep_checkpoints: int = 3
-    # --- replay ---
-    replay_capacity: int = 100_000  # env steps kept, over all envs
-    prefill: int = 1_024  # random-action env steps before learning starts
-    batch_size: int = 16
-    batch_length: int = 64
-    train_ratio: float = 512.0  # replayed steps per env step, as DreamerV3 counts it
-    replay_context: bool = True  # a window starts from the latent stored for the step before it (reference)
-    replay_online: bool = True  # each fresh window is trained on once, in the first batch rows (reference)
-    # --- world model (size presets set these) ---
-    deter: int = 512  # GRU state size
-    hidden: int = 64  # RSSM input / prior / posterior layer width
-    stoch: int = 32  # categorical latent variables
-    classes: int = 4  # classes per latent variable
-    blocks: int = 8  # block-diagonal GRU groups
-    units: int = 64  # MLP width of encoder, decoder, heads, actor, critic
-    enc_layers: int = 3
-    dec_layers: int = 3
-    head_layers: int = 1  # reward and continue heads
-    ac_layers: int = 3  # actor and critic
-    unimix: float = 0.01
-    free_nats: float = 1.0
-    num_bins: int = 255
-    # --- loss scales (DreamerV3) ---
-    loss_rec: float = 1.0
-    loss_rew: float = 1.0
-    loss_con: float = 1.0
-    loss_dyn: float = 1.0
-    loss_rep: float = 0.1
-    loss_actor: float = 1.0
-    loss_critic: float = 1.0
-    loss_repval: float = (
-        0.3  # critic loss on lambda returns along replayed windows (reference); 0 turns it off
-    )
-    # --- behaviour from imagination ---
-    imag_horizon: int = 15
-    horizon: float = 333.0  # discount = 1 - 1 / horizon
-    return_lambda: float = 0.95
-    actor_entropy: float = 3e-4
-    retnorm_rate: float = 0.01
-    slow_critic_rate: float = 0.02
-    slow_critic_reg: float = 1.0
-    action_minstd: float = 0.1
-    action_maxstd: float = 1.0
-    # --- optimiser (DreamerV3: AGC + LaProp) ---
-    lr: float = 4e-5
-    agc: float = 0.3
-    opt_eps: float = 1e-20
-    beta1: float = 0.9
-    beta2: float = 0.999
-    warmup: int = 1_000
+class Rule:
+    """A condition on one field's value and how an error message states what is allowed."""
 
-    # ---- derived ----
+    test: Callable[[Any], bool]
+    allowed: str
+
+
+POSITIVE = Rule(lambda v: v > 0, "> 0")
+NON_NEGATIVE = Rule(lambda v: v >= 0, ">= 0")
+UNIT_INTERVAL = Rule(lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+AT_LEAST_ONE = Rule(lambda v: v >= 1, ">= 1")
+
+
+def setting(default: Any, help: str, rule: Rule | None = None) -> Any:
+    """A config field with its one-line meaning (shown by `--show-config`) and the rule it must satisfy."""
+    return dataclasses.field(default=default, metadata={"help": help, "rule": rule})
+
+
+def group(cls: type, help: str) -> Any:
+    """A nested config group field."""
+    return dataclasses.field(default_factory=cls, metadata={"help": help})
+
+
+def _fail(path: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{path}={value!r} must be {allowed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    seed: int = setting(0, "PRNG seed of the whole run (0 to 2**32 - 1)", NON_NEGATIVE)
+    steps: int = setting(30_000, "total env steps over all envs, prefill included", POSITIVE)
+    chunk_steps: int = setting(
+        1_000, "env steps per compiled chunk: the log / eval / checkpoint interval", POSITIVE
+    )
+    eval_episodes: int = setting(8, "episodes per evaluation (policy mode, after each chunk)", POSITIVE)
+    checkpoint_every: int = setting(
+        10_000, "env steps between checkpoints (whole chunks); one at the end", POSITIVE
+    )
+    checkpoint_minutes: float = setting(
+        10.0, "also save at the first chunk end this long after the last save", POSITIVE
+    )
+    keep_checkpoints: int = setting(3, "checkpoints kept on disk", POSITIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    name: str = setting("CartPole-v1", "gymnax env id")
+    num_envs: int = setting(4, "envs stepped in parallel on the device", POSITIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayConfig:
+    capacity: int = setting(100_000, "env steps kept, over all envs", POSITIVE)
+    prefill: int = setting(1_024, "random-action env steps before learning starts", NON_NEGATIVE)
+    batch_size: int = setting(16, "replayed windows per update", POSITIVE)
+    batch_length: int = setting(64, "steps per replayed window", POSITIVE)
+    train_ratio: float = setting(512.0, "replayed steps per env step, as DreamerV3 counts it", POSITIVE)
+    context: bool = setting(True, "a window starts from the latent stored for the step before it (reference)")
+    online: bool = setting(True, "each fresh window is trained on once, in the first batch rows (reference)")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRUConfig:
+    blocks: int = setting(8, "block-diagonal groups of the GRU (wm.deter must divide by it)", POSITIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldModelConfig:
+    backbone: str = setting("gru", "sequence backbone of the world model (mbrl_jax.world_models.BACKBONES)")
+    deter: int = setting(512, "deterministic state size (the backbone's output)", POSITIVE)
+    hidden: int = setting(64, "RSSM input / prior / posterior layer width", POSITIVE)
+    stoch: int = setting(32, "categorical latent variables", POSITIVE)
+    classes: int = setting(4, "classes per latent variable", POSITIVE)
+    units: int = setting(64, "MLP width of encoder, decoder and heads (and actor, critic)", POSITIVE)
+    enc_layers: int = setting(3, "encoder MLP layers", POSITIVE)
+    dec_layers: int = setting(3, "decoder MLP layers", POSITIVE)
+    head_layers: int = setting(1, "reward and continue head MLP layers", NON_NEGATIVE)
+    unimix: float = setting(0.01, "uniform mixture in the latent categoricals", UNIT_INTERVAL)
+    free_nats: float = setting(1.0, "KL below this (summed over latents) is not penalised", NON_NEGATIVE)
+    num_bins: int = setting(255, "two-hot bins of reward and value heads", POSITIVE)
+    loss_rec: float = setting(1.0, "scale of the reconstruction loss", NON_NEGATIVE)
+    loss_rew: float = setting(1.0, "scale of the reward loss", NON_NEGATIVE)
+    loss_con: float = setting(1.0, "scale of the continue loss", NON_NEGATIVE)
+    loss_dyn: float = setting(1.0, "scale of the dynamics KL (trains the prior)", NON_NEGATIVE)
+    loss_rep: float = setting(0.1, "scale of the representation KL (trains the posterior)", NON_NEGATIVE)
+    gru: GRUConfig = group(GRUConfig, "block GRU backbone")
+
+    def check(self, path: str) -> None:
+        if self.backbone == "gru" and self.deter % self.gru.blocks:
+            raise ConfigError(
+                f"{path}.deter={self.deter} must be divisible by {path}.gru.blocks={self.gru.blocks}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class DreamerConfig:
+    imag_horizon: int = setting(15, "imagined steps per rollout", POSITIVE)
+    horizon: float = setting(333.0, "discount = 1 - 1 / horizon", AT_LEAST_ONE)
+    return_lambda: float = setting(0.95, "lambda of the lambda returns", UNIT_INTERVAL)
+    actor_entropy: float = setting(3e-4, "entropy bonus of the actor", NON_NEGATIVE)
+    retnorm_rate: float = setting(0.01, "EMA rate of the return percentiles", UNIT_INTERVAL)
+    slow_critic_rate: float = setting(0.02, "EMA rate of the slow critic", UNIT_INTERVAL)
+    slow_critic_reg: float = setting(
+        1.0, "weight of the critic's regression to the slow critic", NON_NEGATIVE
+    )
+    unimix: float = setting(0.01, "uniform mixture in the discrete policy", UNIT_INTERVAL)
+    action_minstd: float = setting(0.1, "smallest std of continuous actions", POSITIVE)
+    action_maxstd: float = setting(1.0, "largest std of continuous actions", POSITIVE)
+    ac_layers: int = setting(3, "actor and critic MLP layers", POSITIVE)
+    loss_actor: float = setting(1.0, "scale of the actor loss", NON_NEGATIVE)
+    loss_critic: float = setting(1.0, "scale of the critic loss", NON_NEGATIVE)
+    loss_repval: float = setting(
+        0.3, "critic loss on lambda returns along replayed windows (reference); 0 turns it off", NON_NEGATIVE
+    )
+
     @property
     def discount(self) -> float:
         return 1.0 - 1.0 / self.horizon
 
+    def check(self, path: str) -> None:
+        if self.action_minstd > self.action_maxstd:
+            raise ConfigError(
+                f"{path}.action_minstd={self.action_minstd} must be <= "
+                f"{path}.action_maxstd={self.action_maxstd}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """DreamerV3's optimiser: adaptive gradient clipping + LaProp, one for all networks."""
+
+    lr: float = setting(4e-5, "learning rate", POSITIVE)
+    agc: float = setting(0.3, "adaptive gradient clipping ratio", POSITIVE)
+    eps: float = setting(1e-20, "LaProp epsilon", POSITIVE)
+    beta1: float = setting(0.9, "momentum rate", UNIT_INTERVAL)
+    beta2: float = setting(0.999, "second-moment rate", UNIT_INTERVAL)
+    warmup: int = setting(1_000, "updates of linear learning-rate warm-up", NON_NEGATIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    agent: str = setting("dreamer", "the agent (mbrl_jax.agents.AGENTS)")
+    run: RunConfig = group(RunConfig, "length, seed, evaluation and checkpoints")
+    env: EnvConfig = group(EnvConfig, "the environment")
+    replay: ReplayConfig = group(ReplayConfig, "the on-device replay and how it is sampled")
+    wm: WorldModelConfig = group(WorldModelConfig, "the world model and its sequence backbone")
+    dreamer: DreamerConfig = group(DreamerConfig, "DreamerV3's actor-critic in imagination")
+    optim: OptimConfig = group(OptimConfig, "the optimiser")
+
+    # ---- derived ----
     @property
     def env_steps_per_iteration(self) -> int:
         """Env steps (over all envs) between learner phases: the smallest multiple of num_envs that
         makes the number of updates a whole number for the given train_ratio."""
-        per_update = self.batch_size * self.batch_length / self.train_ratio  # env steps per update
-        k = max(1, math.ceil(per_update / self.num_envs - 1e-9))
-        return k * self.num_envs
+        r = self.replay
+        per_update = r.batch_size * r.batch_length / r.train_ratio  # env steps per update
+        k = max(1, math.ceil(per_update / self.env.num_envs - 1e-9))
+        return k * self.env.num_envs
 
     @property
     def updates_per_iteration(self) -> int:
-        steps = self.env_steps_per_iteration
-        return max(1, round(steps * self.train_ratio / (self.batch_size * self.batch_length)))
+        r = self.replay
+        return max(1, round(self.env_steps_per_iteration * r.train_ratio / (r.batch_size * r.batch_length)))
 
     @property
     def effective_train_ratio(self) -> float:
-        return self.updates_per_iteration * self.batch_size * self.batch_length / self.env_steps_per_iteration
+        r = self.replay
+        return self.updates_per_iteration * r.batch_size * r.batch_length / self.env_steps_per_iteration
 
     @property
     def iterations_per_chunk(self) -> int:
-        return max(1, round(self.chunk_steps / self.env_steps_per_iteration))
+        return max(1, round(self.run.chunk_steps / self.env_steps_per_iteration))
 
     @property
     def env_steps_per_chunk(self) -> int:
@@ -115,41 +205,127 @@ class Config:
 
     @property
     def prefill_steps_per_env(self) -> int:
-        return math.ceil(self.prefill / self.num_envs)
+        return math.ceil(self.replay.prefill / self.env.num_envs)
 
     @property
     def num_chunks(self) -> int:
         """Chunks after prefill; the budget is rounded up to whole chunks."""
-        remaining = self.steps - self.prefill_steps_per_env * self.num_envs
+        remaining = self.run.steps - self.prefill_steps_per_env * self.env.num_envs
         return max(0, math.ceil(remaining / self.env_steps_per_chunk))
 
     @property
     def sample_length(self) -> int:
         """Steps per sampled window: batch_length, plus one step of context with the replay context."""
-        return self.batch_length + int(self.replay_context)
+        return self.replay.batch_length + int(self.replay.context)
 
     @property
     def capacity_per_env(self) -> int:
-        return math.ceil(self.replay_capacity / self.num_envs)
+        return math.ceil(self.replay.capacity / self.env.num_envs)
+
+    def check(self, path: str = "") -> None:
+        r, n = self.replay, self.env.num_envs
+        if self.capacity_per_env < self.sample_length:
+            raise ConfigError(
+                f"replay.batch_length={r.batch_length} (+1 with replay.context) is longer than the replay "
+                f"per "
+                f"env (replay.capacity={r.capacity} / env.num_envs={n} = {self.capacity_per_env})"
+            )
+        if self.prefill_steps_per_env < self.sample_length:
+            raise ConfigError(
+                f"replay.prefill={r.prefill} gives {self.prefill_steps_per_env} steps per env, fewer "
+                f"than the "
+                f"sampled window of {self.sample_length} steps (replay.batch_length, +1 with "
+                "replay.context); "
+                f"allowed: replay.prefill >= {self.sample_length * n}"
+            )
+        if r.online and n > r.batch_size:
+            raise ConfigError(
+                f"replay.online=True puts one fresh window per env in each batch, so env.num_envs={n} "
+                "must be "
+                f"<= replay.batch_size={r.batch_size}; or set replay.online=false"
+            )
+        if self.prefill_steps_per_env * n > self.run.steps:
+            raise ConfigError(f"replay.prefill={r.prefill} exceeds the budget run.steps={self.run.steps}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict, grouped as the dataclasses are (what config.yaml holds)."""
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """{dotted path: value} of every field."""
+        return {path: _get(self, path) for path in FIELDS}
+
     def replace(self, **overrides: Any) -> Config:
+        """This config with overrides (dotted keys, or group=mapping), validated."""
         return make_config(base=self, **overrides)
+
+
+# ---- the field table -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldInfo:
+    path: str
+    type: type
+    help: str
+    rule: Rule | None
+
+
+def _walk(cls: type, prefix: str = "") -> Iterable[FieldInfo]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        typ, path = hints[f.name], prefix + f.name
+        if dataclasses.is_dataclass(typ):
+            yield from _walk(typ, path + ".")
+        else:
+            yield FieldInfo(path, typ, f.metadata.get("help", ""), f.metadata.get("rule"))
+
+
+def _groups(cls: type, prefix: str = "") -> Iterable[tuple[str, type, str]]:
+    """(path, class, help) of every nested group, outermost first."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield prefix + f.name, hints[f.name], f.metadata.get("help", "")
+            yield from _groups(hints[f.name], prefix + f.name + ".")
+
+
+FIELDS: dict[str, FieldInfo] = {info.path: info for info in _walk(Config)}
+GROUPS: dict[str, tuple[type, str]] = {path: (cls, help) for path, cls, help in _groups(Config)}
+
+
+def _get(config: Any, path: str) -> Any:
+    for name in path.split("."):
+        config = getattr(config, name)
+    return config
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        path = prefix + f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], values, path + ".")
+        elif path in values:
+            kwargs[f.name] = values[path]
+    return cls(**kwargs)
 
 
 # ---- presets ---------------------------------------------------------------------------------------------
 
 # DreamerV3 model sizes (paper's size table; reference configs). Layer counts follow the reference.
 SIZE_PRESETS: dict[str, dict[str, Any]] = {
-    "size1m": dict(deter=512, hidden=64, classes=4, units=64),
-    "size12m": dict(deter=2048, hidden=256, classes=16, units=256),
-    "size25m": dict(deter=3072, hidden=384, classes=24, units=384),
-    "size50m": dict(deter=4096, hidden=512, classes=32, units=512),
-    "size100m": dict(deter=6144, hidden=768, classes=48, units=768),
-    "size200m": dict(deter=8192, hidden=1024, classes=64, units=1024),
-    "size400m": dict(deter=12288, hidden=1536, classes=96, units=1536),
+    name: {"wm.deter": deter, "wm.hidden": hidden, "wm.classes": classes, "wm.units": units}
+    for name, deter, hidden, classes, units in [
+        ("size1m", 512, 64, 4, 64),
+        ("size12m", 2048, 256, 16, 256),
+        ("size25m", 3072, 384, 24, 384),
+        ("size50m", 4096, 512, 32, 512),
+        ("size100m", 6144, 768, 48, 768),
+        ("size200m", 8192, 1024, 64, 1024),
+        ("size400m", 12288, 1536, 96, 1536),
+    ]
 }
 
 # One set of settings for every classic-control task on a 2-core CPU: a model between the 1M and 12M rows
@@ -157,36 +333,44 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
 # updates, train ratio 128 and a higher learning rate with a short warm-up. The reference settings
 # (B 16 x T 64, ratio 512, lr 4e-5) need hours here for the same env steps. The task presets below only pick
 # the env: their hyperparameters are `classic`'s, never tuned per task.
-CLASSIC = dict(steps=30_000, deter=256, batch_size=8, batch_length=32, train_ratio=128.0, lr=3e-4, warmup=100)
+CLASSIC: dict[str, Any] = {
+    "run.steps": 30_000,
+    "wm.deter": 256,
+    "replay.batch_size": 8,
+    "replay.batch_length": 32,
+    "replay.train_ratio": 128.0,
+    "optim.lr": 3e-4,
+    "optim.warmup": 100,
+}
 
 TASK_PRESETS: dict[str, dict[str, Any]] = {
     "classic": CLASSIC,
-    "cartpole": dict(CLASSIC, env="CartPole-v1"),
-    "acrobot": dict(CLASSIC, env="Acrobot-v1"),
-    "pendulum": dict(CLASSIC, env="Pendulum-v1"),
-    "mountaincar": dict(CLASSIC, env="MountainCarContinuous-v0"),
+    "cartpole": {**CLASSIC, "env.name": "CartPole-v1"},
+    "acrobot": {**CLASSIC, "env.name": "Acrobot-v1"},
+    "pendulum": {**CLASSIC, "env.name": "Pendulum-v1"},
+    "mountaincar": {**CLASSIC, "env.name": "MountainCarContinuous-v0"},
     # Tiny settings for tests and smoke runs: compiles fast, learns nothing in particular.
-    "debug": dict(
-        steps=2_000,
-        num_envs=2,
-        chunk_steps=250,
-        prefill=256,
-        batch_size=4,
-        batch_length=16,
-        train_ratio=64.0,
-        deter=64,
-        hidden=32,
-        stoch=4,
-        classes=4,
-        blocks=4,
-        units=32,
-        enc_layers=1,
-        dec_layers=1,
-        ac_layers=1,
-        imag_horizon=5,
-        eval_episodes=2,
-        replay_capacity=4_000,
-    ),
+    "debug": {
+        "run.steps": 2_000,
+        "run.chunk_steps": 250,
+        "run.eval_episodes": 2,
+        "env.num_envs": 2,
+        "replay.prefill": 256,
+        "replay.batch_size": 4,
+        "replay.batch_length": 16,
+        "replay.train_ratio": 64.0,
+        "replay.capacity": 4_000,
+        "wm.deter": 64,
+        "wm.hidden": 32,
+        "wm.stoch": 4,
+        "wm.classes": 4,
+        "wm.gru.blocks": 4,
+        "wm.units": 32,
+        "wm.enc_layers": 1,
+        "wm.dec_layers": 1,
+        "dreamer.ac_layers": 1,
+        "dreamer.imag_horizon": 5,
+    },
 }
 
 PRESETS: dict[str, dict[str, Any]] = {**TASK_PRESETS, **SIZE_PRESETS}
@@ -194,24 +378,29 @@ PRESETS: dict[str, dict[str, Any]] = {**TASK_PRESETS, **SIZE_PRESETS}
 
 # ---- construction and validation -------------------------------------------------------------------------
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_TYPES = typing.get_type_hints(Config)
-
 
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     """The hint " (did you mean 'X'?)", X the option closest to `name` (case ignored), or "" when none is
-    close; for error messages about a mistyped key, preset or env name."""
-    by_lower = {str(option).lower(): str(option) for option in options}
+    close; for error messages about a mistyped key, preset or env name. A dotted option whose last part is
+    the last part of `name` counts as closest (a key given without its group, or in the wrong one)."""
+    options = [str(option) for option in options]
+    leaf = str(name).rsplit(".", 1)[-1].lower()
+    by_leaf = [o for o in options if o != name and o.rsplit(".", 1)[-1].lower() == leaf]
+    if len(by_leaf) == 1:
+        return f" (did you mean {by_leaf[0]!r}?)"
+    by_lower = {option.lower(): option for option in options}
     close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1)
     return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 def coerce_value(key: str, value: Any) -> Any:
     """Turns a CLI string or a Python value into the field's type, or raises ConfigError."""
-    if key not in _FIELDS:
-        hint = did_you_mean(key, _FIELDS)
-        raise ConfigError(f"unknown config key '{key}'{hint}; see mbrl_jax.config.Config")
-    typ = _TYPES[key]
+    if key not in FIELDS:
+        raise ConfigError(
+            f"unknown config key '{key}'{did_you_mean(key, FIELDS)}; see `python experiments/run.py "
+            "--show-config` for every key"
+        )
+    typ = FIELDS[key].type
     if isinstance(value, str) and typ is not str:
         text = value.strip()
         try:
@@ -236,134 +425,154 @@ def coerce_value(key: str, value: Any) -> Any:
     return value
 
 
-_POSITIVE_INT = (
-    "steps num_envs chunk_steps eval_episodes checkpoint_every keep_checkpoints replay_capacity batch_size "
-    "batch_length deter hidden stoch "
-    "classes blocks units enc_layers dec_layers ac_layers imag_horizon num_bins"
-).split()
-_NON_NEGATIVE = "prefill warmup head_layers seed".split()
-_POSITIVE_FLOAT = "train_ratio horizon lr opt_eps action_minstd action_maxstd agc".split()
-_UNIT_INTERVAL = "unimix return_lambda retnorm_rate slow_critic_rate beta1 beta2".split()
-_NON_NEGATIVE_FLOAT = (
-    "free_nats loss_rec loss_rew loss_con loss_dyn loss_rep loss_actor loss_critic loss_repval actor_entropy "
-    "slow_critic_reg"
-).split()
-
-
 # Counters and sizes are int32 on the device; the seed becomes a uint32 PRNG key.
 INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1
 
 
-def check_numbers(config: Config) -> None:
-    """Every float field finite, every int field within what the device program can hold."""
-    for key, typ in _TYPES.items():
-        value = getattr(config, key)
-        if typ is float and not math.isfinite(value):
-            raise ConfigError(f"{key}={value!r} is not finite; allowed: a finite number")
-        if typ is int:
-            high = UINT32_MAX if key == "seed" else INT32_MAX
-            kind = "a uint32 PRNG seed" if key == "seed" else "an int32 on the device"
-            if value > high:
-                raise ConfigError(f"{key}={value!r} is too large; allowed: at most {high} ({kind})")
-    if not config.checkpoint_minutes > 0:
-        raise ConfigError(f"checkpoint_minutes={config.checkpoint_minutes!r} must be > 0")
+def _check_field(info: FieldInfo, value: Any) -> None:
+    if info.type is float and not math.isfinite(value):
+        raise ConfigError(f"{info.path}={value!r} is not finite; allowed: a finite number")
+    if info.type is int:
+        seed = info.path == "run.seed"
+        high = UINT32_MAX if seed else INT32_MAX
+        if value > high:
+            kind = "a uint32 PRNG seed" if seed else "an int32 on the device"
+            raise ConfigError(f"{info.path}={value!r} is too large; allowed: at most {high} ({kind})")
+    if info.rule is not None and not info.rule.test(value):
+        raise _fail(info.path, value, info.rule.allowed)
 
 
 def validate(config: Config) -> Config:
-    """Checks every field and the relations between them; raises ConfigError naming the field."""
-    check_numbers(config)
-    for key in _POSITIVE_INT + _POSITIVE_FLOAT:
-        if not getattr(config, key) > 0:
-            raise ConfigError(f"{key}={getattr(config, key)!r} must be > 0")
-    for key in _NON_NEGATIVE + _NON_NEGATIVE_FLOAT:
-        if not getattr(config, key) >= 0:
-            raise ConfigError(f"{key}={getattr(config, key)!r} must be >= 0")
-    for key in _UNIT_INTERVAL:
-        if not 0.0 <= getattr(config, key) <= 1.0:
-            raise ConfigError(f"{key}={getattr(config, key)!r} must be in [0, 1]")
-    if config.horizon < 1.0:
-        raise ConfigError(f"horizon={config.horizon!r} must be >= 1 (discount = 1 - 1/horizon)")
-    if config.agent != "dreamer":
-        raise ConfigError(f"agent={config.agent!r} is not known; allowed: 'dreamer'")
-    if config.deter % config.blocks:
-        raise ConfigError(f"deter={config.deter} must be divisible by blocks={config.blocks}")
-    if config.action_minstd > config.action_maxstd:
-        raise ConfigError(
-            f"action_minstd={config.action_minstd} must be <= action_maxstd={config.action_maxstd}"
-        )
-    if config.capacity_per_env < config.sample_length:
-        raise ConfigError(
-            f"batch_length={config.batch_length} (+1 with replay_context) is longer than the replay per env "
-            f"(replay_capacity={config.replay_capacity} / num_envs={config.num_envs} "
-            f"= {config.capacity_per_env})"
-        )
-    if config.prefill_steps_per_env < config.sample_length:
-        raise ConfigError(
-            f"prefill={config.prefill} gives {config.prefill_steps_per_env} steps per env, fewer than "
-            f"the sampled window of {config.sample_length} steps (batch_length, +1 with replay_context); "
-            f"allowed: prefill >= {config.sample_length * config.num_envs}"
-        )
-    if config.replay_online and config.num_envs > config.batch_size:
-        raise ConfigError(
-            f"replay_online=True puts one fresh window per env in each batch, so num_envs={config.num_envs} "
-            f"must be <= batch_size={config.batch_size}; or set replay_online=false"
-        )
-    if config.prefill_steps_per_env * config.num_envs > config.steps:
-        raise ConfigError(f"prefill={config.prefill} exceeds the budget steps={config.steps}")
-    from mbrl_jax.envs import env_spec, list_envs  # late import: envs pulls in gymnax
+    """Checks every field against its rule, then each group's relations, then the agent's and env's; raises
+    ConfigError naming the field."""
+    for path, info in FIELDS.items():
+        _check_field(info, _get(config, path))
+    for path in GROUPS:
+        group_value = _get(config, path)
+        if hasattr(group_value, "check"):
+            group_value.check(path)
+    config.check()
+    from mbrl_jax.agents import AGENTS, check_agent  # late imports: these pull in jax and gymnax
+    from mbrl_jax.envs import env_spec, list_envs
+    from mbrl_jax.world_models import BACKBONES
 
-    if config.env not in list_envs():
-        hint = did_you_mean(config.env, list_envs())
-        raise ConfigError(f"env={config.env!r} is not a known gymnax env{hint}")
-    spec = env_spec(config.env)
-    if len(spec.obs_shape) != 1:
+    if config.agent not in AGENTS:
         raise ConfigError(
-            f"env={config.env!r} has observations of shape {spec.obs_shape}; the dreamer agent "
-            "takes vector observations (shape (n,)) for now"
+            f"agent={config.agent!r} is not known{did_you_mean(config.agent, AGENTS)}; "
+            f"allowed: {', '.join(map(repr, AGENTS))}"
         )
+    if config.wm.backbone not in BACKBONES:
+        raise ConfigError(
+            f"wm.backbone={config.wm.backbone!r} is not known{did_you_mean(config.wm.backbone, BACKBONES)}; "
+            f"allowed: {', '.join(map(repr, BACKBONES))}"
+        )
+    if config.env.name not in list_envs():
+        hint = did_you_mean(config.env.name, list_envs())
+        raise ConfigError(f"env.name={config.env.name!r} is not a known gymnax env{hint}")
+    check_agent(config, env_spec(config.env.name))
     return config
 
 
+def _flatten_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """{"replay": {"batch_size": 8}, "run.seed": 1} -> {"replay.batch_size": 8, "run.seed": 1}."""
+    flat = {}
+    for key, value in overrides.items():
+        if key in GROUPS and isinstance(value, Mapping):
+            flat.update(_flatten_overrides({f"{key}.{k}": v for k, v in value.items()}))
+        else:
+            flat[key] = value
+    return flat
+
+
 def make_config(*presets: str, base: Config | None = None, **overrides: Any) -> Config:
-    """Presets applied left to right on `base` (default Config()), then overrides; validated."""
-    values = (base or Config()).to_dict()
+    """Presets applied left to right on `base` (default Config()), then overrides; validated.
+
+    Overrides are dotted keys (`**{"replay.batch_size": 32}`) or groups (`replay={"batch_size": 32}`).
+    """
+    values = (base or Config()).flat()
     for name in presets:
         if name not in PRESETS:
             raise ConfigError(
                 f"unknown preset '{name}'{did_you_mean(name, PRESETS)}; allowed: {', '.join(PRESETS)}"
             )
         values.update(PRESETS[name])
-    for key, value in overrides.items():
+    for key, value in _flatten_overrides(overrides).items():
         values[key] = coerce_value(key, value)
-    return validate(Config(**values))
+    return validate(_build(Config, values))
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """['lr=1e-4', 'batch_size=32'] -> {'lr': 1e-4, 'batch_size': 32}, typed and checked."""
+    """['optim.lr=1e-4', 'replay.batch_size=32'] -> {'optim.lr': 1e-4, 'replay.batch_size': 32}, typed."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r} is not of the form key=value")
-        key, value = pair.split("=", 1)
-        if key.strip() in out:
-            raise ConfigError(f"{key.strip()} is given twice ({pair!r} and an earlier one); give it once")
-        out[key.strip()] = coerce_value(key.strip(), value)
+        key, value = (part.strip() for part in pair.split("=", 1))
+        if key in out:
+            raise ConfigError(f"{key} is given twice ({pair!r} and an earlier one); give it once")
+        out[key] = coerce_value(key, value)
     return out
 
 
+# The flat keys of mbrl_jax 0.1 (before the groups), so that its run folders stay readable and resumable.
+_RENAMED = {
+    "env": ("env.name",),
+    "replay_capacity": ("replay.capacity",),
+    "replay_context": ("replay.context",),
+    "replay_online": ("replay.online",),
+    "opt_eps": ("optim.eps",),
+    "blocks": ("wm.gru.blocks",),
+    "unimix": ("wm.unimix", "dreamer.unimix"),  # 0.1 had one unimix for the latents and the policy
+}
+LEGACY_KEYS: dict[str, tuple[str, ...]] = {
+    **{
+        p.rsplit(".", 1)[1]: (p,)
+        for p in FIELDS
+        if p.count(".") == 1 and all(p not in paths for paths in _RENAMED.values())
+    },
+    **_RENAMED,
+}
+
+
 def config_from_dict(values: Mapping[str, Any]) -> Config:
-    unknown = set(values) - set(_FIELDS)
+    """A config from its `to_dict()` form (nested groups), or from an mbrl_jax 0.1 flat dict; validated."""
+    if any(isinstance(v, Mapping) for v in values.values()):
+        flat = _flatten_overrides(values)
+    else:
+        unknown = sorted(set(values) - set(LEGACY_KEYS) - {"agent"})
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}")
+        flat = {path: v for k, v in values.items() for path in LEGACY_KEYS.get(k, (k,))}
+    unknown = sorted(set(flat) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"unknown config keys {sorted(unknown)}")
-    return validate(Config(**{k: coerce_value(k, v) for k, v in values.items()}))
+        raise ConfigError(f"unknown config keys {unknown}")
+    return validate(_build(Config, {k: coerce_value(k, v) for k, v in flat.items()}))
 
 
 # Fields that change how long or how often a run saves, never what it computes: a run may be resumed
 # with different values of these.
-RESUMABLE_FIELDS = frozenset({"steps", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints"})
+RESUMABLE_FIELDS = frozenset(
+    {"run.steps", "run.checkpoint_every", "run.checkpoint_minutes", "run.keep_checkpoints"}
+)
 
 
 def config_diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
-    """Fields whose values differ: {name: (a_value, b_value)}."""
-    return {k: (getattr(a, k), getattr(b, k)) for k in _FIELDS if getattr(a, k) != getattr(b, k)}
+    """Fields whose values differ: {dotted path: (a_value, b_value)}."""
+    fa, fb = a.flat(), b.flat()
+    return {k: (fa[k], fb[k]) for k in FIELDS if fa[k] != fb[k]}
+
+
+def describe_config(config: Config) -> str:
+    """The resolved config, one `path = value  # meaning` line per field under its group's heading."""
+    lines, width = [], max(len(f"{p} = {_get(config, p)!r}") for p in FIELDS)
+    current = None
+    for path, info in FIELDS.items():
+        group_path = path.rsplit(".", 1)[0] if "." in path else ""
+        if group_path != current:
+            current = group_path
+            if group_path:
+                lines.append(f"\n[{group_path}]  {GROUPS[group_path][1]}")
+        text = f"{path} = {_get(config, path)!r}"
+        lines.append(f"{text:<{width}}  # {info.help}")
+    return "\n".join(lines).lstrip("\n")

@@ -57,12 +57,12 @@ def _nbytes(tree) -> int:
 def activation_floats_per_start(config: Config) -> int:
     """float32 values kept per replayed start for the backward pass: one world-model step and
     `imag_horizon + 1` imagined steps (actor, critic, slow critic, reward and continue heads)."""
-    c = config
+    w, d = config.wm, config.dreamer
     # latent state, prior/posterior layers and logits, two-hot distributions over num_bins
-    step = 6 * c.deter + 3 * c.hidden + 4 * c.stoch * c.classes + 6 * c.num_bins
-    wm_layers = c.enc_layers + c.dec_layers + 2 * c.head_layers
-    imag_layers = 3 * c.ac_layers + 2 * c.head_layers
-    return step + 3 * c.units * wm_layers + (c.imag_horizon + 1) * (step + 3 * c.units * imag_layers)
+    step = 6 * w.deter + 3 * w.hidden + 4 * w.stoch * w.classes + 6 * w.num_bins
+    wm_layers = w.enc_layers + w.dec_layers + 2 * w.head_layers
+    imag_layers = 3 * d.ac_layers + 2 * w.head_layers
+    return step + 3 * w.units * wm_layers + (d.imag_horizon + 1) * (step + 3 * w.units * imag_layers)
 
 
 def estimate_memory(config: Config) -> MemoryEstimate:
@@ -72,7 +72,7 @@ def estimate_memory(config: Config) -> MemoryEstimate:
     state = jax.eval_shape(make_train(config).init, jax.random.PRNGKey(0))
     replay, params = _nbytes(state.replay), _nbytes(state.agent.params)
     agent = _nbytes(state.agent)
-    starts = config.batch_size * config.batch_length
+    starts = config.replay.batch_size * config.replay.batch_length
     activations = 4 * starts * activation_floats_per_start(config) + params  # + one gradient per parameter
     return MemoryEstimate(
         replay=replay,
@@ -108,10 +108,11 @@ def check_memory(config: Config, available: int | None = None) -> MemoryEstimate
             [
                 (
                     estimate.activations,
-                    f"batch_size={config.batch_size} x batch_length={config.batch_length}",
+                    f"replay.batch_size={config.replay.batch_size} x "
+                    f"replay.batch_length={config.replay.batch_length}",
                 ),
-                (estimate.replay, f"replay_capacity={config.replay_capacity}"),
-                (estimate.params + estimate.optimiser, "the model size (deter, units, classes)"),
+                (estimate.replay, f"replay.capacity={config.replay.capacity}"),
+                (estimate.params + estimate.optimiser, "the model size (wm.deter, wm.units, wm.classes)"),
             ]
         )[1]
         raise ConfigError(

@@ -103,12 +103,12 @@ def describe_non_finite(names: list[str], limit: int = 3) -> str:
 
 
 def _chunks_done(config: Config, env_steps: int) -> int:
-    return (env_steps - config.prefill_steps_per_env * config.num_envs) // config.env_steps_per_chunk
+    return (env_steps - config.prefill_steps_per_env * config.env.num_envs) // config.env_steps_per_chunk
 
 
 def final_env_steps(config: Config) -> int:
     """Env steps at which a run of `config` ends: prefill plus whole chunks."""
-    return config.prefill_steps_per_env * config.num_envs + config.num_chunks * config.env_steps_per_chunk
+    return config.prefill_steps_per_env * config.env.num_envs + config.num_chunks * config.env_steps_per_chunk
 
 
 def latest_checkpoint(logdir: str | Path) -> tuple[int, float] | None:
@@ -215,7 +215,7 @@ def train(
     total_steps = final_env_steps(config)
     if path is not None:
         check_resume(config, path)
-    ckpt = Checkpointer(path / "checkpoints", keep=config.keep_checkpoints) if path is not None else None
+    ckpt = Checkpointer(path / "checkpoints", keep=config.run.keep_checkpoints) if path is not None else None
     latest = ckpt.latest_step() if ckpt is not None else None
     if path is not None:
         if latest is None or latest < total_steps:  # a finished run keeps the budget it was given
@@ -229,7 +229,7 @@ def train(
         return state, metrics, finite_flags(state, metrics)
 
     chunk_fn = jax.jit(chunk_and_check, donate_argnums=0)
-    key = jax.random.PRNGKey(config.seed)
+    key = jax.random.PRNGKey(config.run.seed)
     logger = MetricLogger(path) if path is not None else None
     if logger is not None:
         # rows after the resume point would be computed again: drop them before anything is appended
@@ -243,7 +243,7 @@ def train(
         init, chunk_fn = _compile([init.lower(key), chunk_fn.lower(target)], say)
         state = init(key)
     start_chunk = _chunks_done(config, int(state.env_steps))
-    ckpt_every = max(1, math.ceil(config.checkpoint_every / config.env_steps_per_chunk))
+    ckpt_every = max(1, math.ceil(config.run.checkpoint_every / config.env_steps_per_chunk))
     last_saved = latest
     records = []
     display = Progress(total_steps, int(state.env_steps)) if progress else None
@@ -287,7 +287,7 @@ def train(
             if display is not None:
                 display.update(env_steps, metrics)
             done = index + 1
-            due = done % ckpt_every == 0 or time.time() - last_save_time >= 60 * config.checkpoint_minutes
+            due = done % ckpt_every == 0 or time.time() - last_save_time >= 60 * config.run.checkpoint_minutes
             if ckpt is not None and (due or done == config.num_chunks):
                 save(env_steps)
         if interrupted:

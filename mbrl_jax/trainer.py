@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from mbrl_jax.agents.dreamer import AgentState, PolicyCarry, env_action, make_dreamer, random_action
+from mbrl_jax.agents import env_action, make_agent, random_action
 from mbrl_jax.config import Config
 from mbrl_jax.envs import TimeStep, VecEnv, make_env
 from mbrl_jax.replay import Replay, replay_add, replay_init, replay_sample, replay_update
@@ -33,9 +33,10 @@ class TrainState:
     updates: jax.Array  # int32, learner updates so far
     env_state: object
     timestep: TimeStep  # the last timestep of each env, [num_envs, ...]
-    policy: PolicyCarry
+    prev_action: jax.Array  # [num_envs, A] the action that led to `timestep` (agent format)
+    policy: Any  # the agent's policy carry
     replay: Replay
-    agent: AgentState
+    agent: Any  # the agent's state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Trainer:
     config: Config
     init: Callable  # key -> TrainState
     run_chunk: Callable  # TrainState -> (TrainState, metrics)
-    evaluate: Callable  # (AgentState, key) -> mean return of config.eval_episodes episodes
+    evaluate: Callable  # (agent state, key) -> mean return of config.run.eval_episodes episodes
 
 
 def replay_row(ts: TimeStep, prev_action: jax.Array, context: dict) -> dict:
@@ -67,8 +68,8 @@ def episode_returns(env: VecEnv, act: Callable, carry: Any, key: jax.Array) -> j
 
     Args:
       env: N batched envs.
-      act: `(carry, obs [N, *obs_shape], is_first [N], key) -> (action, carry)`, the action in the agent's
-        format (one-hot [N, A] or [-1, 1]^A; `env_action` maps it to the env's).
+      act: `(carry, obs [N, *obs_shape], prev_action [N, A], is_first [N], key) -> (action, carry)`, the
+        action in the agent's format (one-hot [N, A] or [-1, 1]^A; `env_action` maps it to the env's).
       carry: the policy's state for N envs (None for a memoryless policy).
       key: split into a reset key and, per step, one key for `act` and one for the env.
     Returns:
@@ -81,16 +82,16 @@ def episode_returns(env: VecEnv, act: Callable, carry: Any, key: jax.Array) -> j
     n = env.num_envs
 
     def step(loop, key_t):
-        env_state, ts, carry, ret, finished = loop
+        env_state, ts, carry, prev_action, ret, finished = loop
         k_act, k_env = jax.random.split(key_t)
-        action, carry = act(carry, ts.obs, ts.is_first, k_act)
+        action, carry = act(carry, ts.obs, prev_action, ts.is_first, k_act)
         env_state, ts = env.step(env_state, env_action(spec, action), k_env)
         ret = jnp.where(finished, ret, ts.episode_return)
         finished = finished | ts.is_last
-        return (env_state, ts, carry, ret, finished), None
+        return (env_state, ts, carry, action, ret, finished), None
 
-    init = (env_state, ts, carry, jnp.zeros(n), jnp.zeros(n, bool))
-    (_, _, _, ret, _), _ = jax.lax.scan(step, init, jax.random.split(k_loop, spec.max_episode_steps + 1))
+    init = (env_state, ts, carry, jnp.zeros((n, spec.action_dim)), jnp.zeros(n), jnp.zeros(n, bool))
+    (*_, ret, _), _ = jax.lax.scan(step, init, jax.random.split(k_loop, spec.max_episode_steps + 1))
     return ret
 
 
@@ -113,26 +114,31 @@ def make_train(config: Config) -> Trainer:
     [S, ...] on every leaf, and on metrics, [S]) one program trains S seeds.
     """
     c = config
-    env = make_env(c.env, c.num_envs)
-    eval_env = make_env(c.env, c.eval_episodes)
+    n, r = c.env.num_envs, c.replay
+    env = make_env(c.env.name, n)
+    eval_env = make_env(c.env.name, c.run.eval_episodes)
     spec = env.spec
-    agent = make_dreamer(c, spec)
-    steps_per_env = c.env_steps_per_iteration // c.num_envs
-    no_context = agent.replay_context(agent.initial_carry(c.num_envs))  # zeros: random steps have no latent
+    agent = make_agent(c, spec)
+    steps_per_env = c.env_steps_per_iteration // n
+    no_context = agent.replay_context(agent.initial_carry(n))  # zeros: random steps have no latent
 
     def env_step(state: TrainState, action: jax.Array, key, context: dict) -> TrainState:
         """Stores the current step with the action that led to it, then steps the envs with `action`."""
-        row = replay_row(state.timestep, state.policy.prev_action, context)
+        row = replay_row(state.timestep, state.prev_action, context)
         replay = replay_add(state.replay, row)
         env_state, timestep = env.step(state.env_state, env_action(spec, action), key)
         return state.replace(
-            env_state=env_state, timestep=timestep, replay=replay, env_steps=state.env_steps + c.num_envs
+            env_state=env_state,
+            timestep=timestep,
+            prev_action=action,
+            replay=replay,
+            env_steps=state.env_steps + n,
         )
 
     def policy_step(state: TrainState, _):
         key, k_act, k_env = jax.random.split(state.key, 3)
         ts = state.timestep
-        action, policy = agent.act(state.agent, state.policy, ts.obs, ts.is_first, k_act)
+        action, policy = agent.act(state.agent, state.policy, ts.obs, state.prev_action, ts.is_first, k_act)
         done = ts.is_last
         state = env_step(state.replace(key=key), action, k_env, agent.replay_context(policy))
         state = state.replace(policy=policy)
@@ -140,35 +146,33 @@ def make_train(config: Config) -> Trainer:
 
     def random_step(state: TrainState, _):
         key, k_act, k_env = jax.random.split(state.key, 3)
-        action = random_action(spec, c.num_envs, k_act)
-        state = env_step(state.replace(key=key), action, k_env, no_context)
-        return state.replace(policy=state.policy.replace(prev_action=action)), None
+        action = random_action(spec, n, k_act)
+        return env_step(state.replace(key=key), action, k_env, no_context), None
 
     def init(key) -> TrainState:
         k_agent, k_env, k_loop = jax.random.split(key, 3)
         env_state, timestep = env.reset(k_env)
-        example = replay_row(timestep, jnp.zeros((c.num_envs, spec.action_dim)), no_context)
+        no_action = jnp.zeros((n, spec.action_dim))
         state = TrainState(
             key=k_loop,
             env_steps=jnp.int32(0),
             updates=jnp.int32(0),
             env_state=env_state,
             timestep=timestep,
-            policy=agent.initial_carry(c.num_envs),
-            replay=replay_init(example, c.capacity_per_env),
+            prev_action=no_action,
+            policy=agent.initial_carry(n),
+            replay=replay_init(replay_row(timestep, no_action, no_context), c.capacity_per_env),
             agent=agent.init(k_agent),
         )
         state, _ = jax.lax.scan(random_step, state, None, length=c.prefill_steps_per_env)
-        # The policy's latent has not seen the prefill steps, so it starts from zeros; the last random action
-        # is kept: it is what led to the current observation, and the replay stores it with that step.
-        return state.replace(
-            policy=agent.initial_carry(c.num_envs).replace(prev_action=state.policy.prev_action)
-        )
+        # The policy's carry has not seen the prefill steps, so it starts afresh; the last random action is
+        # kept: it led to the current observation, and the replay stores it with that step.
+        return state
 
     def learn_step(state: TrainState, _):
         key, k_sample, k_learn = jax.random.split(state.key, 3)
         batch, index, replay = replay_sample(
-            state.replay, k_sample, c.batch_size, c.sample_length, c.replay_online, stride=c.batch_length
+            state.replay, k_sample, r.batch_size, c.sample_length, r.online, stride=r.batch_length
         )
         agent_state, metrics, writes = agent.learn(state.agent, batch, k_learn)
         if writes:
@@ -181,13 +185,13 @@ def make_train(config: Config) -> Trainer:
         episodes = (done.sum(), jnp.sum(ep_return * done), jnp.sum(ep_length * done))
         return state, (jax.tree.map(jnp.mean, metrics), episodes)
 
-    def evaluate(agent_state: AgentState, key) -> jax.Array:
+    def evaluate(agent_state, key) -> jax.Array:
         """Mean return of `eval_episodes` episodes run in parallel with the policy's mode."""
 
-        def act(policy: PolicyCarry, obs, is_first, key_t):
-            return agent.act(agent_state, policy, obs, is_first, key_t, mode=True)
+        def act(policy, obs, prev_action, is_first, key_t):
+            return agent.act(agent_state, policy, obs, prev_action, is_first, key_t, mode=True)
 
-        return episode_returns(eval_env, act, agent.initial_carry(c.eval_episodes), key).mean()
+        return episode_returns(eval_env, act, agent.initial_carry(c.run.eval_episodes), key).mean()
 
     def run_chunk(state: TrainState) -> tuple[TrainState, dict]:
         state, (metrics, (count, ret_sum, len_sum)) = jax.lax.scan(

@@ -22,7 +22,7 @@ spec.loader.exec_module(throughput)
 
 # Tiny and fast: one short chunk, two updates, a small matmul for the peak. The CLI test passes the same
 # settings so its compiles hit the persistent cache that tests/conftest.py sets up.
-OVERRIDES = {"chunk_steps": 50, "eval_episodes": 1}
+OVERRIDES = {"run.chunk_steps": 50, "run.eval_episodes": 1}
 SETTINGS = {"updates": 2, "chunks": 1}
 PEAK_SIZE = 256
 

@@ -17,30 +17,38 @@ def build(*argv):
 
 
 def test_flags_and_key_values_in_any_order_give_the_same_config():
-    a, _ = build("--preset", "debug", "lr=1e-4", "--steps", "1000", "batch_size=8")
-    b, _ = build("batch_size=8", "--steps", "1e3", "lr=0.0001", "--preset", "debug")
-    c, _ = build("--steps", "1.5e4", "--preset", "debug", "lr=1e-4", "batch_size=8")
-    assert a == b == c.replace(steps=1000)
-    assert (a.steps, a.lr, a.batch_size) == (1000, 1e-4, 8)
-    assert c.steps == 15_000
+    a, _ = build("--preset", "debug", "optim.lr=1e-4", "--steps", "1000", "replay.batch_size=8")
+    b, _ = build("replay.batch_size=8", "--steps", "1e3", "optim.lr=0.0001", "--preset", "debug")
+    c, _ = build("--steps", "1.5e4", "--preset", "debug", "optim.lr=1e-4", "replay.batch_size=8")
+    assert a == b == c.replace(**{"run.steps": 1000})
+    assert (a.run.steps, a.optim.lr, a.replay.batch_size) == (1000, 1e-4, 8)
+    assert c.run.steps == 15_000
 
 
 def test_presets_left_to_right_then_fields():
     debug_then_cartpole, _ = build("--preset", "debug,cartpole")
     cartpole_then_debug, _ = build("--preset", "cartpole,debug")
-    assert debug_then_cartpole.batch_size == make_config("cartpole").batch_size  # the later preset wins
-    assert cartpole_then_debug.batch_size == make_config("debug").batch_size
-    assert build("--preset", "debug", "batch_size=8")[0].batch_size == 8  # fields win over presets
-    assert build("batch_size=8", "--preset", "debug")[0].batch_size == 8  # wherever they are written
+    assert (
+        debug_then_cartpole.replay.batch_size == make_config("cartpole").replay.batch_size
+    )  # the later preset wins
+    assert cartpole_then_debug.replay.batch_size == make_config("debug").replay.batch_size
+    assert (
+        build("--preset", "debug", "replay.batch_size=8")[0].replay.batch_size == 8
+    )  # fields win over presets
+    assert (
+        build("replay.batch_size=8", "--preset", "debug")[0].replay.batch_size == 8
+    )  # wherever they are written
     assert build()[0] == make_config("cartpole")  # the default preset
-    assert build("--env", "Acrobot-v1")[0] == make_config(env="Acrobot-v1")  # --env alone: no default preset
+    assert build("--env", "Acrobot-v1")[0] == make_config(
+        **{"env.name": "Acrobot-v1"}
+    )  # --env alone: no default preset
 
 
 def test_logdir_alone_resumes_with_the_stored_config(tmp_path):
-    stored = make_config("debug", lr=1e-3, seed=4)
+    stored = make_config("debug", **{"optim.lr": 1e-3, "run.seed": 4})
     save_config(tmp_path, stored.to_dict())
     assert build("--logdir", str(tmp_path)) == (stored, tmp_path)
-    assert build("--logdir", str(tmp_path), "--steps", "5000")[0] == stored.replace(steps=5000)
+    assert build("--logdir", str(tmp_path), "--steps", "5000")[0] == stored.replace(**{"run.steps": 5000})
     assert build("--logdir", str(tmp_path), "--preset", "debug")[0] == make_config(
         "debug"
     )  # a preset: no base
@@ -65,7 +73,9 @@ def test_resume_feedback(tmp_path, capsys, monkeypatch):
     from mbrl_jax.logging import MetricLogger
     from mbrl_jax.runner import final_env_steps
 
-    config = make_config("debug", steps=364, chunk_steps=100, prefill=64, batch_length=16)
+    config = make_config(
+        "debug", **{"run.steps": 364, "run.chunk_steps": 100, "replay.prefill": 64, "replay.batch_length": 16}
+    )
     args = ["--logdir", str(tmp_path), "--no-progress"]
     mbrl_jax.runner.train(config, tmp_path, progress=False, stop_after_chunks=1)  # checkpoint_every > run
     with MetricLogger(tmp_path, tensorboard=False) as log:

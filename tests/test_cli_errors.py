@@ -15,38 +15,46 @@ BAD_INPUTS = [
     (["--preset", "size3m"], ["preset", "size3m", "allowed"]),
     (["bach_size=8"], ["bach_size", "batch_size"]),
     (["learning_rate=1e-4"], ["learning_rate"]),
-    (["batch_size=abc"], ["batch_size", "abc", "int"]),
-    (["batch_size=1.5"], ["batch_size", "1.5", "int"]),
-    (["lr=fast"], ["lr", "fast", "float"]),
-    (["batch_size=0"], ["batch_size", "0", "> 0"]),
-    (["num_envs=-2"], ["num_envs", "-2", "> 0"]),
+    (["batch_size=8"], ["batch_size", "did you mean 'replay.batch_size'"]),  # a key without its group
+    (["replay.lr=1e-4"], ["replay.lr", "did you mean 'optim.lr'"]),  # a key in the wrong group
+    (["replay.batch_size=abc"], ["batch_size", "abc", "int"]),
+    (["replay.batch_size=1.5"], ["batch_size", "1.5", "int"]),
+    (["optim.lr=fast"], ["lr", "fast", "float"]),
+    (["replay.batch_size=0"], ["batch_size", "0", "> 0"]),
+    (["env.num_envs=-2"], ["num_envs", "-2", "> 0"]),
     (["--steps", "0"], ["steps", "0", "> 0"]),
-    (["lr=-0.001"], ["lr", "-0.001", "> 0"]),
-    (["train_ratio=0"], ["train_ratio", "> 0"]),
+    (["optim.lr=-0.001"], ["lr", "-0.001", "> 0"]),
+    (["replay.train_ratio=0"], ["train_ratio", "> 0"]),
     (["--seed", "-1"], ["seed", "-1", ">= 0"]),
-    (["unimix=1.5"], ["unimix", "1.5", "[0, 1]"]),
-    (["return_lambda=-0.1"], ["return_lambda", "-0.1", "[0, 1]"]),
-    (["horizon=0.5"], ["horizon", "0.5", ">= 1"]),
-    (["--preset", "cartpole", "batch_length=256", "replay_capacity=800"], ["batch_length", "256", "replay"]),
-    (["prefill=10"], ["prefill", "10", "batch_length"]),
-    (["--preset", "cartpole", "deter=100"], ["deter", "100", "blocks"]),
-    (["action_minstd=2", "action_maxstd=1"], ["action_minstd", "action_maxstd"]),
+    (["dreamer.unimix=1.5"], ["unimix", "1.5", "[0, 1]"]),
+    (["dreamer.return_lambda=-0.1"], ["return_lambda", "-0.1", "[0, 1]"]),
+    (["dreamer.horizon=0.5"], ["horizon", "0.5", ">= 1"]),
+    (
+        ["--preset", "cartpole", "replay.batch_length=256", "replay.capacity=800"],
+        ["batch_length", "256", "replay"],
+    ),
+    (["replay.prefill=10"], ["prefill", "10", "batch_length"]),
+    (["--preset", "cartpole", "wm.deter=100"], ["deter", "100", "blocks"]),
+    (["dreamer.action_minstd=2", "dreamer.action_maxstd=1"], ["action_minstd", "action_maxstd"]),
     (["agent=tdmpc2"], ["agent", "tdmpc2", "allowed"]),
     (["--env", "Breakout-MinAtar"], ["env", "Breakout-MinAtar", "vector observations"]),
     (["lr"], ["lr", "key=value"]),
     (["--logdir", "/proc/no_such_dir/run"], ["logdir", "/proc/no_such_dir/run"]),
     # device memory, integer ranges, non-finite floats: refused before anything is allocated
-    (["--new", "batch_size=10000000"], ["batch_size=10000000", "device memory", "GiB", "activations"]),
-    (["seed=1e20"], ["seed", "100000000000000000000", "4294967295"]),
+    (
+        ["--new", "replay.batch_size=10000000"],
+        ["replay.batch_size=10000000", "device memory", "GiB", "activations"],
+    ),
+    (["run.seed=1e20"], ["seed", "100000000000000000000", "4294967295"]),
     (["--seed", "4294967296"], ["seed", "4294967296", "4294967295"]),
-    (["steps=3e9"], ["steps", "3000000000", "2147483647"]),
-    (["lr=inf"], ["lr", "inf", "finite"]),
-    (["lr=nan"], ["lr", "nan", "finite"]),
-    (["horizon=inf"], ["horizon", "inf", "finite"]),
-    (["checkpoint_minutes=0"], ["checkpoint_minutes", "0", "> 0"]),
+    (["run.steps=3e9"], ["steps", "3000000000", "2147483647"]),
+    (["optim.lr=inf"], ["lr", "inf", "finite"]),
+    (["optim.lr=nan"], ["lr", "nan", "finite"]),
+    (["dreamer.horizon=inf"], ["horizon", "inf", "finite"]),
+    (["run.checkpoint_minutes=0"], ["checkpoint_minutes", "0", "> 0"]),
     # the command line itself
-    (["--steps", "1000", "steps=1.5e4"], ["steps", "--steps 1000", "steps=1.5e4", "twice"]),
-    (["batch_size=4", "batch_size=8"], ["batch_size=4", "batch_size=8", "twice"]),
+    (["--steps", "1000", "run.steps=1.5e4"], ["steps", "--steps 1000", "run.steps=1.5e4", "twice"]),
+    (["replay.batch_size=4", "replay.batch_size=8"], ["replay.batch_size=4", "replay.batch_size=8", "twice"]),
     (["--seed", "1", "--seed", "2"], ["seed", "--seed 1", "--seed 2", "twice"]),
     (["--preset", "debug", "--preset", "cartpole"], ["--preset debug", "--preset cartpole", "twice"]),
     (["--steps", "1.5"], ["steps", "1.5", "int"]),
@@ -97,7 +105,10 @@ def test_resuming_with_another_config_is_refused(capsys, monkeypatch, existing_r
 
     monkeypatch.setattr(mbrl_jax.runner, "train", lambda *a, **k: pytest.fail("training started"))
     before = _snapshot(existing_run)
-    assert run_cli.main(["--preset", "debug", "--logdir", str(existing_run), "lr=0.001", "units=16"]) == 2
+    assert (
+        run_cli.main(["--preset", "debug", "--logdir", str(existing_run), "optim.lr=0.001", "wm.units=16"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "lr" in err and "units" in err and "0.001" in err
     assert _snapshot(existing_run) == before
@@ -107,10 +118,13 @@ def test_edge_values_are_accepted():
     """The range and finiteness checks stay quiet at the edges and on every preset."""
     from mbrl_jax.config import PRESETS, make_config
 
-    config = make_config("debug", seed=2**32 - 1, steps=2**31 - 1, lr=1e-30, checkpoint_minutes=1e-6)
-    assert config.seed == 2**32 - 1 and config.steps == 2**31 - 1
+    config = make_config(
+        "debug",
+        **{"run.seed": 2**32 - 1, "run.steps": 2**31 - 1, "optim.lr": 1e-30, "run.checkpoint_minutes": 1e-6},
+    )
+    assert config.run.seed == 2**32 - 1 and config.run.steps == 2**31 - 1
     args = run_cli.parse_args(["--preset", "debug", "--seed", "4294967295", "--steps", "1.5e4"])
-    assert run_cli.build_config(args)[0].seed == 2**32 - 1
+    assert run_cli.build_config(args)[0].run.seed == 2**32 - 1
     for name in PRESETS:
         make_config(name)
 

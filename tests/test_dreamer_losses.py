@@ -36,7 +36,7 @@ def _perturb(params, key, scale=0.1):
 
 
 def _setup(env="CartPole-v1", **overrides):
-    config = make_config("debug", env=env, **overrides)
+    config = make_config("debug", **{"env.name": env}, **overrides)
     spec = env_spec(env)
     agent = make_dreamer(config, spec)
     state = agent.init(jax.random.PRNGKey(0))
@@ -67,9 +67,16 @@ def _is_zero(tree) -> bool:
 def test_kl_terms_train_only_their_side(term):
     """dyn = KL(sg(post) || prior) gives no gradient to the posterior; rep = KL(post || sg(prior)) none to the
     prior. A one-step window, so the posterior sample feeds no later prior."""
-    scales = dict(loss_rec=0.0, loss_rew=0.0, loss_con=0.0, loss_dyn=0.0, loss_rep=0.0, free_nats=0.0)
-    scales[f"loss_{term}"] = 1.0
-    config, spec, agent, state = _setup(replay_context=False, **scales)
+    scales = {
+        "wm.loss_rec": 0.0,
+        "wm.loss_rew": 0.0,
+        "wm.loss_con": 0.0,
+        "wm.loss_dyn": 0.0,
+        "wm.loss_rep": 0.0,
+        "wm.free_nats": 0.0,
+    }
+    scales[f"wm.loss_{term}"] = 1.0
+    config, spec, agent, state = _setup(**{"replay.context": False}, **scales)
     batch = _batch(spec, 4, 1, jax.random.PRNGKey(2))
     keys = jax.random.split(jax.random.PRNGKey(3), 1)
     grads = jax.grad(lambda p: world_model_loss(agent.networks, p, batch, keys)[0])(state.params["wm"])
@@ -106,7 +113,7 @@ def test_free_nats_clip_the_kl_summed_over_latents():
 
 def test_continue_target_holds_the_discount():
     """The continue head is trained towards (1 - terminal) * discount, so the loss is smallest there."""
-    config, spec, agent, state = _setup(replay_context=False)
+    config, spec, agent, state = _setup(**{"replay.context": False})
     batch = _batch(spec, 1, 1, jax.random.PRNGKey(2))
     keys = jax.random.split(jax.random.PRNGKey(3), 1)
     posts, _ = observe(
@@ -116,7 +123,7 @@ def test_continue_target_holds_the_discount():
     logit = agent.world_model.apply(state.params["wm"], feat, method=WorldModel.reward_cont)[1]
     p = jax.nn.sigmoid(logit)
     _, (_, metrics) = world_model_loss(agent.networks, state.params["wm"], batch, keys)
-    target = config.discount
+    target = config.dreamer.discount
     expected = -(target * np.log(p) + (1 - target) * np.log(1 - p))
     np.testing.assert_allclose(float(metrics["loss_con"]), float(expected.mean()), rtol=1e-5)
 
@@ -154,14 +161,15 @@ def test_imagination_uses_soft_continue_probabilities_from_the_start_state_on():
     config, spec, agent, state = _setup()
     nets = agent.networks
     start = Latent(
-        jax.random.normal(jax.random.PRNGKey(5), (7, config.deter)),
+        jax.random.normal(jax.random.PRNGKey(5), (7, config.wm.deter)),
         jax.nn.one_hot(
-            jax.random.randint(jax.random.PRNGKey(6), (7, config.stoch), 0, config.classes), config.classes
+            jax.random.randint(jax.random.PRNGKey(6), (7, config.wm.stoch), 0, config.wm.classes),
+            config.wm.classes,
         ),
-        jnp.zeros((7, config.stoch, config.classes)),
+        jnp.zeros((7, config.wm.stoch, config.wm.classes)),
     )
     traj = imagine_trajectory(nets, state.params, start, jax.random.PRNGKey(7))
-    H = config.imag_horizon
+    H = config.dreamer.imag_horizon
     assert traj["cont"].shape == (H + 1, 7) and traj["reward"].shape == (H, 7)
     head = jax.nn.sigmoid(
         nets.world_model.apply(state.params["wm"], start.feat, method=WorldModel.reward_cont)[1]
@@ -187,10 +195,10 @@ def test_actor_loss_divides_advantages_by_the_return_scale():
     """The actor loss against a NumPy computation: lambda returns by a Python loop, the 5-95 percentile
     range as the scale (retnorm_rate=1 makes the EMA the current batch's value), weights by cumulative
     products, unimix log-probabilities."""
-    config, spec, agent, state = _setup(retnorm_rate=1.0)
-    nets, H, N, A = agent.networks, config.imag_horizon, 16, spec.action_dim
+    config, spec, agent, state = _setup(**{"dreamer.retnorm_rate": 1.0})
+    nets, H, N, A = agent.networks, config.dreamer.imag_horizon, 16, spec.action_dim
     rng = np.random.default_rng(2)
-    F = config.deter + config.stoch * config.classes
+    F = config.wm.deter + config.wm.stoch * config.wm.classes
     traj = {
         "feat": jnp.asarray(rng.normal(size=(H + 1, N, F)), jnp.float32),
         "action": jax.nn.one_hot(rng.integers(0, A, (H, N)), A),
@@ -207,7 +215,7 @@ def test_actor_loss_divides_advantages_by_the_return_scale():
     r, c = np.asarray(traj["reward"], np.float64), np.asarray(traj["cont"], np.float64)
     R = np.zeros((H + 1, N))
     R[H] = values[H]
-    lam = config.return_lambda
+    lam = config.dreamer.return_lambda
     for t in reversed(range(H)):
         R[t] = r[t] + c[t + 1] * ((1 - lam) * values[t + 1] + lam * R[t + 1])
     R = R[:H]
@@ -217,19 +225,19 @@ def test_actor_loss_divides_advantages_by_the_return_scale():
     np.testing.assert_allclose(float(metrics["return_scale"]), scale, rtol=1e-4)
     weight = np.cumprod(c, 0)[:H]
     logits = np.asarray(nets.actor.apply(ac["actor"], traj["feat"][:-1]), np.float64)
-    probs = (1 - config.unimix) * _np_softmax(logits) + config.unimix / A
+    probs = (1 - config.dreamer.unimix) * _np_softmax(logits) + config.dreamer.unimix / A
     logp = np.log((probs * np.asarray(traj["action"])).sum(-1))
     entropy = -(probs * np.log(probs)).sum(-1)
     advantage = (R - values[:H]) / scale
-    expected = -(weight * (logp * advantage + config.actor_entropy * entropy)).mean()
+    expected = -(weight * (logp * advantage + config.dreamer.actor_entropy * entropy)).mean()
     np.testing.assert_allclose(float(metrics["loss_actor"]), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_slow_critic_moves_by_exactly_the_ema_rate():
-    config, spec, agent, state = _setup(replay_context=False)
+    config, spec, agent, state = _setup(**{"replay.context": False})
     batch = _batch(spec, 2, 8, jax.random.PRNGKey(2))
     new, _, _ = jax.jit(agent.learn)(state, batch, jax.random.PRNGKey(3))
-    rate = config.slow_critic_rate
+    rate = config.dreamer.slow_critic_rate
     for old, fast, slow in zip(
         jax.tree.leaves(state.slow_critic),
         jax.tree.leaves(new.params["critic"]),
@@ -249,25 +257,27 @@ def test_slow_critic_moves_by_exactly_the_ema_rate():
 
 def test_first_policy_is_near_uniform_with_unimix():
     config = make_config("debug")
-    agent = make_dreamer(config, env_spec(config.env))
+    agent = make_dreamer(config, env_spec(config.env.name))
     state = agent.init(jax.random.PRNGKey(0))
-    feat = jax.random.normal(jax.random.PRNGKey(1), (256, config.deter + config.stoch * config.classes))
+    feat = jax.random.normal(
+        jax.random.PRNGKey(1), (256, config.wm.deter + config.wm.stoch * config.wm.classes)
+    )
     probs = agent.policy(state.params["actor"], feat).probs
     A = probs.shape[-1]
     assert float(jnp.max(jnp.abs(probs - 1 / A))) < 0.02  # output layer scaled by 0.01 at init
     # unimix: every action keeps at least unimix / A probability, whatever the logits
     extreme = agent.policy(_perturb(state.params["actor"], jax.random.PRNGKey(2), 50.0), feat).probs
-    assert float(extreme.min()) >= config.unimix / A * (1 - 1e-5)
+    assert float(extreme.min()) >= config.dreamer.unimix / A * (1 - 1e-5)
 
 
 def test_block_gru_fan_in_is_the_whole_input():
-    config = make_config("debug", deter=256, blocks=8, hidden=64)
-    agent = make_dreamer(config, env_spec(config.env))
+    config = make_config("debug", **{"wm.deter": 256, "wm.gru.blocks": 8, "wm.hidden": 64})
+    agent = make_dreamer(config, env_spec(config.env.name))
     core = agent.init(jax.random.PRNGKey(0)).params["wm"]["params"]["core"]
     g, per_block_in, _ = core["hidden_kernel"].shape
     # truncated normal with variance 1 / fan_in, fan_in = blocks * per-block input (reference BlockLinear)
     np.testing.assert_allclose(np.std(core["hidden_kernel"]), 1 / np.sqrt(g * per_block_in), rtol=0.05)
-    np.testing.assert_allclose(np.std(core["gates_kernel"]), 1 / np.sqrt(config.deter), rtol=0.05)
+    np.testing.assert_allclose(np.std(core["gates_kernel"]), 1 / np.sqrt(config.wm.deter), rtol=0.05)
     # dense layers before each norm carry a bias
     assert all("bias" in core[f"Dense_{i}"] for i in range(3))
 
@@ -278,7 +288,7 @@ def test_block_gru_fan_in_is_the_whole_input():
 def test_replay_row_holds_obs_with_the_action_that_led_to_it():
     """CartPole's dynamics, stepped from each stored observation with the next row's action, give the next
     row's observation; rows at episode starts hold a zero action."""
-    config = make_config("debug", prefill=600, replay_capacity=4000)
+    config = make_config("debug", **{"replay.prefill": 600, "replay.capacity": 4000})
     state = jax.jit(make_train(config).init)(jax.random.PRNGKey(0))
     data = jax.device_get(state.replay.data)
     n = int(state.replay.count)
@@ -300,8 +310,8 @@ def test_replay_row_holds_obs_with_the_action_that_led_to_it():
 
 def _rows(spec, config, E, T, key):
     batch = _batch(spec, E, T, key)
-    batch["deter"] = jnp.zeros((E, T, config.deter))
-    batch["stoch"] = jnp.zeros((E, T, config.stoch, config.classes))
+    batch["deter"] = jnp.zeros((E, T, config.wm.deter))
+    batch["stoch"] = jnp.zeros((E, T, config.wm.stoch, config.wm.classes))
     return batch
 
 

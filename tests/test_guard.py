@@ -14,14 +14,20 @@ from mbrl_jax.config import make_config
 from mbrl_jax.logging import read_metrics
 from mbrl_jax.runner import describe_non_finite, train
 
-SMALL = dict(steps=1_064, chunk_steps=100, prefill=64, batch_length=16, checkpoint_every=400)
+SMALL = {
+    "run.steps": 1_064,
+    "run.chunk_steps": 100,
+    "replay.prefill": 64,
+    "replay.batch_length": 16,
+    "run.checkpoint_every": 400,
+}
 
 
 def test_run_whose_episodes_outlast_a_chunk_finishes(tmp_path):
     # Pendulum episodes last 200 steps per env; a chunk is 50 steps per env, so most chunks end no episode.
-    config = make_config("debug", env="Pendulum-v1", **SMALL)
+    config = make_config("debug", **{"env.name": "Pendulum-v1"}, **SMALL)
     state, records = train(config, tmp_path, progress=False)
-    assert int(state.env_steps) >= config.steps and records[-1]["env_steps"] >= config.steps
+    assert int(state.env_steps) >= config.run.steps and records[-1]["env_steps"] >= config.run.steps
     quiet = [r for r in records if r["episodes"] == 0]
     ended = [r for r in records if r["episodes"] > 0]
     assert len(quiet) >= 5 and ended
@@ -56,8 +62,8 @@ def _poisoned(first_bad: int, poison_losses: bool):
 
 @pytest.mark.parametrize("poison_losses", [False, True])
 def test_guard_stops_a_run_whose_parameters_turn_non_finite(tmp_path, monkeypatch, poison_losses):
-    config = make_config("debug", **{**SMALL, "steps": 700})
-    first_bad = config.prefill_steps_per_env * config.num_envs + 3 * config.env_steps_per_chunk
+    config = make_config("debug", **{**SMALL, "run.steps": 700})
+    first_bad = config.prefill_steps_per_env * config.env.num_envs + 3 * config.env_steps_per_chunk
     monkeypatch.setattr(runner, "make_train", _poisoned(first_bad, poison_losses))
     with pytest.raises(runner.NonFiniteError) as err:
         train(config, tmp_path, progress=False)

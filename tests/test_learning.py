@@ -14,7 +14,7 @@ from mbrl_jax.runner import train
 
 @pytest.mark.slow
 def test_cartpole_learns_well_above_random():
-    config = make_config("cartpole", steps=8_000, train_ratio=64.0, seed=0)
+    config = make_config("cartpole", **{"run.steps": 8_000, "replay.train_ratio": 64.0, "run.seed": 0})
     _, records = train(config, logdir=None, progress=False)
     evals = np.array([r["eval_return"] for r in records])
     # Training episodes that ended in the last 3 chunks (750 steps per env: at least one per env, since

@@ -16,7 +16,13 @@ from mbrl_jax.logging import read_metrics
 from mbrl_jax.runner import train
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(steps=1_000, chunk_steps=100, checkpoint_every=200, prefill=64, batch_length=16)
+SMALL = {
+    "run.steps": 1_000,
+    "run.chunk_steps": 100,
+    "run.checkpoint_every": 200,
+    "replay.prefill": 64,
+    "replay.batch_length": 16,
+}
 
 
 def _params(state):
@@ -49,7 +55,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, straight_run):
 
 def test_raising_steps_continues_exactly(tmp_path, straight_run):
     straight_dir, straight_params = straight_run
-    train(make_config("debug", **{**SMALL, "steps": 500}), tmp_path, progress=False)
+    train(make_config("debug", **{**SMALL, "run.steps": 500}), tmp_path, progress=False)
     state, _ = train(make_config("debug", **SMALL), tmp_path, progress=False)
     _assert_same(_params(state), straight_params)
     assert read_metrics(tmp_path) == read_metrics(straight_dir)
@@ -57,21 +63,21 @@ def test_raising_steps_continues_exactly(tmp_path, straight_run):
 
 def test_same_seed_same_metrics_and_other_seed_differs(tmp_path, straight_run):
     straight_dir, _ = straight_run
-    config = make_config("debug", **{**SMALL, "steps": 500})
+    config = make_config("debug", **{**SMALL, "run.steps": 500})
     train(config, tmp_path / "a", progress=False)
     a = read_metrics(tmp_path / "a")
     b = [r for r in read_metrics(straight_dir) if r["env_steps"] <= a[-1]["env_steps"]]
     assert a == b
-    train(config.replace(seed=1), tmp_path / "c", progress=False)
+    train(config.replace(**{"run.seed": 1}), tmp_path / "c", progress=False)
     assert read_metrics(tmp_path / "c") != a
 
 
 def test_other_config_is_refused_naming_fields(tmp_path):
-    config = make_config("debug", **{**SMALL, "steps": 300})
+    config = make_config("debug", **{**SMALL, "run.steps": 300})
     train(config, tmp_path, progress=False)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     with pytest.raises(ConfigError, match=r"lr .*batch_size|batch_size.*lr"):
-        train(config.replace(lr=1e-3, batch_size=8), tmp_path, progress=False)
+        train(config.replace(**{"optim.lr": 1e-3, "replay.batch_size": 8}), tmp_path, progress=False)
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert before == after
 
@@ -119,7 +125,7 @@ def test_non_finite_state_stops_the_run_and_is_never_saved(tmp_path, monkeypatch
     from mbrl_jax.checkpoint import Checkpointer
 
     config = make_config("debug", **SMALL)
-    first_bad = config.prefill_steps_per_env * config.num_envs + 5 * config.env_steps_per_chunk
+    first_bad = config.prefill_steps_per_env * config.env.num_envs + 5 * config.env_steps_per_chunk
     real_make_train = runner.make_train
 
     def poisoned_make_train(cfg):
@@ -159,7 +165,7 @@ def _final_params(logdir, config):
     from mbrl_jax.checkpoint import Checkpointer
     from mbrl_jax.trainer import make_train
 
-    target = jax.eval_shape(make_train(config).init, jax.random.PRNGKey(config.seed))
+    target = jax.eval_shape(make_train(config).init, jax.random.PRNGKey(config.run.seed))
     with Checkpointer(Path(logdir) / "checkpoints") as ckpt:
         return _params(ckpt.restore(ckpt.latest_step(), target))
 
@@ -181,7 +187,7 @@ def test_sigint_saves_the_last_chunk_and_the_rerun_equals_an_uninterrupted_run(t
     chunk (checkpoint_every is larger than the run, so only the interrupt saves); `--logdir` alone resumes
     with the stored config and ends bit-identical, with no metric row duplicated or lost."""
     straight_dir, straight_params = straight_run
-    settings = {**SMALL, "checkpoint_every": 100_000}
+    settings = {**SMALL, "run.checkpoint_every": 100_000}
     first = _run_cli_args(
         tmp_path, "--preset", "debug", "--no-progress", *[f"{k}={v}" for k, v in settings.items()]
     )
@@ -235,7 +241,7 @@ def test_sigterm_exits_143_and_says_how_to_resume(tmp_path):
 
 def test_resume_without_a_checkpoint_leaves_no_duplicates(tmp_path, straight_run, capsys):
     straight_dir, straight_params = straight_run
-    config = make_config("debug", **{**SMALL, "checkpoint_every": 100_000})
+    config = make_config("debug", **{**SMALL, "run.checkpoint_every": 100_000})
     train(config, tmp_path, progress=False, stop_after_chunks=2)  # killed before any checkpoint
     assert len(read_metrics(tmp_path)) == 2 and not list((tmp_path / "checkpoints").glob("[0-9]*"))
     state, _ = train(config, tmp_path, progress=True)
@@ -254,8 +260,8 @@ def test_time_based_checkpoints(tmp_path, minutes, expected):
     step-based interval (here: larger than the run); a long interval adds nothing."""
     config = make_config(
         "debug",
-        **{**SMALL, "steps": 364, "checkpoint_every": 100_000, "checkpoint_minutes": minutes},
-        keep_checkpoints=10,
+        **{**SMALL, "run.steps": 364, "run.checkpoint_every": 100_000, "run.checkpoint_minutes": minutes},
+        **{"run.keep_checkpoints": 10},
     )
     train(config, tmp_path, progress=False)
     from mbrl_jax.checkpoint import Checkpointer

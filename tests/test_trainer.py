@@ -11,7 +11,7 @@ from mbrl_jax.trainer import make_train
 
 @pytest.fixture(scope="module")
 def debug_config():
-    return make_config("debug", chunk_steps=100, steps=1_000)
+    return make_config("debug", **{"run.chunk_steps": 100, "run.steps": 1_000})
 
 
 def test_chunk_compiles_once(debug_config):
@@ -64,11 +64,17 @@ def test_same_seed_same_metrics(debug_config):
 
 
 def test_train_ratio_is_respected():
-    config = make_config("debug", num_envs=4, batch_size=8, batch_length=16, train_ratio=32.0)
+    config = make_config(
+        "debug",
+        **{"env.num_envs": 4, "replay.batch_size": 8, "replay.batch_length": 16, "replay.train_ratio": 32.0},
+    )
     # 8*16 replayed steps per update at ratio 32 -> one update per 4 env steps = one step of each of 4 envs
     assert config.env_steps_per_iteration == 4 and config.updates_per_iteration == 1
     assert config.effective_train_ratio == 32.0
-    config = make_config("debug", num_envs=1, batch_size=8, batch_length=16, train_ratio=512.0)
+    config = make_config(
+        "debug",
+        **{"env.num_envs": 1, "replay.batch_size": 8, "replay.batch_length": 16, "replay.train_ratio": 512.0},
+    )
     assert config.env_steps_per_iteration == 1 and config.updates_per_iteration == 4
 
 

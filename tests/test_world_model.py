@@ -13,13 +13,13 @@ from mbrl_jax.world_models.rssm import WorldModel, imagine, observe
 
 @pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])
 def test_observe_and_imagine_shapes(env):
-    config = make_config("debug", env=env)
+    config = make_config("debug", **{"env.name": env})
     spec = env_spec(env)
     agent = make_dreamer(config, spec)
     state = agent.init(jax.random.PRNGKey(0))
     wm, params = agent.world_model, state.params["wm"]
     B, T, H, A = 3, 7, 4, spec.action_dim
-    S, K, D = config.stoch, config.classes, config.deter
+    S, K, D = config.wm.stoch, config.wm.classes, config.wm.deter
     obs = jax.random.normal(jax.random.PRNGKey(1), (B, T, *spec.obs_shape))
     actions = jax.random.uniform(jax.random.PRNGKey(2), (B, T, A))
     is_first = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 4].set(True)
@@ -41,13 +41,13 @@ def test_observe_and_imagine_shapes(env):
     assert imag_actions.shape == (H, B * T, A)
     np.testing.assert_array_equal(states.deter[0], start.deter)
     reward_logits, cont_logit = wm.apply(params, states.feat, method=WorldModel.reward_cont)
-    assert reward_logits.shape == (H + 1, B * T, config.num_bins) and cont_logit.shape == (H + 1, B * T)
+    assert reward_logits.shape == (H + 1, B * T, config.wm.num_bins) and cont_logit.shape == (H + 1, B * T)
 
 
 def test_is_first_resets_the_state():
     """A window whose step t is an episode start gives the same posterior at t as a window starting at t."""
     config = make_config("debug")
-    agent = make_dreamer(config, env_spec(config.env))
+    agent = make_dreamer(config, env_spec(config.env.name))
     wm, params = agent.world_model, agent.init(jax.random.PRNGKey(0)).params["wm"]
     obs = jax.random.normal(jax.random.PRNGKey(1), (1, 6, 4))
     actions = jax.nn.one_hot(jax.random.randint(jax.random.PRNGKey(2), (1, 6), 0, 2), 2)
@@ -63,8 +63,8 @@ def test_is_first_resets_the_state():
 
 def test_actor_gradient_reaches_world_model_only_through_its_loss():
     """The world-model loss trains encoder, RSSM and heads; its gradient is non-zero for each of them."""
-    config = make_config("debug", replay_context=False)
-    agent = make_dreamer(config, env_spec(config.env))
+    config = make_config("debug", **{"replay.context": False})
+    agent = make_dreamer(config, env_spec(config.env.name))
     state = agent.init(jax.random.PRNGKey(0))
     B, T = 2, 8
     batch = {

@@ -1,12 +1,13 @@
 """DreamerV3 (Hafner et al., 2023/2025): world-model learning and actor-critic learning in imagination.
 
-`make_dreamer(config, spec)` builds the networks and optimiser and returns a `Dreamer` of pure functions:
-  init(key)                                   -> AgentState
-  initial_carry(n)                            -> PolicyCarry for n envs
-  act(state, carry, obs, is_first, key, mode) -> (action [n, A], carry)   one env step of the policy
-  learn(state, batch, key)                    -> (state, metrics, writes) one gradient update
-  replay_context(carry)                       -> what the replay stores per step for the replay context
-Actions are vectors: one-hot for discrete envs, values in [-1, 1] for continuous ones.
+`make_dreamer(config, spec)` builds the networks and optimiser and returns a `Dreamer`, the pure functions
+of the `Agent` interface (mbrl_jax/agents/base.py):
+  init(key)                                                -> AgentState
+  initial_carry(n)                                         -> posterior Latent for n envs
+  act(state, carry, obs, prev_action, is_first, key, mode) -> (action [n, A], carry)  one env step
+  learn(state, batch, key)                                 -> (state, metrics, writes) one gradient update
+  replay_context(carry)                                    -> what the replay stores per step for the context
+It reads the config groups `wm`, `dreamer`, `optim` and `replay.context`.
 
 The losses are module functions of a `Networks` record and parameters, so each can be called on its own:
 `world_model_loss`, `imagine_trajectory`, `actor_critic_loss`, `replay_value_loss`.
@@ -15,14 +16,14 @@ The losses are module functions of a `Networks` record and parameters, so each c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
-from mbrl_jax.config import Config
+from mbrl_jax.agents.base import Agent
+from mbrl_jax.config import Config, ConfigError
 from mbrl_jax.envs import EnvSpec
 from mbrl_jax.nets.distributions import (
     bernoulli_log_prob,
@@ -52,12 +53,6 @@ class AgentState:
     return_norm: ReturnNorm
 
 
-@struct.dataclass
-class PolicyCarry:
-    latent: Latent  # posterior at the last observation, leaves [n, ...]
-    prev_action: jax.Array  # [n, A] the action taken at the last observation
-
-
 @dataclasses.dataclass(frozen=True)
 class Networks:
     """The flax modules and static settings that the loss functions read (Brax-style network record)."""
@@ -70,46 +65,51 @@ class Networks:
 
     @property
     def bins(self) -> jax.Array:
-        return twohot_bins(self.config.num_bins)
+        return twohot_bins(self.config.wm.num_bins)
 
     def policy(self, actor_params, feat: jax.Array):
         """feat [..., F] -> distribution over actions [..., A] (unimix categorical or bounded normal)."""
         c, out = self.config, self.actor.apply(actor_params, feat)
         if self.spec.discrete:
-            return onehot_categorical(unimix_logits(out, c.unimix))
+            return onehot_categorical(unimix_logits(out, c.dreamer.unimix))
         mean, std = jnp.split(out, 2, -1)
-        return bounded_normal(mean, std, c.action_minstd, c.action_maxstd)
+        return bounded_normal(mean, std, c.dreamer.action_minstd, c.dreamer.action_maxstd)
 
     def value(self, critic_params, feat: jax.Array) -> jax.Array:
         """Critic logits [..., bins]."""
         return self.critic.apply(critic_params, feat)
 
 
-def make_networks(config: Config, spec: EnvSpec) -> Networks:
+def check_dreamer(config: Config, spec: EnvSpec) -> None:
+    """Raises ConfigError for an env this agent cannot take (run in config validation)."""
     if len(spec.obs_shape) != 1:
-        raise ValueError(
-            f"env {spec.name!r} has observations of shape {spec.obs_shape}; Dreamer here takes "
-            "vector observations (1-d)"
+        raise ConfigError(
+            f"env.name={spec.name!r} has observations of shape {spec.obs_shape}; the dreamer agent takes "
+            "vector observations (shape (n,)) for now"
         )
+
+
+def make_networks(config: Config, spec: EnvSpec) -> Networks:
+    check_dreamer(config, spec)
     c = config
     world_model = WorldModel(
         obs_dim=spec.obs_shape[0],
-        deter=c.deter,
-        hidden=c.hidden,
-        stoch=c.stoch,
-        classes=c.classes,
-        blocks=c.blocks,
-        units=c.units,
-        enc_layers=c.enc_layers,
-        dec_layers=c.dec_layers,
-        head_layers=c.head_layers,
-        num_bins=c.num_bins,
-        unimix=c.unimix,
+        deter=c.wm.deter,
+        hidden=c.wm.hidden,
+        stoch=c.wm.stoch,
+        classes=c.wm.classes,
+        blocks=c.wm.gru.blocks,
+        units=c.wm.units,
+        enc_layers=c.wm.enc_layers,
+        dec_layers=c.wm.dec_layers,
+        head_layers=c.wm.head_layers,
+        num_bins=c.wm.num_bins,
+        unimix=c.wm.unimix,
     )
     A = spec.action_dim
     # Reference output scales: 0.01 for the policy (a near-uniform first policy), 0 for the critic.
-    actor = Head(A if spec.discrete else 2 * A, c.units, c.ac_layers, out_scale=0.01)
-    critic = Head(c.num_bins, c.units, c.ac_layers, out_scale=0.0)
+    actor = Head(A if spec.discrete else 2 * A, c.wm.units, c.dreamer.ac_layers, out_scale=0.01)
+    critic = Head(c.wm.num_bins, c.wm.units, c.dreamer.ac_layers, out_scale=0.0)
     return Networks(config=c, spec=spec, world_model=world_model, actor=actor, critic=critic)
 
 
@@ -134,13 +134,17 @@ def world_model_loss(
     obs_pred, reward_logits, cont_logit = wm.apply(wm_params, posts.feat, method=WorldModel.heads)
     rec = jnp.sum((obs_pred - symlog(batch["obs"])) ** 2, -1)  # symlog-MSE, summed over dims
     rew = -twohot_log_prob(reward_logits, bins, batch["reward"])
-    cont_target = (1.0 - batch["is_terminal"].astype(jnp.float32)) * c.discount
+    cont_target = (1.0 - batch["is_terminal"].astype(jnp.float32)) * c.dreamer.discount
     con = -bernoulli_log_prob(cont_logit, cont_target)
     # KL(sg(post) || prior) trains the prior only; KL(post || sg(prior)) the posterior only.
-    dyn = kl_loss_free_nats(categorical_kl(sg(posts.logits), prior_logits), c.free_nats)
-    rep = kl_loss_free_nats(categorical_kl(posts.logits, sg(prior_logits)), c.free_nats)
+    dyn = kl_loss_free_nats(categorical_kl(sg(posts.logits), prior_logits), c.wm.free_nats)
+    rep = kl_loss_free_nats(categorical_kl(posts.logits, sg(prior_logits)), c.wm.free_nats)
     loss = (
-        c.loss_rec * rec + c.loss_rew * rew + c.loss_con * con + c.loss_dyn * dyn + c.loss_rep * rep
+        c.wm.loss_rec * rec
+        + c.wm.loss_rew * rew
+        + c.wm.loss_con * con
+        + c.wm.loss_dyn * dyn
+        + c.wm.loss_rep * rep
     ).mean()
     metrics = {
         "loss_rec": rec.mean(),
@@ -163,7 +167,7 @@ def imagine_trajectory(nets: Networks, params: dict, start: Latent, key: jax.Arr
     """
     wm = nets.world_model
     policy = lambda feat, k: nets.policy(params["actor"], feat).sample(seed=k)
-    states, actions = imagine(wm, params["wm"], policy, sg(start), nets.config.imag_horizon, key)
+    states, actions = imagine(wm, params["wm"], policy, sg(start), nets.config.dreamer.imag_horizon, key)
     reward_logits, cont_logit = wm.apply(params["wm"], states.feat, method=WorldModel.reward_cont)
     traj = {
         "feat": states.feat,
@@ -194,20 +198,20 @@ def actor_critic_loss(
     feat, actions, cont = traj["feat"], traj["action"], traj["cont"]
     critic_logits = nets.value(ac_params["critic"], feat)  # [H+1, N, bins]
     values = twohot_mean(critic_logits, bins)
-    returns = lambda_returns(traj["reward"], sg(values), cont[1:], c.return_lambda)  # [H, N]
+    returns = lambda_returns(traj["reward"], sg(values), cont[1:], c.dreamer.return_lambda)  # [H, N]
     weight = sg(imagination_weights(cont))
-    new_norm = update_return_norm(return_norm, returns, c.retnorm_rate)
+    new_norm = update_return_norm(return_norm, returns, c.dreamer.retnorm_rate)
     scale = return_scale(new_norm)
     advantage = sg((returns - values[:-1]) / scale)
     dist = nets.policy(ac_params["actor"], feat[:-1])
     log_prob = dist.log_prob(sg(actions))
     entropy = dist.entropy()
-    actor_loss = -(weight * (log_prob * advantage + c.actor_entropy * entropy)).mean()
+    actor_loss = -(weight * (log_prob * advantage + c.dreamer.actor_entropy * entropy)).mean()
     slow_mean = twohot_mean(nets.value(slow_critic, feat[:-1]), bins)
     critic_nll = -twohot_log_prob(critic_logits[:-1], bins, sg(returns))
     critic_reg = -twohot_log_prob(critic_logits[:-1], bins, sg(slow_mean))
-    critic_loss = (weight * (critic_nll + c.slow_critic_reg * critic_reg)).mean()
-    loss = c.loss_actor * actor_loss + c.loss_critic * critic_loss
+    critic_loss = (weight * (critic_nll + c.dreamer.slow_critic_reg * critic_reg)).mean()
+    loss = c.dreamer.loss_actor * actor_loss + c.dreamer.loss_critic * critic_loss
     metrics = {
         "loss_actor": actor_loss,
         "loss_critic": critic_nll.mean(),
@@ -235,14 +239,14 @@ def replay_value_loss(
         lambda_returns(
             tm(batch["reward"][:, 1:]),
             tm(boot),
-            c.discount * (1.0 - tm(batch["is_terminal"][:, 1:]).astype(jnp.float32)),
-            c.return_lambda,
+            c.dreamer.discount * (1.0 - tm(batch["is_terminal"][:, 1:]).astype(jnp.float32)),
+            c.dreamer.return_lambda,
             truncated=tm(batch["is_last"][:, 1:]),
         )
     )
     logits = nets.value(critic_params, sg(feat[:, :-1]))
     slow_mean = twohot_mean(nets.value(slow_critic, sg(feat[:, :-1])), bins)
-    nll = -twohot_log_prob(logits, bins, sg(returns)) - c.slow_critic_reg * twohot_log_prob(
+    nll = -twohot_log_prob(logits, bins, sg(returns)) - c.dreamer.slow_critic_reg * twohot_log_prob(
         logits, bins, sg(slow_mean)
     )
     weight = 1.0 - batch["is_last"][:, :-1].astype(jnp.float32)
@@ -253,12 +257,10 @@ def replay_value_loss(
 
 
 @dataclasses.dataclass(frozen=True)
-class Dreamer:
-    init: Callable
-    initial_carry: Callable
-    act: Callable
-    learn: Callable
-    replay_context: Callable  # PolicyCarry -> {"deter": [n, D], "stoch": [n, S, K]} stored with each step
+class Dreamer(Agent):
+    """The `Agent` functions (the policy carry is the posterior `Latent` at the last observation; the replay
+    context is its {"deter", "stoch"}), plus the networks they use."""
+
     networks: Networks
 
     @property
@@ -274,10 +276,11 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
     nets = make_networks(config, spec)
     wm = nets.world_model
     A, obs_dim = spec.action_dim, spec.obs_shape[0]
+    o = c.optim
     optimizer = make_optimizer(
-        c.lr, agc=c.agc, eps=c.opt_eps, beta1=c.beta1, beta2=c.beta2, warmup_steps=c.warmup
+        o.lr, agc=o.agc, eps=o.eps, beta1=o.beta1, beta2=o.beta2, warmup_steps=o.warmup
     )
-    feat_dim = c.deter + c.stoch * c.classes
+    feat_dim = c.wm.deter + c.wm.stoch * c.wm.classes
 
     def init(key) -> AgentState:
         k_wm, k_actor, k_critic, k_sample = jax.random.split(key, 4)
@@ -290,39 +293,34 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         }
         return AgentState(params, optimizer.init(params), params["critic"], return_norm_init())
 
-    def initial_carry(n: int) -> PolicyCarry:
-        return PolicyCarry(zeros_latent((n,), c.deter, c.stoch, c.classes), jnp.zeros((n, A)))
+    def initial_carry(n: int) -> Latent:
+        return zeros_latent((n,), c.wm.deter, c.wm.stoch, c.wm.classes)
 
-    def replay_context(carry: PolicyCarry) -> dict:
-        if not c.replay_context:
+    def replay_context(carry: Latent) -> dict:
+        if not c.replay.context:
             return {}
-        return {"deter": carry.latent.deter, "stoch": carry.latent.stoch}
+        return {"deter": carry.deter, "stoch": carry.stoch}
 
-    def act(state: AgentState, carry: PolicyCarry, obs, is_first, key, mode: bool = False):
-        """obs: [n, obs_dim], is_first: [n] -> action [n, A], new carry."""
+    def act(state: AgentState, carry: Latent, obs, prev_action, is_first, key, mode: bool = False):
+        """obs: [n, obs_dim], prev_action: [n, A] (led to obs), is_first: [n] -> action [n, A], new carry."""
         k_post, k_act = jax.random.split(key)
         keep = 1.0 - is_first.astype(jnp.float32)
-        latent = mask_latent(carry.latent, keep)
+        latent = mask_latent(carry, keep)
         embed = wm.apply(state.params["wm"], obs, method=WorldModel.encode)
         post, _ = wm.apply(
-            state.params["wm"],
-            latent,
-            carry.prev_action * keep[:, None],
-            embed,
-            k_post,
-            method=WorldModel.obs_step,
+            state.params["wm"], latent, prev_action * keep[:, None], embed, k_post, method=WorldModel.obs_step
         )
         dist = nets.policy(state.params["actor"], post.feat)
         action = dist.mode() if mode else dist.sample(seed=k_act)
-        return action, PolicyCarry(post, action)
+        return action, post
 
     def behaviour_loss(ac_params, traj, slow_critic, return_norm, feat, rows):
         loss, (norm, returns, metrics) = actor_critic_loss(nets, ac_params, traj, slow_critic, return_norm)
-        if c.loss_repval > 0:
+        if c.dreamer.loss_repval > 0:
             B, T = rows["reward"].shape
             boot = returns[0].reshape(B, T)
             repval, _ = replay_value_loss(nets, ac_params["critic"], slow_critic, feat, rows, boot)
-            loss = loss + c.loss_repval * repval
+            loss = loss + c.dreamer.loss_repval * repval
             metrics = {**metrics, "loss_repval": repval}
         return loss, (norm, metrics)
 
@@ -332,7 +330,7 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         to write back to the replay for the last batch_length steps (fresh posteriors; {} without context)."""
         k_wm, k_imag = jax.random.split(key)
         params = state.params
-        if c.replay_context:
+        if c.replay.context:
             start = Latent(batch["deter"][:, 0], batch["stoch"][:, 0], jnp.zeros_like(batch["stoch"][:, 0]))
             rows = jax.tree.map(lambda x: x[:, 1:], batch)
         else:
@@ -351,9 +349,9 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         grads = {"wm": wm_grads, **ac_grads}
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         params = optax.apply_updates(params, updates)
-        slow = optax.incremental_update(params["critic"], state.slow_critic, c.slow_critic_rate)
+        slow = optax.incremental_update(params["critic"], state.slow_critic, c.dreamer.slow_critic_rate)
         metrics = {"loss_model": wm_loss, **wm_metrics, **ac_metrics, "grad_norm": optax.tree.norm(grads)}
-        writes = replay_context(PolicyCarry(sg(posts), rows["action"]))  # {} without the replay context
+        writes = replay_context(sg(posts))  # {} without the replay context
         return AgentState(params, opt_state, slow, return_norm), metrics, writes
 
     return Dreamer(
@@ -366,21 +364,8 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
     )
 
 
-def random_action(spec: EnvSpec, n: int, key) -> jax.Array:
-    """Uniform random actions in the agent's format: one-hot [n, A] or [-1, 1]^A."""
-    if spec.discrete:
-        return jax.nn.one_hot(jax.random.randint(key, (n,), 0, spec.action_dim), spec.action_dim)
-    return jax.random.uniform(key, (n, spec.action_dim), minval=-1.0, maxval=1.0)
-
-
-def env_action(spec: EnvSpec, action: jax.Array) -> jax.Array:
-    """Agent action vector -> what the env adapter takes (index for discrete envs)."""
-    return jnp.argmax(action, -1).astype(jnp.int32) if spec.discrete else action
-
-
 __all__ = [
     "AgentState",
-    "PolicyCarry",
     "Networks",
     "Dreamer",
     "make_networks",
@@ -390,6 +375,5 @@ __all__ = [
     "imagination_weights",
     "actor_critic_loss",
     "replay_value_loss",
-    "random_action",
-    "env_action",
+    "check_dreamer",
 ]

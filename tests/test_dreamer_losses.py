@@ -89,6 +89,42 @@ def test_kl_terms_train_only_their_side(term):
         assert not _is_zero(g[name]), f"{term} loss did not reach {name}"
 
 
+HEADS = {"rec": "decoder", "rew": "reward_head", "con": "cont_head"}
+
+
+@pytest.mark.parametrize("term", sorted(HEADS))
+def test_each_prediction_loss_reaches_its_head_and_no_other(term):
+    """Gradient routing of the world model's prediction terms: the reconstruction, reward and continue losses
+    each train their own head (and the shared encoder and recurrent core), and give exactly zero gradient to
+    the other two heads."""
+    scales = {f"wm.loss_{t}": float(t == term) for t in ("rec", "rew", "con", "dyn", "rep")}
+    config, spec, agent, state = _setup(**{"replay.context": False}, **scales)
+    batch = _batch(spec, 4, 5, jax.random.PRNGKey(2))
+    keys = jax.random.split(jax.random.PRNGKey(3), 5)
+    g = jax.grad(lambda p: world_model_loss(agent.networks, p, batch, keys)[0])(state.params["wm"])["params"]
+    for other, head in HEADS.items():
+        assert _is_zero(g[head]) == (other != term), f"{term} loss -> {head}"
+    assert not _is_zero(g["encoder"]) and not _is_zero(g["core"])
+
+
+@pytest.mark.parametrize("part", ["actor", "critic"])
+def test_actor_loss_trains_only_the_actor_and_critic_loss_only_the_critic(part):
+    """With one of the two loss scales at zero, the other network's gradient is exactly zero: advantages and
+    lambda returns are stopped where the actor reads the critic and the critic reads the policy's samples."""
+    scales = {"dreamer.loss_actor": float(part == "actor"), "dreamer.loss_critic": float(part == "critic")}
+    config, spec, agent, state = _setup(**scales)
+    nets = agent.networks
+    start = jax.tree.map(
+        lambda x: jax.random.normal(jax.random.PRNGKey(5), (9, *x.shape[1:])),
+        agent.initial_carry(1),
+    )
+    traj = imagine_trajectory(nets, state.params, start, jax.random.PRNGKey(4))
+    ac = {"actor": state.params["actor"], "critic": state.params["critic"]}
+    g = jax.grad(lambda p: actor_critic_loss(nets, p, traj, state.slow_critic, return_norm_init())[0])(ac)
+    other = "critic" if part == "actor" else "actor"
+    assert _is_zero(g[other]) and not _is_zero(g[part])
+
+
 def _np_kl(p_logits, q_logits):
     p = np.exp(p_logits - p_logits.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)

@@ -268,3 +268,41 @@ def test_time_based_checkpoints(tmp_path, minutes, expected):
 
     with Checkpointer(tmp_path / "checkpoints") as ckpt:
         assert ckpt.all_steps() == expected
+
+
+@pytest.fixture
+def fresh_compilation_cache(tmp_path):
+    """An empty persistent compilation cache for one test, so that its first compiles are real misses."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    previous = jax.config.jax_compilation_cache_dir
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
+    yield
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def test_the_runners_chunk_compiles_once_across_a_resume(tmp_path, fresh_compilation_cache):
+    """The runner's own programs (init and chunk), compiled for a fresh run, are reused when the run resumes:
+    the resume asks the compilation cache for its chunk and gets it, compiling nothing."""
+    requests, hits = [], []
+
+    def listener(event: str, **kwargs) -> None:
+        if event == "/jax/compilation_cache/compile_requests_use_cache":
+            requests.append(event)
+        elif event == "/jax/compilation_cache/cache_hits":
+            hits.append(event)
+
+    jax.monitoring.register_event_listener(listener)
+    config = make_config("debug", **{**SMALL, "run.steps": 400})
+    try:
+        train(config, tmp_path / "run", progress=False, stop_after_chunks=1)
+        first = (len(requests), len(hits))
+        train(config, tmp_path / "run", progress=False)
+        resumed = (len(requests) - first[0], len(hits) - first[1])
+    finally:
+        jax.monitoring.unregister_event_listener(listener)
+    assert first[0] - first[1] >= 2  # the fresh run compiled init and the chunk (misses)
+    assert resumed[0] >= 1 and resumed[0] == resumed[1]  # the resume compiled its chunk: every request a hit
+    assert read_metrics(tmp_path / "run")[-1]["env_steps"] >= 400

@@ -3,6 +3,10 @@ continue heads.
 
 Networks are flax modules; the loops over time (`observe`, `imagine`) are plain functions of the parameters,
 so they compose with `lax.scan`, `jit` and `vmap` without module-level magic.
+
+Inside those loops the recurrent state h is carried group-major, [g, B, D/g] (see `BlockGRU`), and every
+layer that reads it takes it in that layout, so h is converted from and to [B, D] once per sequence rather
+than twice per step. `Latent.deter` is [..., D] wherever a Latent leaves this module.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from mbrl_jax.nets.distributions import straight_through_onehot_sample, symlog, unimix_logits
-from mbrl_jax.nets.layers import MLP, Head, dense_init
+from mbrl_jax.nets.layers import MLP, Head, dense_init, from_groups, to_groups
 from mbrl_jax.world_models.gru import BlockGRU
 
 
@@ -41,6 +45,31 @@ def zeros_latent(batch_shape: tuple[int, ...], deter: int, stoch: int, classes: 
 def mask_latent(latent: Latent, keep: jax.Array) -> Latent:
     """Zeroes the state where keep is 0 (episode starts). keep: [...] matching the batch shape."""
     return jax.tree.map(lambda x: x * keep.reshape(keep.shape + (1,) * (x.ndim - keep.ndim)), latent)
+
+
+# A "grouped" Latent is the in-loop form: deter group-major [g, B, D/g], stoch and logits as usual [B, S, K].
+
+
+def group_latent(latent: Latent, blocks: int) -> Latent:
+    """Latent with deter [B, D] -> grouped Latent (deter [g, B, D/g])."""
+    return latent.replace(deter=to_groups(latent.deter, blocks))
+
+
+def ungroup_latent(latent: Latent) -> Latent:
+    """Grouped Latent -> Latent with deter [B, D]."""
+    return latent.replace(deter=from_groups(latent.deter))
+
+
+def mask_grouped(latent: Latent, keep: jax.Array) -> Latent:
+    """`mask_latent` of a grouped Latent; keep: [B]."""
+    return Latent(
+        latent.deter * keep[:, None], *(x * keep[:, None, None] for x in (latent.stoch, latent.logits))
+    )
+
+
+def grouped_feat(latent: Latent) -> jax.Array:
+    """`Latent.feat` of a grouped Latent, [B, D + S*K]."""
+    return ungroup_latent(latent).feat
 
 
 class WorldModel(nn.Module):
@@ -77,17 +106,26 @@ class WorldModel(nn.Module):
         return unimix_logits(x, self.unimix)
 
     def img_step(self, prev: Latent, action: jax.Array, key: jax.Array) -> Latent:
-        """Prior step: p(z_t | h_t), h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1}). action: [B, A]."""
-        flat = prev.stoch.reshape(*prev.stoch.shape[:-2], -1)
-        deter = self.core(prev.deter, flat, action)
-        logits = self._logits(self.prior_out(self.prior_net(deter)))
-        return Latent(deter, straight_through_onehot_sample(key, logits), logits)
+        """Prior step: p(z_t | h_t), h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1}). prev: [B] leaves, action: [B, A]
+        (deter [B, D] in and out)."""
+        return ungroup_latent(self.img_step_grouped(group_latent(prev, self.blocks), action, key))
 
     def obs_step(self, prev: Latent, action: jax.Array, embed: jax.Array, key: jax.Array):
-        """Posterior step: q(z_t | h_t, e_t). Returns (posterior latent, prior logits)."""
-        prior = self.img_step(prev, action, key)  # the prior's sample is unused; XLA removes it
-        x = jnp.concatenate([prior.deter, embed], -1)
-        logits = self._logits(self.post_out(self.post_net(x)))
+        """Posterior step: q(z_t | h_t, e_t). Returns (posterior latent, prior logits [B, S, K])."""
+        post, prior_logits = self.obs_step_grouped(group_latent(prev, self.blocks), action, embed, key)
+        return ungroup_latent(post), prior_logits
+
+    def img_step_grouped(self, prev: Latent, action: jax.Array, key: jax.Array) -> Latent:
+        """`img_step` from and to a grouped Latent (deter [g, B, D/g]): the step of a loop over time."""
+        flat = prev.stoch.reshape(*prev.stoch.shape[:-2], -1)
+        deter = self.core(prev.deter, flat, action)
+        logits = self._logits(self.prior_out(self.prior_net(None, grouped=deter)))
+        return Latent(deter, straight_through_onehot_sample(key, logits), logits)
+
+    def obs_step_grouped(self, prev: Latent, action: jax.Array, embed: jax.Array, key: jax.Array):
+        """`obs_step` from and to a grouped Latent. The posterior net reads concat(h_t, e_t)."""
+        prior = self.img_step_grouped(prev, action, key)  # the prior's sample is unused; XLA removes it
+        logits = self._logits(self.post_out(self.post_net(embed, grouped=prior.deter)))
         post = Latent(prior.deter, straight_through_onehot_sample(key, logits), logits)
         return post, prior.logits
 
@@ -129,17 +167,19 @@ def observe(
     def step(prev, inputs):
         embed_t, action_t, first_t, key_t = inputs
         keep = 1.0 - first_t.astype(jnp.float32)
-        prev = mask_latent(prev, keep)
+        prev = mask_grouped(prev, keep)
         post, prior_logits = model.apply(
-            params, prev, action_t * keep[:, None], embed_t, key_t, method=WorldModel.obs_step
+            params, prev, action_t * keep[:, None], embed_t, key_t, method=WorldModel.obs_step_grouped
         )
         return post, (post, prior_logits)
 
     swap = lambda x: jnp.swapaxes(x, 0, 1)
     _, (posts, prior_logits) = jax.lax.scan(
-        step, start, (swap(embed), swap(prev_action), swap(is_first), keys)
+        step, group_latent(start, model.blocks), (swap(embed), swap(prev_action), swap(is_first), keys)
     )
-    return jax.tree.map(swap, posts), swap(prior_logits)
+    # deter [T, g, B, D/g] -> [B, T, D]: one transpose of the whole sequence (XLA fuses the steps).
+    deter = swap(from_groups(jnp.moveaxis(posts.deter, 1, 0)))
+    return Latent(deter, swap(posts.stoch), swap(posts.logits)), swap(prior_logits)
 
 
 def imagine(
@@ -156,10 +196,14 @@ def imagine(
 
     def step(latent, key_t):
         k_act, k_dyn = jax.random.split(key_t)
-        action = policy(latent.feat, k_act)
-        nxt = model.apply(params, latent, action, k_dyn, method=WorldModel.img_step)
+        # The policy is any function of feat [N, D + S*K]: h is made flat for it, the one transpose per step
+        # left (the agent does not differentiate imagination, so it has no backward twin).
+        action = policy(grouped_feat(latent), k_act)
+        nxt = model.apply(params, latent, action, k_dyn, method=WorldModel.img_step_grouped)
         return nxt, (latent, action)
 
-    last, (states, actions) = jax.lax.scan(step, start, jax.random.split(key, horizon))
+    keys = jax.random.split(key, horizon)
+    last, (states, actions) = jax.lax.scan(step, group_latent(start, model.blocks), keys)
     states = jax.tree.map(lambda seq, x: jnp.concatenate([seq, x[None]], 0), states, last)
-    return states, actions
+    # deter [H+1, g, N, D/g] -> [H+1, N, D], once for the whole rollout.
+    return states.replace(deter=from_groups(jnp.moveaxis(states.deter, 1, 0))), actions

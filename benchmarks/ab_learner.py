@@ -37,9 +37,14 @@ from mbrl_jax.trainer import make_train
 
 preset, updates, repeats, profile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 config = make_config(*preset.split(","), **parse_overrides(sys.argv[5:]))
-trainer, agent = make_train(config), make_dreamer(config, env_spec(config.env))
-state = jax.jit(trainer.init)(jax.random.PRNGKey(config.seed))
-batch = replay_sample(state.replay, jax.random.PRNGKey(1), config.batch_size, config.sample_length)[0]
+# mbrl_jax 0.1 has a flat config, later versions a grouped one with dotted names
+flat = config.flat() if hasattr(config, "flat") else config.to_dict()
+get = lambda grouped, old: flat[grouped] if grouped in flat else flat[old]
+trainer = make_train(config)
+agent = make_dreamer(config, env_spec(get("env.name", "env")))
+state = jax.jit(trainer.init)(jax.random.PRNGKey(get("run.seed", "seed")))
+batch_size = get("replay.batch_size", "batch_size")
+batch = replay_sample(state.replay, jax.random.PRNGKey(1), batch_size, config.sample_length)[0]
 
 def many(agent_state, keys):
     def update(agent_state, k):

@@ -64,7 +64,9 @@ def logits_ref(wm, x):
 
 
 def img_step_ref(wm, p, prev, action, key):
-    deter = gru_ref(p["core"], prev.deter, prev.stoch.reshape(prev.stoch.shape[0], -1), action, wm.blocks)
+    deter = gru_ref(
+        p["core"], prev.deter, prev.stoch.reshape(prev.stoch.shape[0], -1), action, wm.core.blocks
+    )
     logits = logits_ref(wm, dense(p["prior_out"], mlp(p["prior_net"], deter, 2)))
     return Latent(deter, straight_through_onehot_sample(key, logits), logits)
 
@@ -98,8 +100,10 @@ def imagine_ref(wm, params, policy, start, horizon, key):
 @pytest.fixture(scope="module")
 def setup():
     # Blocks 4 of 16 units, batch 3: no two of g, B, d, S, K alike, so a swapped axis cannot go unnoticed.
-    config = make_config("debug", deter=64, blocks=4, hidden=24, stoch=5, classes=6)
-    spec = env_spec(config.env)
+    config = make_config(
+        "debug", wm={"deter": 64, "gru": {"blocks": 4}, "hidden": 24, "stoch": 5, "classes": 6}
+    )
+    spec = env_spec(config.env.name)
     agent = make_dreamer(config, spec)
     wm, params = agent.world_model, agent.init(jax.random.PRNGKey(0)).params["wm"]
     # Non-zero biases and norm scales, so that a bias or scale read from the wrong block shows.
@@ -116,12 +120,14 @@ def setup():
         is_first=jnp.zeros((B, T), bool).at[0, 0].set(True).at[1, 4].set(True),
         keys=jax.random.split(ks[2], T),
         start=Latent(
-            jax.random.normal(ks[3], (B, config.deter)),
-            jax.nn.one_hot(jax.random.randint(ks[4], (B, config.stoch), 0, config.classes), config.classes),
-            jnp.zeros((B, config.stoch, config.classes)),
+            jax.random.normal(ks[3], (B, config.wm.deter)),
+            jax.nn.one_hot(
+                jax.random.randint(ks[4], (B, config.wm.stoch), 0, config.wm.classes), config.wm.classes
+            ),
+            jnp.zeros((B, config.wm.stoch, config.wm.classes)),
         ),
     )
-    policy_w = 0.3 * jax.random.normal(ks[5], (config.deter + config.stoch * config.classes, A))
+    policy_w = 0.3 * jax.random.normal(ks[5], (config.wm.deter + config.wm.stoch * config.wm.classes, A))
     policy = lambda feat, key: jnp.tanh(feat @ policy_w) + 0.1 * jax.random.normal(key, (feat.shape[0], A))
     return wm, params, data, policy, H
 

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mbrl_jax.nets.layers import GroupedDense, dense_init
+from mbrl_jax.nets.layers import GroupedDense, dense_init, from_groups, to_groups
 
 
 def block_init(blocks: int):
@@ -32,6 +32,15 @@ class BlockGRU(nn.Module):
     deter: int
     hidden: int
     blocks: int
+    grouped = True  # the state is group-major: the RSSM's layers read it per group (GroupedDense)
+
+    def to_state(self, deter: jax.Array) -> jax.Array:
+        """[B, D] -> the state, [g, B, D/g]."""
+        return to_groups(deter, self.blocks)
+
+    def to_deter(self, state: jax.Array) -> jax.Array:
+        """[g, B, D/g] -> [B, D]."""
+        return from_groups(state)
 
     @nn.compact
     def __call__(self, grouped: jax.Array, stoch: jax.Array, action: jax.Array) -> jax.Array:

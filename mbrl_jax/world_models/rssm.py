@@ -19,8 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from mbrl_jax.nets.distributions import straight_through_onehot_sample, symlog, unimix_logits
-from mbrl_jax.nets.layers import MLP, Head, dense_init, from_groups, to_groups
-from mbrl_jax.world_models.gru import BlockGRU
+from mbrl_jax.nets.layers import MLP, Head, dense_init
 
 
 @struct.dataclass
@@ -47,38 +46,27 @@ def mask_latent(latent: Latent, keep: jax.Array) -> Latent:
     return jax.tree.map(lambda x: x * keep.reshape(keep.shape + (1,) * (x.ndim - keep.ndim)), latent)
 
 
-# A "grouped" Latent is the in-loop form: deter group-major [g, B, D/g], stoch and logits as usual [B, S, K].
+# Inside the loops over time the latent's deter is held in the backbone's own state layout (`loop` latents:
+# group-major [g, B, D/g] for the block GRU), converted from and to [B, D] once per sequence.
 
 
-def group_latent(latent: Latent, blocks: int) -> Latent:
-    """Latent with deter [B, D] -> grouped Latent (deter [g, B, D/g])."""
-    return latent.replace(deter=to_groups(latent.deter, blocks))
-
-
-def ungroup_latent(latent: Latent) -> Latent:
-    """Grouped Latent -> Latent with deter [B, D]."""
-    return latent.replace(deter=from_groups(latent.deter))
-
-
-def mask_grouped(latent: Latent, keep: jax.Array) -> Latent:
-    """`mask_latent` of a grouped Latent; keep: [B]."""
+def mask_loop(latent: Latent, keep: jax.Array) -> Latent:
+    """`mask_latent` of a loop latent (any deter layout whose last two axes are [B, d]); keep: [B]."""
     return Latent(
         latent.deter * keep[:, None], *(x * keep[:, None, None] for x in (latent.stoch, latent.logits))
     )
 
 
-def grouped_feat(latent: Latent) -> jax.Array:
-    """`Latent.feat` of a grouped Latent, [B, D + S*K]."""
-    return ungroup_latent(latent).feat
-
-
 class WorldModel(nn.Module):
+    """Encoder, RSSM and heads around a sequence backbone `core` (mbrl_jax/world_models/backbone.py), whose
+    state the prior and posterior layers read in the backbone's layout."""
+
+    core: nn.Module  # the backbone, from `make_backbone(config.wm)`; its parameters are "core"
     obs_dim: int
     deter: int
     hidden: int
     stoch: int
     classes: int
-    blocks: int
     units: int
     enc_layers: int
     dec_layers: int
@@ -88,7 +76,6 @@ class WorldModel(nn.Module):
 
     def setup(self):
         self.encoder = MLP(self.units, self.enc_layers)
-        self.core = BlockGRU(self.deter, self.hidden, self.blocks)
         self.prior_net = MLP(self.hidden, 2)  # "imglayers" = 2 in the reference
         self.prior_out = nn.Dense(self.stoch * self.classes, kernel_init=dense_init)
         self.post_net = MLP(self.hidden, 1)  # "obslayers" = 1
@@ -108,24 +95,42 @@ class WorldModel(nn.Module):
     def img_step(self, prev: Latent, action: jax.Array, key: jax.Array) -> Latent:
         """Prior step: p(z_t | h_t), h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1}). prev: [B] leaves, action: [B, A]
         (deter [B, D] in and out)."""
-        return ungroup_latent(self.img_step_grouped(group_latent(prev, self.blocks), action, key))
+        return self.from_loop(self.img_step_loop(self.to_loop(prev), action, key))
 
     def obs_step(self, prev: Latent, action: jax.Array, embed: jax.Array, key: jax.Array):
         """Posterior step: q(z_t | h_t, e_t). Returns (posterior latent, prior logits [B, S, K])."""
-        post, prior_logits = self.obs_step_grouped(group_latent(prev, self.blocks), action, embed, key)
-        return ungroup_latent(post), prior_logits
+        post, prior_logits = self.obs_step_loop(self.to_loop(prev), action, embed, key)
+        return self.from_loop(post), prior_logits
 
-    def img_step_grouped(self, prev: Latent, action: jax.Array, key: jax.Array) -> Latent:
-        """`img_step` from and to a grouped Latent (deter [g, B, D/g]): the step of a loop over time."""
+    def to_loop(self, latent: Latent) -> Latent:
+        """Latent (deter [..., D]) -> loop latent (deter in the backbone's state layout)."""
+        return latent.replace(deter=self.core.to_state(latent.deter))
+
+    def from_loop(self, latent: Latent) -> Latent:
+        """Loop latent -> Latent with deter [..., D]."""
+        return latent.replace(deter=self.core.to_deter(latent.deter))
+
+    def loop_feat(self, latent: Latent) -> jax.Array:
+        """`Latent.feat` of a loop latent, [B, D + S*K]."""
+        return self.from_loop(latent).feat
+
+    def _read_state(self, net: nn.Module, state: jax.Array, rest: jax.Array | None = None) -> jax.Array:
+        """net(concat(h, rest)) with h read in the backbone's layout (grouped backbones: per group)."""
+        if self.core.grouped:
+            return net(rest, grouped=state)
+        return net(state if rest is None else jnp.concatenate([state, rest], -1))
+
+    def img_step_loop(self, prev: Latent, action: jax.Array, key: jax.Array) -> Latent:
+        """`img_step` from and to a loop latent: the step of a loop over time."""
         flat = prev.stoch.reshape(*prev.stoch.shape[:-2], -1)
         deter = self.core(prev.deter, flat, action)
-        logits = self._logits(self.prior_out(self.prior_net(None, grouped=deter)))
+        logits = self._logits(self.prior_out(self._read_state(self.prior_net, deter)))
         return Latent(deter, straight_through_onehot_sample(key, logits), logits)
 
-    def obs_step_grouped(self, prev: Latent, action: jax.Array, embed: jax.Array, key: jax.Array):
-        """`obs_step` from and to a grouped Latent. The posterior net reads concat(h_t, e_t)."""
-        prior = self.img_step_grouped(prev, action, key)  # the prior's sample is unused; XLA removes it
-        logits = self._logits(self.post_out(self.post_net(embed, grouped=prior.deter)))
+    def obs_step_loop(self, prev: Latent, action: jax.Array, embed: jax.Array, key: jax.Array):
+        """`obs_step` from and to a loop latent. The posterior net reads concat(h_t, e_t)."""
+        prior = self.img_step_loop(prev, action, key)  # the prior's sample is unused; XLA removes it
+        logits = self._logits(self.post_out(self._read_state(self.post_net, prior.deter, embed)))
         post = Latent(prior.deter, straight_through_onehot_sample(key, logits), logits)
         return post, prior.logits
 
@@ -167,19 +172,20 @@ def observe(
     def step(prev, inputs):
         embed_t, action_t, first_t, key_t = inputs
         keep = 1.0 - first_t.astype(jnp.float32)
-        prev = mask_grouped(prev, keep)
+        prev = mask_loop(prev, keep)
         post, prior_logits = model.apply(
-            params, prev, action_t * keep[:, None], embed_t, key_t, method=WorldModel.obs_step_grouped
+            params, prev, action_t * keep[:, None], embed_t, key_t, method=WorldModel.obs_step_loop
         )
         return post, (post, prior_logits)
 
     swap = lambda x: jnp.swapaxes(x, 0, 1)
+    start = model.apply(params, start, method=WorldModel.to_loop)
     _, (posts, prior_logits) = jax.lax.scan(
-        step, group_latent(start, model.blocks), (swap(embed), swap(prev_action), swap(is_first), keys)
+        step, start, (swap(embed), swap(prev_action), swap(is_first), keys)
     )
-    # deter [T, g, B, D/g] -> [B, T, D]: one transpose of the whole sequence (XLA fuses the steps).
-    deter = swap(from_groups(jnp.moveaxis(posts.deter, 1, 0)))
-    return Latent(deter, swap(posts.stoch), swap(posts.logits)), swap(prior_logits)
+    # deter [T, <state layout>] -> [B, T, D]: one transpose of the whole sequence (XLA fuses the steps).
+    posts = jax.vmap(lambda p: model.apply(params, p, method=WorldModel.from_loop))(posts)
+    return jax.tree.map(swap, posts), swap(prior_logits)
 
 
 def imagine(
@@ -198,12 +204,13 @@ def imagine(
         k_act, k_dyn = jax.random.split(key_t)
         # The policy is any function of feat [N, D + S*K]: h is made flat for it, the one transpose per step
         # left (the agent does not differentiate imagination, so it has no backward twin).
-        action = policy(grouped_feat(latent), k_act)
-        nxt = model.apply(params, latent, action, k_dyn, method=WorldModel.img_step_grouped)
+        action = policy(model.apply(params, latent, method=WorldModel.loop_feat), k_act)
+        nxt = model.apply(params, latent, action, k_dyn, method=WorldModel.img_step_loop)
         return nxt, (latent, action)
 
     keys = jax.random.split(key, horizon)
-    last, (states, actions) = jax.lax.scan(step, group_latent(start, model.blocks), keys)
+    start = model.apply(params, start, method=WorldModel.to_loop)
+    last, (states, actions) = jax.lax.scan(step, start, keys)
     states = jax.tree.map(lambda seq, x: jnp.concatenate([seq, x[None]], 0), states, last)
-    # deter [H+1, g, N, D/g] -> [H+1, N, D], once for the whole rollout.
-    return states.replace(deter=from_groups(jnp.moveaxis(states.deter, 1, 0))), actions
+    # deter [H+1, <state layout>] -> [H+1, N, D], once for the whole rollout.
+    return jax.vmap(lambda s: model.apply(params, s, method=WorldModel.from_loop))(states), actions

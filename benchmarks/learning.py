@@ -12,7 +12,8 @@ interruption). On a 2-core CPU one XLA process barely uses the second core and v
 core), so runs pinned one per core in parallel give the most runs per hour there.
 Then `benchmarks/RESULTS.md` is written from the runs' metrics: per task the final and best evaluation
 return (mean, IQM and bootstrap 95% CI over seeds), the first env step at which the threshold was reached,
-wall time, and the machine; and a PNG of the curves (mean and band over seeds).
+wall time, and the machine; a PNG of the curves (mean and band over seeds); and the tables of the JSON files
+that `throughput.py` (`throughput-*.json`) and `ab_learner.py` (`ab-*.json`) wrote into the same folder.
 Nothing in RESULTS.md is typed in by hand.
 """
 
@@ -227,6 +228,7 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
             "",
         ]
     lines += throughput_section(out)
+    lines += ab_section(out)
     results_md.write_text("\n".join(lines))
 
 
@@ -304,6 +306,43 @@ def throughput_section(out: Path) -> list[str]:
             for name in ("profile", "note"):
                 if r.get(name):
                     lines += ["", f"**{r['preset']} {name}:**", "", r[name]]
+        lines.append("")
+    return lines
+
+
+def ab_section(out: Path) -> list[str]:
+    """Tables from the JSON files `benchmarks/ab_learner.py --out <out>/ab-*.json` wrote: learner update
+    time of two commits, measured alternately."""
+    lines = []
+    for path in sorted(out.glob("ab-*.json")):
+        r = json.loads(path.read_text())
+        m, s = r["machine"], r["settings"]
+        base, head = r["base"], r["head"]
+        preset = f"`{s['preset']}`" + (f" with {' '.join(s['overrides'])}" if s["overrides"] else "")
+        lines += [
+            f"## A/B: `{path.name}` ({r['name']})",
+            "",
+            f"Learner update of the {preset} preset: head `{head['commit'][:7]}` ({head['subject']}) against "
+            f"base `{base['commit'][:7]}` ({base['subject']}). {s['rounds']} rounds of base then head in one "
+            f"command, each a fresh process timing {s['updates']} updates in one jit, best of {s['repeats']} "
+            f"calls: `{r['command']}`.",
+            "",
+            f"Machine: {m['device_kind']}, {m['cpu_count']} CPUs, jax {m['jax_version']}; load average "
+            f"(1 min) {m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after. Absolute times "
+            "depend on what else ran; the rounds alternate so that both commits share it, and the ratio is "
+            "the figure to compare.",
+            "",
+            "| round | base (ms) | head (ms) | head / base |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {i} | {x['base_ms']:.1f} | {x['head_ms']:.1f} | {x['ratio']:.3f} |"
+            for i, x in enumerate(r["rounds"], 1)
+        ]
+        lines.append(f"| best | {r['base_ms']:.1f} | {r['head_ms']:.1f} | {r['ratio']:.3f} |")
+        for side in ("base", "head"):
+            if r["profiles"].get(side):
+                lines += ["", f"**{side} profile, one update:**", "", r["profiles"][side]]
         lines.append("")
     return lines
 

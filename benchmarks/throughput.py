@@ -11,9 +11,11 @@ call, with `block_until_ready` and `time.perf_counter`: training chunks as the m
 parts (learner, imagination, acting, matmul peak) as the best of a few calls, as noise on a shared machine
 only adds time.
 
-FLOPs come from XLA's cost analysis, which counts a while loop's body once whatever its trip count; a
-`lax.scan` of length n is therefore corrected by adding (n - 1) x its body, each body costed on its own
-(recursively, so nested scans are counted too). `update_gflop_xla_rolled` is XLA's uncorrected figure.
+FLOPs come from XLA's cost analysis, which counts a while loop's body once whatever its trip count. A
+`lax.scan` of length n is counted as n x its body, each body costed on its own (recursively, so nested scans
+are counted too), in place of what XLA counted for the scan: one body when rolled, k bodies per loop plus
+the remaining steps with `unroll=k`, n bodies when fully unrolled. `update_gflop_xla_rolled` is XLA's
+uncorrected figure.
 """
 
 from __future__ import annotations
@@ -147,16 +149,34 @@ def _jaxpr_xla_flops(closed: jcore.ClosedJaxpr) -> float:
     return xla_flops(jax.jit(jcore.jaxpr_as_fun(closed)).lower(*args).compile())
 
 
+def _scan_xla_flops(eqn: jcore.JaxprEqn) -> float:
+    """XLA's count of one scan equation compiled on its own: its loop as JAX lowers it (with `unroll`, a
+    loop over unrolled blocks and the remaining steps in line, or no loop at all)."""
+    is_literal = [isinstance(v, jcore.Literal) for v in eqn.invars]
+    args = [
+        jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype)
+        for v, literal in zip(eqn.invars, is_literal, strict=True)
+        if not literal
+    ]
+
+    def fn(*xs):
+        it = iter(xs)
+        ins = [v.val if literal else next(it) for v, literal in zip(eqn.invars, is_literal, strict=True)]
+        return eqn.primitive.bind(*ins, **eqn.params)  # a scan's params bind as they are
+
+    return xla_flops(jax.jit(fn).lower(*args).compile())
+
+
 def _scan_correction(jaxpr: jcore.Jaxpr) -> float:
     """FLOPs that XLA's rolled count misses: for each scan (also inside nested calls), length x the body's
-    true FLOPs minus the one body XLA counted."""
+    true FLOPs minus what XLA counted for the scan. That is measured, not assumed (one body, or `unroll`
+    bodies, or all of them), by compiling the scan alone, so every lowering of `unroll` is counted right."""
     missing = 0.0
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "scan":
             body = eqn.params["jaxpr"]
-            body_rolled = _jaxpr_xla_flops(body)
-            body_true = body_rolled + _scan_correction(body.jaxpr)
-            missing += eqn.params["length"] * body_true - body_rolled
+            body_true = _jaxpr_xla_flops(body) + _scan_correction(body.jaxpr)
+            missing += eqn.params["length"] * body_true - _scan_xla_flops(eqn)
         else:
             for sub in jcore.jaxprs_in_params(eqn.params):
                 missing += _scan_correction(sub)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +23,7 @@ from mbrl_jax.config import (
     make_config,
 )
 from mbrl_jax.trainer import make_train
+from mbrl_jax.world_models import BACKBONES, register_backbone
 
 # ---- a toy agent: a linear policy on the observation, trained to predict the reward ----------------------
 
@@ -79,6 +81,49 @@ def test_a_second_agent_registers_from_a_test_file_and_trains_a_chunk(linear_age
 def test_an_unknown_agent_is_refused_with_the_registered_ones():
     with pytest.raises(ConfigError, match=r"agent='linear' is not known.*allowed: 'dreamer'"):
         make_config("debug", agent="linear")
+
+
+# ---- a toy backbone: a plain tanh RNN with a flat state -------------------------------------------------
+
+
+class TanhRNN(nn.Module):
+    deter: int
+    grouped = False
+
+    def to_state(self, deter):
+        return deter
+
+    def to_deter(self, state):
+        return state
+
+    @nn.compact
+    def __call__(self, state, stoch, action):
+        return jnp.tanh(nn.Dense(self.deter)(jnp.concatenate([state, stoch, action], -1)))
+
+
+@pytest.fixture
+def tanh_backbone():
+    register_backbone("tanh_rnn", lambda wm: TanhRNN(wm.deter))
+    yield "tanh_rnn"
+    BACKBONES.pop("tanh_rnn")
+
+
+def test_a_second_backbone_registers_from_a_test_file_and_trains_a_chunk(tanh_backbone):
+    config = make_config("debug", **{"wm.backbone": tanh_backbone, "run.steps": 600, "run.chunk_steps": 100})
+    trainer = make_train(config)
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+    core = state.agent.params["wm"]["params"]["core"]
+    assert set(core) == {"Dense_0"}  # the world model's core is the toy module, not the block GRU
+    before = jax.device_get(core)
+    state, metrics = jax.jit(trainer.run_chunk)(state)
+    after = jax.device_get(state.agent.params["wm"]["params"]["core"])
+    assert not np.allclose(before["Dense_0"]["kernel"], after["Dense_0"]["kernel"])  # trained through it
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_an_unknown_backbone_is_refused_with_the_registered_ones():
+    with pytest.raises(ConfigError, match=r"wm.backbone='mamba' is not known.*allowed: 'gru'"):
+        make_config("debug", **{"wm.backbone": "mamba"})
 
 
 # ---- the grouped config ---------------------------------------------------------------------------------

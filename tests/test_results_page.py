@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.learning import iqm, summarize, write_results
+from benchmarks.learning import ab_section, iqm, summarize, write_results
 from benchmarks.profile_ops import profile_markdown, profile_ops
 from mbrl_jax.logging import MetricLogger
 from mbrl_jax.plotting import bootstrap_mean_ci
@@ -57,3 +57,38 @@ def test_profile_ranks_the_matmul_first():
     assert profile["top"] and profile["total_ms"] > 0
     assert profile["top"][0]["source"].endswith("dot_general"), profile["top"]
     assert "| op | kind |" in profile_markdown(profile)
+
+
+def test_ab_section_from_its_json(tmp_path):
+    """benchmarks/ab_learner.py's JSON becomes a table: every round, the best of each side and their ratio."""
+    commit = lambda c, subject: {"rev": c, "commit": c * 40, "subject": subject}
+    report = {
+        "name": "layout",
+        "command": "python benchmarks/ab_learner.py --base a --name layout",
+        "machine": {
+            "device_kind": "cpu",
+            "cpu_count": 2,
+            "jax_version": "0",
+            "loadavg_before": [3.0, 0, 0],
+            "loadavg_after": [4.0, 0, 0],
+        },
+        "settings": {"preset": "cartpole", "updates": 5, "repeats": 3, "rounds": 2, "overrides": []},
+        "base": commit("a", "old"),
+        "head": commit("b", "new"),
+        "rounds": [
+            {"base_ms": 100.0, "head_ms": 90.0, "ratio": 0.9},
+            {"base_ms": 110.0, "head_ms": 80.0, "ratio": 80 / 110},
+        ],
+        "base_ms": 100.0,
+        "head_ms": 80.0,
+        "ratio": 0.8,
+        "profiles": {"head": "| op | kind |"},
+    }
+    (tmp_path / "ab-layout.json").write_text(json.dumps(report))
+    text = "\n".join(ab_section(tmp_path))
+    assert (
+        "## A/B: `ab-layout.json` (layout)" in text and "`bbbbbbb` (new) against base `aaaaaaa` (old)" in text
+    )
+    assert "| 2 | 110.0 | 80.0 | 0.727 |" in text and "| best | 100.0 | 80.0 | 0.800 |" in text
+    assert "**head profile, one update:**" in text and "base profile" not in text
+    assert ab_section(tmp_path / "empty") == []

@@ -40,6 +40,7 @@ from mbrl_jax.nets.distributions import (
 from mbrl_jax.nets.layers import Head
 from mbrl_jax.optim import make_optimizer
 from mbrl_jax.returns import ReturnNorm, lambda_returns, return_norm_init, return_scale, update_return_norm
+from mbrl_jax.world_models.backbone import make_backbone
 from mbrl_jax.world_models.rssm import Latent, WorldModel, imagine, mask_latent, observe, zeros_latent
 
 sg = jax.lax.stop_gradient
@@ -93,12 +94,12 @@ def make_networks(config: Config, spec: EnvSpec) -> Networks:
     check_dreamer(config, spec)
     c = config
     world_model = WorldModel(
+        core=make_backbone(c.wm),
         obs_dim=spec.obs_shape[0],
         deter=c.wm.deter,
         hidden=c.wm.hidden,
         stoch=c.wm.stoch,
         classes=c.wm.classes,
-        blocks=c.wm.gru.blocks,
         units=c.wm.units,
         enc_layers=c.wm.enc_layers,
         dec_layers=c.wm.dec_layers,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 # DreamerV3 initialises weights from a truncated normal scaled by fan-in.
 dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
@@ -17,6 +18,41 @@ def scaled_dense_init(out_scale: float):
     return nn.initializers.variance_scaling(out_scale**2, "fan_in", "truncated_normal")
 
 
+def to_groups(x: jax.Array, groups: int) -> jax.Array:
+    """[..., D] -> group-major [groups, ..., D / groups]: feature block j of every row goes to x[j]."""
+    grouped = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
+    return jnp.moveaxis(grouped, -2, 0)
+
+
+def from_groups(grouped: jax.Array) -> jax.Array:
+    """Inverse of `to_groups`: [g, ..., d] -> [..., g * d]."""
+    return jnp.moveaxis(grouped, 0, -2).reshape(*grouped.shape[1:-1], -1)
+
+
+class GroupedDense(nn.Module):
+    """`nn.Dense` of concat(from_groups(grouped), rest) that reads `grouped` [g, ..., d] where it lies.
+
+    The kernel has nn.Dense's shape, name and initialiser ([g*d + rest, features], rows in that concat order),
+    so parameters and checkpoints are those of the flat layer. The grouped rows are used as [g, d, features]:
+    one matmul per group, summed over groups. Contracting g and d in one dot_general would be the same sum,
+    but XLA then copies the operand to [..., g, d] first (in the gradient too), the transpose this layer
+    exists to avoid; the per-group products cost g*B*features extra adds instead. `rest` [..., r] may be None.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, grouped: jax.Array, rest: jax.Array | None = None) -> jax.Array:
+        g, d = grouped.shape[0], grouped.shape[-1]
+        inputs = g * d + (0 if rest is None else rest.shape[-1])
+        kernel = self.param("kernel", dense_init, (inputs, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        y = jnp.einsum("g...i,gio->g...o", grouped, kernel[: g * d].reshape(g, d, self.features)).sum(0)
+        if rest is not None:
+            y = y + rest @ kernel[g * d :]
+        return y + bias
+
+
 class MLP(nn.Module):
     """`layers` x (Dense with bias -> RMSNorm -> SiLU), as the DreamerV3 reference's MLP."""
 
@@ -24,9 +60,16 @@ class MLP(nn.Module):
     layers: int
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for _ in range(self.layers):
-            x = nn.Dense(self.units, kernel_init=dense_init)(x)
+    def __call__(self, x: jax.Array | None, grouped: jax.Array | None = None) -> jax.Array:
+        """x: [..., in] -> [..., units]. With `grouped` ([g, ..., d], group-major), the first layer reads
+        concat(from_groups(grouped), x) through `GroupedDense` (x may then be None); the parameters are the
+        same either way."""
+        for i in range(self.layers):
+            # Named explicitly so that a GroupedDense first layer takes nn.Dense's name "Dense_0".
+            if i == 0 and grouped is not None:
+                x = GroupedDense(self.units, name="Dense_0")(grouped, x)
+            else:
+                x = nn.Dense(self.units, kernel_init=dense_init, name=f"Dense_{i}")(x)
             x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4)(x))
         return x
 

@@ -2,17 +2,20 @@
 
 A backbone is the recurrent core of the RSSM: a flax module with
 
-    initial_state(batch_shape)      -> state   (any pytree; zeros at an episode start)
-    __call__(state, stoch, action)  -> state   one step: h_t = f(h_{t-1}, z_{t-1}, a_{t-1})
-    output(state)                   -> [..., wm.deter]  the deterministic features the heads read
+    __call__(state, stoch, action) -> state   one step: h_t = f(h_{t-1}, z_{t-1}, a_{t-1})
+    to_state(deter [B, D])         -> state   the state in the backbone's own layout (no parameters)
+    to_deter(state)                -> [B, D]  and back: the deterministic features the heads read
+    grouped: bool                             True when the state is group-major [g, B, D/g]
 
-`stoch` is the flattened previous latent [..., S*K], `action` the previous action [..., A]. The world model
-masks the state to `initial_state` at episode starts, scans `__call__` over a window in `observe` and over the
-horizon in `imagine`, and never looks inside the state, so a backbone may keep whatever layout is fastest
-across the scan.
+`stoch` is the flattened previous latent [B, S*K], `action` the previous action [B, A]; the state of
+an episode start is `to_state(zeros)`. The world model converts the latent to the backbone's layout once
+before its loops over time (`observe` over a window, `imagine` over the horizon) and back once after, so a
+backbone keeps whatever layout is fastest across the scan; the prior and posterior layers read the state in
+place (per group when `grouped`, through `GroupedDense`, whose parameters equal a flat Dense's). The
+state's last two axes are [B, d] in either layout.
 
-Adding a backbone: one file with a flax module and a line `register_backbone("x", make_x)` where
-`make_x(wm_config) -> module`.
+Adding a backbone: one file with the module and a line `register_backbone("x", make_x)` where
+`make_x(wm_config) -> module` (its settings a config group `wm.x`).
 """
 
 from __future__ import annotations

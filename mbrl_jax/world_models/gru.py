@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mbrl_jax.nets.layers import dense_init
+from mbrl_jax.nets.layers import GroupedDense, dense_init, from_groups, to_groups
 
 
 def block_init(blocks: int):
@@ -17,33 +17,44 @@ def block_init(blocks: int):
 
 
 class BlockGRU(nn.Module):
-    """One recurrent step h_t = f(h_{t-1}, z_{t-1}, a_{t-1}).
+    """One recurrent step h_t = f(h_{t-1}, z_{t-1}, a_{t-1}) on a group-major state.
 
     The previous deterministic state, stochastic state and action are each projected to `hidden` units
     (Dense -> RMSNorm -> SiLU); the result is appended to every block of h, and block-diagonal layers compute
     the GRU gates per block, so the cost grows with deter^2 / blocks instead of deter^2. The update gate is
     biased by -1 so the state is kept by default early in training.
 
-    Inside, activations are laid out group-major, [g, B, D/g]: XLA's CPU and GPU batched matmuls run 2-3x
-    faster on that layout than on [B, g, D/g].
+    h is taken and returned group-major, [g, B, D/g] (`to_groups` of the flat [B, D] state): XLA's CPU and
+    GPU batched matmuls run 2-3x faster on that layout than on [B, g, D/g], and a caller that loops over
+    time keeps h in it, so nothing is transposed per step (h's own projection is a `GroupedDense`).
     """
 
     deter: int
     hidden: int
     blocks: int
+    grouped = True  # the state is group-major: the RSSM's layers read it per group (GroupedDense)
+
+    def to_state(self, deter: jax.Array) -> jax.Array:
+        """[B, D] -> the state, [g, B, D/g]."""
+        return to_groups(deter, self.blocks)
+
+    def to_deter(self, state: jax.Array) -> jax.Array:
+        """[g, B, D/g] -> [B, D]."""
+        return from_groups(state)
 
     @nn.compact
-    def __call__(self, deter: jax.Array, stoch: jax.Array, action: jax.Array) -> jax.Array:
-        # deter: [B, D], stoch: [B, S*K], action: [B, A] -> [B, D]
+    def __call__(self, grouped: jax.Array, stoch: jax.Array, action: jax.Array) -> jax.Array:
+        # grouped: [g, B, D/g], stoch: [B, S*K], action: [B, A] -> [g, B, D/g]
         g, d = self.blocks, self.deter // self.blocks
+        assert grouped.shape[0] == g and grouped.shape[-1] == d, (grouped.shape, g, d)
         action = action / jax.lax.stop_gradient(jnp.maximum(1.0, jnp.abs(action)))
-        parts = []
-        for x in (deter, stoch, action):
-            x = nn.Dense(self.hidden, kernel_init=dense_init)(x)
-            parts.append(jax.nn.silu(nn.RMSNorm(epsilon=1e-4)(x)))
+        # Named as nn.Dense would auto-name them, so the parameters match the flat-layout GRU's.
+        parts = [GroupedDense(self.hidden, name="Dense_0")(grouped)]
+        for i, x in enumerate((stoch, action), 1):
+            parts.append(nn.Dense(self.hidden, kernel_init=dense_init, name=f"Dense_{i}")(x))
+        parts = [jax.nn.silu(nn.RMSNorm(epsilon=1e-4)(x)) for x in parts]
         inputs = jnp.concatenate(parts, -1)  # [B, 3*hidden], shared by every block
-        batch = deter.shape[:-1]
-        grouped = jnp.moveaxis(deter.reshape(*batch, g, d), -2, 0)  # [g, B, d]
+        batch = grouped.shape[1:-1]
         x = jnp.concatenate([grouped, jnp.broadcast_to(inputs, (g, *inputs.shape))], -1)
         x = self._block_linear("hidden", x, d)
         rms = jnp.sqrt(jnp.mean(jnp.square(x), axis=(0, -1), keepdims=True) + 1e-4)
@@ -54,8 +65,7 @@ class BlockGRU(nn.Module):
         reset = jax.nn.sigmoid(reset)
         cand = jnp.tanh(reset * cand)
         update = jax.nn.sigmoid(update - 1.0)
-        out = update * cand + (1.0 - update) * grouped
-        return jnp.moveaxis(out, 0, -2).reshape(*batch, self.deter)
+        return update * cand + (1.0 - update) * grouped
 
     def _block_linear(self, name: str, x: jax.Array, units: int) -> jax.Array:
         """[g, B, in] -> [g, B, units], one kernel per group."""

@@ -3,6 +3,10 @@ continue heads.
 
 Networks are flax modules; the loops over time (`observe`, `imagine`) are plain functions of the parameters,
 so they compose with `lax.scan`, `jit` and `vmap` without module-level magic.
+
+Inside those loops the recurrent state h is carried group-major, [g, B, D/g] (see `BlockGRU`), and every
+layer that reads it takes it in that layout, so h is converted from and to [B, D] once per sequence rather
+than twice per step. `Latent.deter` is [..., D] wherever a Latent leaves this module.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from flax import struct
 
 from mbrl_jax.nets.distributions import straight_through_onehot_sample, symlog, unimix_logits
 from mbrl_jax.nets.layers import MLP, Head, dense_init
-from mbrl_jax.world_models.gru import BlockGRU
 
 
 @struct.dataclass
@@ -43,13 +46,27 @@ def mask_latent(latent: Latent, keep: jax.Array) -> Latent:
     return jax.tree.map(lambda x: x * keep.reshape(keep.shape + (1,) * (x.ndim - keep.ndim)), latent)
 
 
+# Inside the loops over time the latent's deter is held in the backbone's own state layout (`loop` latents:
+# group-major [g, B, D/g] for the block GRU), converted from and to [B, D] once per sequence.
+
+
+def mask_loop(latent: Latent, keep: jax.Array) -> Latent:
+    """`mask_latent` of a loop latent (any deter layout whose last two axes are [B, d]); keep: [B]."""
+    return Latent(
+        latent.deter * keep[:, None], *(x * keep[:, None, None] for x in (latent.stoch, latent.logits))
+    )
+
+
 class WorldModel(nn.Module):
+    """Encoder, RSSM and heads around a sequence backbone `core` (mbrl_jax/world_models/backbone.py), whose
+    state the prior and posterior layers read in the backbone's layout."""
+
+    core: nn.Module  # the backbone, from `make_backbone(config.wm)`; its parameters are "core"
     obs_dim: int
     deter: int
     hidden: int
     stoch: int
     classes: int
-    blocks: int
     units: int
     enc_layers: int
     dec_layers: int
@@ -59,7 +76,6 @@ class WorldModel(nn.Module):
 
     def setup(self):
         self.encoder = MLP(self.units, self.enc_layers)
-        self.core = BlockGRU(self.deter, self.hidden, self.blocks)
         self.prior_net = MLP(self.hidden, 2)  # "imglayers" = 2 in the reference
         self.prior_out = nn.Dense(self.stoch * self.classes, kernel_init=dense_init)
         self.post_net = MLP(self.hidden, 1)  # "obslayers" = 1
@@ -77,17 +93,44 @@ class WorldModel(nn.Module):
         return unimix_logits(x, self.unimix)
 
     def img_step(self, prev: Latent, action: jax.Array, key: jax.Array) -> Latent:
-        """Prior step: p(z_t | h_t), h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1}). action: [B, A]."""
-        flat = prev.stoch.reshape(*prev.stoch.shape[:-2], -1)
-        deter = self.core(prev.deter, flat, action)
-        logits = self._logits(self.prior_out(self.prior_net(deter)))
-        return Latent(deter, straight_through_onehot_sample(key, logits), logits)
+        """Prior step: p(z_t | h_t), h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1}). prev: [B] leaves, action: [B, A]
+        (deter [B, D] in and out)."""
+        return self.from_loop(self.img_step_loop(self.to_loop(prev), action, key))
 
     def obs_step(self, prev: Latent, action: jax.Array, embed: jax.Array, key: jax.Array):
-        """Posterior step: q(z_t | h_t, e_t). Returns (posterior latent, prior logits)."""
-        prior = self.img_step(prev, action, key)  # the prior's sample is unused; XLA removes it
-        x = jnp.concatenate([prior.deter, embed], -1)
-        logits = self._logits(self.post_out(self.post_net(x)))
+        """Posterior step: q(z_t | h_t, e_t). Returns (posterior latent, prior logits [B, S, K])."""
+        post, prior_logits = self.obs_step_loop(self.to_loop(prev), action, embed, key)
+        return self.from_loop(post), prior_logits
+
+    def to_loop(self, latent: Latent) -> Latent:
+        """Latent (deter [..., D]) -> loop latent (deter in the backbone's state layout)."""
+        return latent.replace(deter=self.core.to_state(latent.deter))
+
+    def from_loop(self, latent: Latent) -> Latent:
+        """Loop latent -> Latent with deter [..., D]."""
+        return latent.replace(deter=self.core.to_deter(latent.deter))
+
+    def loop_feat(self, latent: Latent) -> jax.Array:
+        """`Latent.feat` of a loop latent, [B, D + S*K]."""
+        return self.from_loop(latent).feat
+
+    def _read_state(self, net: nn.Module, state: jax.Array, rest: jax.Array | None = None) -> jax.Array:
+        """net(concat(h, rest)) with h read in the backbone's layout (grouped backbones: per group)."""
+        if self.core.grouped:
+            return net(rest, grouped=state)
+        return net(state if rest is None else jnp.concatenate([state, rest], -1))
+
+    def img_step_loop(self, prev: Latent, action: jax.Array, key: jax.Array) -> Latent:
+        """`img_step` from and to a loop latent: the step of a loop over time."""
+        flat = prev.stoch.reshape(*prev.stoch.shape[:-2], -1)
+        deter = self.core(prev.deter, flat, action)
+        logits = self._logits(self.prior_out(self._read_state(self.prior_net, deter)))
+        return Latent(deter, straight_through_onehot_sample(key, logits), logits)
+
+    def obs_step_loop(self, prev: Latent, action: jax.Array, embed: jax.Array, key: jax.Array):
+        """`obs_step` from and to a loop latent. The posterior net reads concat(h_t, e_t)."""
+        prior = self.img_step_loop(prev, action, key)  # the prior's sample is unused; XLA removes it
+        logits = self._logits(self.post_out(self._read_state(self.post_net, prior.deter, embed)))
         post = Latent(prior.deter, straight_through_onehot_sample(key, logits), logits)
         return post, prior.logits
 
@@ -129,16 +172,19 @@ def observe(
     def step(prev, inputs):
         embed_t, action_t, first_t, key_t = inputs
         keep = 1.0 - first_t.astype(jnp.float32)
-        prev = mask_latent(prev, keep)
+        prev = mask_loop(prev, keep)
         post, prior_logits = model.apply(
-            params, prev, action_t * keep[:, None], embed_t, key_t, method=WorldModel.obs_step
+            params, prev, action_t * keep[:, None], embed_t, key_t, method=WorldModel.obs_step_loop
         )
         return post, (post, prior_logits)
 
     swap = lambda x: jnp.swapaxes(x, 0, 1)
+    start = model.apply(params, start, method=WorldModel.to_loop)
     _, (posts, prior_logits) = jax.lax.scan(
         step, start, (swap(embed), swap(prev_action), swap(is_first), keys)
     )
+    # deter [T, <state layout>] -> [B, T, D]: one transpose of the whole sequence (XLA fuses the steps).
+    posts = jax.vmap(lambda p: model.apply(params, p, method=WorldModel.from_loop))(posts)
     return jax.tree.map(swap, posts), swap(prior_logits)
 
 
@@ -156,10 +202,15 @@ def imagine(
 
     def step(latent, key_t):
         k_act, k_dyn = jax.random.split(key_t)
-        action = policy(latent.feat, k_act)
-        nxt = model.apply(params, latent, action, k_dyn, method=WorldModel.img_step)
+        # The policy is any function of feat [N, D + S*K]: h is made flat for it, the one transpose per step
+        # left (the agent does not differentiate imagination, so it has no backward twin).
+        action = policy(model.apply(params, latent, method=WorldModel.loop_feat), k_act)
+        nxt = model.apply(params, latent, action, k_dyn, method=WorldModel.img_step_loop)
         return nxt, (latent, action)
 
-    last, (states, actions) = jax.lax.scan(step, start, jax.random.split(key, horizon))
+    keys = jax.random.split(key, horizon)
+    start = model.apply(params, start, method=WorldModel.to_loop)
+    last, (states, actions) = jax.lax.scan(step, start, keys)
     states = jax.tree.map(lambda seq, x: jnp.concatenate([seq, x[None]], 0), states, last)
-    return states, actions
+    # deter [H+1, <state layout>] -> [H+1, N, D], once for the whole rollout.
+    return jax.vmap(lambda s: model.apply(params, s, method=WorldModel.from_loop))(states), actions

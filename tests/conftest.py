@@ -11,3 +11,39 @@ jax.config.update(
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+import dataclasses  # noqa: E402
+
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def poison_run(monkeypatch):
+    """`poison_run(first_bad, value, params="wm" | None, loss=None)`: from the chunk that ends at env step
+    `first_bad` on, the runner's chunk sets the agent's parameters (all, or the subtree `params`) and, if
+    given, the metric `loss` to `value` (inf or nan), as a diverging run would."""
+    import mbrl_jax.runner as runner
+
+    real_make_train = runner.make_train
+
+    def poison(first_bad: int, value: float, params: str | None = None, loss: str | None = None) -> None:
+        def make_train(cfg):
+            trainer = real_make_train(cfg)
+
+            def run_chunk(state):
+                state, metrics = trainer.run_chunk(state)
+                bad = state.env_steps >= first_bad
+                spoil = lambda tree: jax.tree.map(lambda x: jnp.where(bad, value, x), tree)  # noqa: E731
+                p = state.agent.params
+                p = spoil(p) if params is None else {**p, params: spoil(p[params])}
+                if loss is not None:
+                    metrics[loss] = jnp.where(bad, value, metrics[loss])
+                return state.replace(agent=state.agent.replace(params=p)), metrics
+
+            return dataclasses.replace(trainer, run_chunk=run_chunk)
+
+        monkeypatch.setattr(runner, "make_train", make_train)
+
+    return poison

@@ -2,10 +2,8 @@
 really turns non-finite, naming what did."""
 
 import csv
-import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
 import pytest
 
@@ -40,31 +38,11 @@ def test_run_whose_episodes_outlast_a_chunk_finishes(tmp_path):
     assert [r["episode_return"] == "" for r in rows] == [r["episodes"] == 0 for r in records]
 
 
-def _poisoned(first_bad: int, poison_losses: bool):
-    real_make_train = runner.make_train
-
-    def make_train(cfg):
-        trainer = real_make_train(cfg)
-
-        def run_chunk(state):
-            state, metrics = trainer.run_chunk(state)
-            bad = state.env_steps >= first_bad
-            wm = jax.tree.map(lambda x: jnp.where(bad, jnp.inf, x), state.agent.params["wm"])
-            params = {**state.agent.params, "wm": wm}
-            if poison_losses:
-                metrics["loss_rew"] = jnp.where(bad, jnp.nan, metrics["loss_rew"])
-            return state.replace(agent=state.agent.replace(params=params)), metrics
-
-        return dataclasses.replace(trainer, run_chunk=run_chunk)
-
-    return make_train
-
-
 @pytest.mark.parametrize("poison_losses", [False, True])
-def test_guard_stops_a_run_whose_parameters_turn_non_finite(tmp_path, monkeypatch, poison_losses):
+def test_guard_stops_a_run_whose_parameters_turn_non_finite(tmp_path, poison_run, poison_losses):
     config = make_config("debug", **{**SMALL, "run.steps": 700})
     first_bad = config.prefill_steps_per_env * config.env.num_envs + 3 * config.env_steps_per_chunk
-    monkeypatch.setattr(runner, "make_train", _poisoned(first_bad, poison_losses))
+    poison_run(first_bad, jnp.inf, params="wm", loss="loss_rew" if poison_losses else None)
     with pytest.raises(runner.NonFiniteError) as err:
         train(config, tmp_path, progress=False)
     message = str(err.value)

@@ -116,9 +116,7 @@ def test_sigkill_resumes_from_last_complete_checkpoint(tmp_path, straight_run):
     assert read_metrics(tmp_path) == read_metrics(straight_dir)
 
 
-def test_non_finite_state_stops_the_run_and_is_never_saved(tmp_path, monkeypatch):
-    import dataclasses
-
+def test_non_finite_state_stops_the_run_and_is_never_saved(tmp_path, poison_run):
     import jax.numpy as jnp
 
     import mbrl_jax.runner as runner
@@ -126,21 +124,7 @@ def test_non_finite_state_stops_the_run_and_is_never_saved(tmp_path, monkeypatch
 
     config = make_config("debug", **SMALL)
     first_bad = config.prefill_steps_per_env * config.env.num_envs + 5 * config.env_steps_per_chunk
-    real_make_train = runner.make_train
-
-    def poisoned_make_train(cfg):
-        trainer = real_make_train(cfg)
-
-        def run_chunk(state):
-            state, metrics = trainer.run_chunk(state)
-            bad = state.env_steps >= first_bad
-            params = jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x), state.agent.params)
-            metrics["loss_model"] = jnp.where(bad, jnp.nan, metrics["loss_model"])
-            return state.replace(agent=state.agent.replace(params=params)), metrics
-
-        return dataclasses.replace(trainer, run_chunk=run_chunk)
-
-    monkeypatch.setattr(runner, "make_train", poisoned_make_train)
+    poison_run(first_bad, jnp.nan, loss="loss_model")
     with pytest.raises(runner.NonFiniteError) as err:
         train(config, tmp_path, progress=False)
     message = str(err.value)

@@ -124,7 +124,12 @@ def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[di
     wall = time.perf_counter() - start
     for seed in todo:
         loggers[seed].close()
-        timing = {"wall_s": wall, "steps": config.run.steps, "seeds_in_program": len(todo)}
+        timing = {
+            "wall_s": wall,
+            "steps": config.run.steps,
+            "seeds_in_program": len(todo),
+            "commit": code_commit(),
+        }
         (logdirs[seed] / "wall_time.json").write_text(json.dumps(timing))
     return [{"task": task, "seed": s, "wall_s": wall, "diverged_at": diverged.get(s)} for s in todo]
 
@@ -134,10 +139,26 @@ def _finished(logdir: Path, config) -> bool:
     return bool(records) and records[-1]["env_steps"] >= config.run.steps
 
 
+def code_commit() -> str | None:
+    """The short git commit of the code that runs (this script's checkout), or None outside a checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def summarize(task: str, logdirs: list[Path]) -> dict:
     from mbrl_jax.plotting import bootstrap_mean_ci
 
-    finals, bests, solved_at, walls, steps, seeds, diverged = [], [], [], [], [], [], []
+    finals, bests, solved_at, walls, steps, seeds, diverged, commits = [], [], [], [], [], [], [], []
     threshold = THRESHOLDS.get(task)
     for logdir in logdirs:
         evals = [(r["env_steps"], r["eval_return"]) for r in read_metrics(logdir) if "eval_return" in r]
@@ -152,7 +173,9 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         hit = [s for s, v in evals if threshold is not None and v >= threshold]
         solved_at.append(hit[0] if hit else None)
         timing = logdir / "wall_time.json"
-        walls.append(json.loads(timing.read_text())["wall_s"] if timing.exists() else float("nan"))
+        timing = json.loads(timing.read_text()) if timing.exists() else {}
+        walls.append(timing.get("wall_s", float("nan")))
+        commits.append(timing.get("commit"))
     finals, bests = np.array(finals), np.array(bests)
     baseline = logdirs[0].parent / f"random-{task}.json" if logdirs else None
     random_return = json.loads(baseline.read_text())["return"] if baseline and baseline.exists() else None
@@ -179,6 +202,7 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         "threshold": threshold,
         "solved_at": solved_at,
         "wall_s": walls,
+        "commits": commits,
     }
 
 
@@ -221,8 +245,13 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
             f"[{s['final_ci'][0]:.1f}, {s['final_ci'][1]:.1f}] | {s['best_mean']:.1f} | {s['threshold']} | "
             f"{reached} | {walls} |",
             "",
-            "Per seed, final / best: "
-            + "; ".join(f"{f:.1f} / {b:.1f}" for f, b in zip(s["finals"], s["bests"], strict=True)),
+            "Per seed, final / best (code commit): "
+            + "; ".join(
+                f"s{seed} {f:.1f} / {b:.1f} ({commit or 'not recorded'})"
+                for seed, f, b, commit in zip(
+                    s["seed_ids"], s["finals"], s["bests"], s["commits"], strict=True
+                )
+            ),
             "",
             f"![{s['task']}]({os.path.relpath(plot, results_md.parent)})",
             "",

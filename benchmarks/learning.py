@@ -59,13 +59,13 @@ def iqm(values: np.ndarray) -> float:
 
 def random_policy_return(env_name: str, episodes: int = 64, seed: int = 0) -> float:
     """Mean return of uniformly random actions over `episodes` full episodes (run in parallel on device)."""
-    from mbrl_jax.agents.dreamer import random_action
+    from mbrl_jax.agents import random_action
     from mbrl_jax.envs import make_env
     from mbrl_jax.trainer import episode_returns
 
     env = make_env(env_name, episodes)
 
-    def act(carry, obs, is_first, key):
+    def act(carry, obs, prev_action, is_first, key):
         return random_action(env.spec, episodes, key), carry
 
     run = jax.jit(lambda key: episode_returns(env, act, None, key).mean())
@@ -129,6 +129,7 @@ def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[di
             "steps": config.run.steps,
             "seeds_in_program": len(todo),
             "commit": code_commit(),
+            "device": jax.devices()[0].device_kind,
         }
         (logdirs[seed] / "wall_time.json").write_text(json.dumps(timing))
     return [{"task": task, "seed": s, "wall_s": wall, "diverged_at": diverged.get(s)} for s in todo]
@@ -140,7 +141,8 @@ def _finished(logdir: Path, config) -> bool:
 
 
 def code_commit() -> str | None:
-    """The short git commit of the code that runs (this script's checkout), or None outside a checkout."""
+    """The short git commit of the code that runs (this script's checkout); outside a checkout (a copy of
+    the tree on another machine), `MBRL_JAX_COMMIT` from the environment, else None."""
     import subprocess
 
     try:
@@ -151,8 +153,8 @@ def code_commit() -> str | None:
             check=True,
         )
     except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip() or None
+        return os.environ.get("MBRL_JAX_COMMIT")
+    return out.stdout.strip() or os.environ.get("MBRL_JAX_COMMIT")
 
 
 def summarize(task: str, logdirs: list[Path]) -> dict:

@@ -349,6 +349,9 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
     "acrobot": {**CLASSIC, "env.name": "Acrobot-v1"},
     "pendulum": {**CLASSIC, "env.name": "Pendulum-v1"},
     "mountaincar": {**CLASSIC, "env.name": "MountainCarContinuous-v0"},
+    # The reference's own hyperparameters (this config's defaults: lr 4e-5, B 16 x T 64, ratio 512) on
+    # CartPole, for comparison with `cartpole`'s classic settings at the same env steps.
+    "cartpole-reference": {"run.steps": 30_000, "env.name": "CartPole-v1"},
     # Tiny settings for tests and smoke runs: compiles fast, learns nothing in particular.
     "debug": {
         "run.steps": 2_000,

@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks.learning import ab_section, iqm, summarize, write_results
 from benchmarks.profile_ops import profile_markdown, profile_ops
@@ -92,3 +93,14 @@ def test_ab_section_from_its_json(tmp_path):
     assert "| 2 | 110.0 | 80.0 | 0.727 |" in text and "| best | 100.0 | 80.0 | 0.800 |" in text
     assert "**head profile, one update:**" in text and "base profile" not in text
     assert ab_section(tmp_path / "empty") == []
+
+
+@pytest.mark.parametrize(
+    "env_name, low, high",
+    # A uniformly random CartPole policy lasts about 22 steps; random torques on Pendulum score about -1200.
+    [("CartPole-v1", 15.0, 35.0), ("Pendulum-v1", -1500.0, -900.0)],
+)
+def test_random_policy_return_matches_the_known_random_scores(env_name, low, high):
+    from benchmarks.learning import random_policy_return
+
+    assert low < random_policy_return(env_name) < high

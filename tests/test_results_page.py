@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks.learning import ab_section, iqm, summarize, write_results
 from benchmarks.profile_ops import profile_markdown, profile_ops
+from mbrl_jax.checkpoint import save_config
+from mbrl_jax.config import make_config
 from mbrl_jax.logging import MetricLogger
 from mbrl_jax.plotting import bootstrap_mean_ci
 
@@ -33,19 +35,23 @@ def test_summary_and_page_from_run_directories(tmp_path):
     out = tmp_path / "results"
     curves = {0: [10.0, 200.0, 460.0, 500.0], 1: [20.0, 100.0, 300.0, 420.0]}
     for seed, evals in curves.items():
-        with MetricLogger(out / "runs" / f"cartpole-s{seed}", tensorboard=False) as log:
+        logdir = out / "runs" / f"cartpole-s{seed}"
+        with MetricLogger(logdir, tensorboard=False) as log:
             for i, value in enumerate(evals):
-                log.write({"env_steps": 1000 * (i + 1), "eval_return": value})
-        (out / "runs" / f"cartpole-s{seed}" / "wall_time.json").write_text(
-            json.dumps({"wall_s": 60.0 * (seed + 1)})
-        )
+                log.write({"env_steps": 1000 * (i + 1), "eval_return": value, "wall_s": 30.0 * (i + 1)})
+        save_config(logdir, make_config("cartpole", **{"run.seed": seed}).to_dict())
+    # seed 0 finished (its wall time from wall_time.json); seed 1 is still running (from its last record)
+    (out / "runs" / "cartpole-s0" / "wall_time.json").write_text(json.dumps({"wall_s": 600.0}))
     summary = summarize("cartpole", sorted((out / "runs").glob("cartpole-s*")))
     assert summary["finals"] == [500.0, 420.0] and summary["final_mean"] == 460.0
-    assert summary["solved_at"] == [3000, None]  # threshold 450: seed 1 never gets there
+    assert summary["solved_at"] == [3000, None]  # CartPole's threshold 450: seed 1 never gets there
+    assert summary["wall_s"] == [600.0, 120.0] and summary["finished"] == [True, False]
     page = tmp_path / "RESULTS.md"
     write_results([summary], out, page, "python benchmarks/learning.py --task cartpole:0,1")
     text = page.read_text()
     assert "| 2 | 4,000 | 460.0 |" in text and "3,000, not reached" in text
+    assert "10 min, 2 min so far" in text
+    assert "every run's config.yaml equals its task's preset except seed" in text
     assert (out / "cartpole.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -164,7 +164,7 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
     from mbrl_jax.plotting import bootstrap_mean_ci
 
     finals, bests, solved_at, walls, steps, seeds, diverged, commits = [], [], [], [], [], [], [], []
-    finished, devices = [], []
+    finished, devices, train_finals = [], [], []
     env = None
     if logdirs and (logdirs[0] / "config.yaml").exists():
         from mbrl_jax.checkpoint import load_config
@@ -179,6 +179,10 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         bad = logdir / "diverged.json"
         diverged.append(json.loads(bad.read_text())["env_steps"] if bad.exists() else None)
         finals.append(evals[-1][1])
+        # the sampled (training) policy's episodes of the last chunk in which any ended: what the reference
+        # reports
+        episodes = [r["episode_return"] for r in read_metrics(logdir) if r.get("episode_return") is not None]
+        train_finals.append(episodes[-1] if episodes else float("nan"))
         bests.append(max(v for _, v in evals))
         steps.append(evals[-1][0])
         hit = [s for s, v in evals if threshold is not None and v >= threshold]
@@ -210,6 +214,7 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         "best_mean": float(bests.mean()),
         "finals": finals.tolist(),
         "bests": bests.tolist(),
+        "train_finals": train_finals,
         "threshold": threshold,
         "solved_at": solved_at,
         "wall_s": walls,
@@ -238,7 +243,8 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
         "Evaluation return: mean over the config's `eval_episodes` episodes with the policy's mode, after "
         "each chunk. *final*: at the end of the run; *best*: the highest evaluation of the run; CI: "
         "bootstrap 95% over seeds of the final return; *reached*: first env step with an evaluation at or "
-        "above the threshold.",
+        "above the threshold. *Final training return*: mean return of the training episodes (actions sampled "
+        "from the policy, as the reference DreamerV3 both acts and evaluates) that ended in the last chunk.",
         "",
     ]
     lines += robustness_table(summaries, out)
@@ -292,8 +298,9 @@ def robustness_table(summaries: list[dict], out: Path) -> list[str]:
         "## Robustness: one set of hyperparameters across tasks",
         "",
         "| task | env | seeds | env steps (per seed) | final return (per seed) | best (per seed) "
-        "| random policy | threshold | reached at | non-finite runs | wall time (per seed) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| final training return (per seed) | random policy | threshold | reached at | non-finite runs "
+        "| wall time (per seed) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in summaries:
         fmt = lambda xs: ", ".join(f"{x:.1f}" for x in xs)
@@ -307,7 +314,7 @@ def robustness_table(summaries: list[dict], out: Path) -> list[str]:
         lines.append(
             f"| {s['task']} | {s['env']} | {', '.join(map(str, s['seed_ids']))} | "
             f"{', '.join(f'{x:,}' for x in s['steps_per_seed'])} | {fmt(s['finals'])} | {fmt(s['bests'])} | "
-            f"{random} | {s['threshold'] or '–'} | {reached} | {bad} | "
+            f"{fmt(s['train_finals'])} | {random} | {s['threshold'] or '–'} | {reached} | {bad} | "
             + ", ".join(map(wall_time_text, s["wall_s"], s["finished"], [0] * len(s["wall_s"])))
             + " |"
         )

@@ -38,7 +38,10 @@ def test_summary_and_page_from_run_directories(tmp_path):
         logdir = out / "runs" / f"cartpole-s{seed}"
         with MetricLogger(logdir, tensorboard=False) as log:
             for i, value in enumerate(evals):
-                log.write({"env_steps": 1000 * (i + 1), "eval_return": value, "wall_s": 30.0 * (i + 1)})
+                # training episodes end in every chunk but the last one of seed 1
+                train = {"episode_return": value - 5.0} if seed == 0 or i < 3 else {}
+                record = {"env_steps": 1000 * (i + 1), "eval_return": value, "wall_s": 30.0 * (i + 1)}
+                log.write({**record, **train})
         save_config(logdir, make_config("cartpole", **{"run.seed": seed}).to_dict())
     # seed 0 finished (its wall time from wall_time.json); seed 1 is still running (from its last record)
     (out / "runs" / "cartpole-s0" / "wall_time.json").write_text(json.dumps({"wall_s": 600.0}))
@@ -46,6 +49,7 @@ def test_summary_and_page_from_run_directories(tmp_path):
     assert summary["finals"] == [500.0, 420.0] and summary["final_mean"] == 460.0
     assert summary["solved_at"] == [3000, None]  # CartPole's threshold 450: seed 1 never gets there
     assert summary["wall_s"] == [600.0, 120.0] and summary["finished"] == [True, False]
+    assert summary["train_finals"] == [495.0, 295.0]  # seed 1: from the last chunk in which episodes ended
     page = tmp_path / "RESULTS.md"
     write_results([summary], out, page, "python benchmarks/learning.py --task cartpole:0,1")
     text = page.read_text()

@@ -248,8 +248,8 @@ def measure_imagination(
 
     def rollouts(params, start, keys):
         def one(total, k):
-            policy = lambda feat, k_act: agent.policy(params["actor"], feat).sample(seed=k_act)
-            states, _ = imagine(agent.world_model, params["wm"], policy, start, c.dreamer.imag_horizon, k)
+            policy = lambda feat, k_act: agent.policy(params.actor, feat).sample(seed=k_act)
+            states, _ = imagine(agent.world_model, params.wm, policy, start, c.dreamer.imag_horizon, k)
             return total + states.feat.sum(), None  # the sum keeps every state alive
 
         return jax.lax.scan(one, jnp.float32(0), keys)[0]

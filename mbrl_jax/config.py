@@ -39,6 +39,10 @@ UNIT_INTERVAL = Rule(lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 AT_LEAST_ONE = Rule(lambda v: v >= 1, ">= 1")
 
 
+def one_of(*allowed: Any) -> Rule:
+    return Rule(lambda v: v in allowed, "one of " + ", ".join(repr(a) for a in allowed))
+
+
 def setting(default: Any, help: str, rule: Rule | None = None) -> Any:
     """A config field with its one-line meaning (shown by `--show-config`) and the rule it must satisfy."""
     return dataclasses.field(default=default, metadata={"help": help, "rule": rule})
@@ -60,7 +64,10 @@ class RunConfig:
     chunk_steps: int = setting(
         1_000, "env steps per compiled chunk: the log / eval / checkpoint interval", POSITIVE
     )
-    eval_episodes: int = setting(8, "episodes per evaluation (policy mode, after each chunk)", POSITIVE)
+    eval_episodes: int = setting(8, "episodes per evaluation (after each chunk)", POSITIVE)
+    eval_policy: str = setting(
+        "mode", "evaluation actions: the policy's 'mode', or 'sample' (reference)", one_of("mode", "sample")
+    )
     checkpoint_every: int = setting(
         10_000, "env steps between checkpoints (whole chunks); one at the end", POSITIVE
     )

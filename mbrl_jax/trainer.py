@@ -109,7 +109,7 @@ def make_train(config: Config) -> Trainer:
         the chunk) with `episode_return_sum` and `episode_length_sum` over them, and `eval_return`;
         `summarize_chunk` turns it into plain numbers.
       evaluate: `(AgentState, key) -> []` float32, the mean return of `eval_episodes` episodes with the
-        policy's mode.
+        policy's mode (`run.eval_policy="mode"`) or sampled actions ("sample", as the reference evaluates).
     All three work under `jax.jit` and `jax.vmap`: with a leading seed axis on the key (and so on the state,
     [S, ...] on every leaf, and on metrics, [S]) one program trains S seeds.
     """
@@ -186,10 +186,11 @@ def make_train(config: Config) -> Trainer:
         return state, (jax.tree.map(jnp.mean, metrics), episodes)
 
     def evaluate(agent_state, key) -> jax.Array:
-        """Mean return of `eval_episodes` episodes run in parallel with the policy's mode."""
+        """Mean return of `eval_episodes` episodes run in parallel (actions by `run.eval_policy`)."""
+        use_mode = c.run.eval_policy == "mode"
 
         def act(policy, obs, prev_action, is_first, key_t):
-            return agent.act(agent_state, policy, obs, prev_action, is_first, key_t, mode=True)
+            return agent.act(agent_state, policy, obs, prev_action, is_first, key_t, mode=use_mode)
 
         return episode_returns(eval_env, act, agent.initial_carry(c.run.eval_episodes), key).mean()
 

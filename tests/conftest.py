@@ -37,7 +37,7 @@ def poison_run(monkeypatch):
                 bad = state.env_steps >= first_bad
                 spoil = lambda tree: jax.tree.map(lambda x: jnp.where(bad, value, x), tree)  # noqa: E731
                 p = state.agent.params
-                p = spoil(p) if params is None else {**p, params: spoil(p[params])}
+                p = spoil(p) if params is None else p.replace(**{params: spoil(getattr(p, params))})
                 if loss is not None:
                     metrics[loss] = jnp.where(bad, value, metrics[loss])
                 return state.replace(agent=state.agent.replace(params=p)), metrics

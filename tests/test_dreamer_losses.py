@@ -79,7 +79,7 @@ def test_kl_terms_train_only_their_side(term):
     config, spec, agent, state = _setup(**{"replay.context": False}, **scales)
     batch = _batch(spec, 4, 1, jax.random.PRNGKey(2))
     keys = jax.random.split(jax.random.PRNGKey(3), 1)
-    grads = jax.grad(lambda p: world_model_loss(agent.networks, p, batch, keys)[0])(state.params["wm"])
+    grads = jax.grad(lambda p: world_model_loss(agent.networks, p, batch, keys)[0])(state.params.wm)
     g = grads["params"]
     posterior, prior = ("encoder", "post_net", "post_out"), ("prior_net", "prior_out")
     zero, moved = (posterior, prior) if term == "dyn" else (prior, posterior)
@@ -101,7 +101,7 @@ def test_each_prediction_loss_reaches_its_head_and_no_other(term):
     config, spec, agent, state = _setup(**{"replay.context": False}, **scales)
     batch = _batch(spec, 4, 5, jax.random.PRNGKey(2))
     keys = jax.random.split(jax.random.PRNGKey(3), 5)
-    g = jax.grad(lambda p: world_model_loss(agent.networks, p, batch, keys)[0])(state.params["wm"])["params"]
+    g = jax.grad(lambda p: world_model_loss(agent.networks, p, batch, keys)[0])(state.params.wm)["params"]
     for other, head in HEADS.items():
         assert _is_zero(g[head]) == (other != term), f"{term} loss -> {head}"
     assert not _is_zero(g["encoder"]) and not _is_zero(g["core"])
@@ -119,8 +119,11 @@ def test_actor_loss_trains_only_the_actor_and_critic_loss_only_the_critic(part):
         agent.initial_carry(1),
     )
     traj = imagine_trajectory(nets, state.params, start, jax.random.PRNGKey(4))
-    ac = {"actor": state.params["actor"], "critic": state.params["critic"]}
-    g = jax.grad(lambda p: actor_critic_loss(nets, p, traj, state.slow_critic, return_norm_init())[0])(ac)
+    loss = lambda actor, critic: actor_critic_loss(
+        nets, actor, critic, traj, state.slow_critic, return_norm_init()
+    )[0]
+    g_actor, g_critic = jax.grad(loss, argnums=(0, 1))(state.params.actor, state.params.critic)
+    g = {"actor": g_actor, "critic": g_critic}
     other = "critic" if part == "actor" else "actor"
     assert _is_zero(g[other]) and not _is_zero(g[part])
 
@@ -153,12 +156,12 @@ def test_continue_target_holds_the_discount():
     batch = _batch(spec, 1, 1, jax.random.PRNGKey(2))
     keys = jax.random.split(jax.random.PRNGKey(3), 1)
     posts, _ = observe(
-        agent.world_model, state.params["wm"], batch["obs"], batch["action"], batch["is_first"], keys
+        agent.world_model, state.params.wm, batch["obs"], batch["action"], batch["is_first"], keys
     )
     feat = posts.feat
-    logit = agent.world_model.apply(state.params["wm"], feat, method=WorldModel.reward_cont)[1]
+    logit = agent.world_model.apply(state.params.wm, feat, method=WorldModel.reward_cont)[1]
     p = jax.nn.sigmoid(logit)
-    _, (_, metrics) = world_model_loss(agent.networks, state.params["wm"], batch, keys)
+    _, (_, metrics) = world_model_loss(agent.networks, state.params.wm, batch, keys)
     target = config.dreamer.discount
     expected = -(target * np.log(p) + (1 - target) * np.log(1 - p))
     np.testing.assert_allclose(float(metrics["loss_con"]), float(expected.mean()), rtol=1e-5)
@@ -172,25 +175,26 @@ def test_actor_critic_losses_give_no_gradient_to_the_world_model():
     nets, B, T = agent.networks, 3, 6
     batch = _batch(spec, B, T, jax.random.PRNGKey(2))
     keys = jax.random.split(jax.random.PRNGKey(3), T)
-    ac = {"actor": state.params["actor"], "critic": state.params["critic"]}
 
-    def behaviour(wm_params, ac_params):
+    def behaviour(wm_params, actor_params, critic_params):
         posts, _ = observe(
             nets.world_model, wm_params, batch["obs"], batch["action"], batch["is_first"], keys
         )
         starts = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), posts)
-        traj = imagine_trajectory(nets, {**state.params, "wm": wm_params}, starts, jax.random.PRNGKey(4))
+        params = state.params.replace(wm=wm_params, actor=actor_params)
+        traj = imagine_trajectory(nets, params, starts, jax.random.PRNGKey(4))
         loss, (_, returns, _) = actor_critic_loss(
-            nets, ac_params, traj, state.slow_critic, return_norm_init()
+            nets, actor_params, critic_params, traj, state.slow_critic, return_norm_init()
         )
         repval, _ = replay_value_loss(
-            nets, ac_params["critic"], state.slow_critic, posts.feat, batch, returns[0].reshape(B, T)
+            nets, critic_params, state.slow_critic, posts.feat, batch, returns[0].reshape(B, T)
         )
         return loss + repval
 
-    g_wm, g_ac = jax.grad(behaviour, argnums=(0, 1))(state.params["wm"], ac)
+    p = state.params
+    g_wm, g_actor, g_critic = jax.grad(behaviour, argnums=(0, 1, 2))(p.wm, p.actor, p.critic)
     assert _is_zero(g_wm)
-    assert not _is_zero(g_ac["actor"]) and not _is_zero(g_ac["critic"])
+    assert not _is_zero(g_actor) and not _is_zero(g_critic)
 
 
 def test_imagination_uses_soft_continue_probabilities_from_the_start_state_on():
@@ -208,7 +212,7 @@ def test_imagination_uses_soft_continue_probabilities_from_the_start_state_on():
     H = config.dreamer.imag_horizon
     assert traj["cont"].shape == (H + 1, 7) and traj["reward"].shape == (H, 7)
     head = jax.nn.sigmoid(
-        nets.world_model.apply(state.params["wm"], start.feat, method=WorldModel.reward_cont)[1]
+        nets.world_model.apply(state.params.wm, start.feat, method=WorldModel.reward_cont)[1]
     )
     np.testing.assert_allclose(traj["cont"][0], head, rtol=1e-6)
     assert ((traj["cont"] > 0) & (traj["cont"] < 1)).all()  # probabilities, not hard flags
@@ -241,11 +245,13 @@ def test_actor_loss_divides_advantages_by_the_return_scale():
         "reward": jnp.asarray(rng.normal(0, 5, (H, N)), jnp.float32),
         "cont": jnp.asarray(rng.uniform(0.5, 1.0, (H + 1, N)), jnp.float32),
     }
-    ac = {"actor": state.params["actor"], "critic": state.params["critic"]}
-    _, (norm, returns, metrics) = actor_critic_loss(nets, ac, traj, state.slow_critic, return_norm_init())
+    p = state.params
+    _, (norm, returns, metrics) = actor_critic_loss(
+        nets, p.actor, p.critic, traj, state.slow_critic, return_norm_init()
+    )
 
     bins = np.asarray(nets.bins, np.float64)
-    probs_v = _np_softmax(np.asarray(nets.value(ac["critic"], traj["feat"]), np.float64))
+    probs_v = _np_softmax(np.asarray(nets.value(p.critic, traj["feat"]), np.float64))
     v = (probs_v * bins).sum(-1)
     values = np.sign(v) * np.expm1(np.abs(v))  # [H+1, N]
     r, c = np.asarray(traj["reward"], np.float64), np.asarray(traj["cont"], np.float64)
@@ -260,7 +266,7 @@ def test_actor_loss_divides_advantages_by_the_return_scale():
     assert scale > 2.0  # the division matters for these returns
     np.testing.assert_allclose(float(metrics["return_scale"]), scale, rtol=1e-4)
     weight = np.cumprod(c, 0)[:H]
-    logits = np.asarray(nets.actor.apply(ac["actor"], traj["feat"][:-1]), np.float64)
+    logits = np.asarray(nets.actor.apply(p.actor, traj["feat"][:-1]), np.float64)
     probs = (1 - config.dreamer.unimix) * _np_softmax(logits) + config.dreamer.unimix / A
     logp = np.log((probs * np.asarray(traj["action"])).sum(-1))
     entropy = -(probs * np.log(probs)).sum(-1)
@@ -276,7 +282,7 @@ def test_slow_critic_moves_by_exactly_the_ema_rate():
     rate = config.dreamer.slow_critic_rate
     for old, fast, slow in zip(
         jax.tree.leaves(state.slow_critic),
-        jax.tree.leaves(new.params["critic"]),
+        jax.tree.leaves(new.params.critic),
         jax.tree.leaves(new.slow_critic),
         strict=True,
     ):
@@ -298,18 +304,18 @@ def test_first_policy_is_near_uniform_with_unimix():
     feat = jax.random.normal(
         jax.random.PRNGKey(1), (256, config.wm.deter + config.wm.stoch * config.wm.classes)
     )
-    probs = agent.policy(state.params["actor"], feat).probs
+    probs = agent.policy(state.params.actor, feat).probs
     A = probs.shape[-1]
     assert float(jnp.max(jnp.abs(probs - 1 / A))) < 0.02  # output layer scaled by 0.01 at init
     # unimix: every action keeps at least unimix / A probability, whatever the logits
-    extreme = agent.policy(_perturb(state.params["actor"], jax.random.PRNGKey(2), 50.0), feat).probs
+    extreme = agent.policy(_perturb(state.params.actor, jax.random.PRNGKey(2), 50.0), feat).probs
     assert float(extreme.min()) >= config.dreamer.unimix / A * (1 - 1e-5)
 
 
 def test_block_gru_fan_in_is_the_whole_input():
     config = make_config("debug", **{"wm.deter": 256, "wm.gru.blocks": 8, "wm.hidden": 64})
     agent = make_dreamer(config, env_spec(config.env.name))
-    core = agent.init(jax.random.PRNGKey(0)).params["wm"]["params"]["core"]
+    core = agent.init(jax.random.PRNGKey(0)).params.wm["params"]["core"]
     g, per_block_in, _ = core["hidden_kernel"].shape
     # truncated normal with variance 1 / fan_in, fan_in = blocks * per-block input (reference BlockLinear)
     np.testing.assert_allclose(np.std(core["hidden_kernel"]), 1 / np.sqrt(g * per_block_in), rtol=0.05)
@@ -355,7 +361,7 @@ def test_replay_context_equals_carrying_the_latent_across_two_windows():
     """Two consecutive online windows: the second starts from the latent written back by the first, and the
     posteriors equal one observe over both windows."""
     config, spec, agent, state = _setup()
-    wm, params, E, T = agent.world_model, state.params["wm"], 2, 5
+    wm, params, E, T = agent.world_model, state.params.wm, 2, 5
     data = _rows(spec, config, E, 2 * T + 1, jax.random.PRNGKey(2))
     replay = replay_init(jax.tree.map(lambda x: x[:, 0], data), 2 * T + 1)
     for t in range(2 * T + 1):

@@ -105,7 +105,7 @@ def setup():
     )
     spec = env_spec(config.env.name)
     agent = make_dreamer(config, spec)
-    wm, params = agent.world_model, agent.init(jax.random.PRNGKey(0)).params["wm"]
+    wm, params = agent.world_model, agent.init(jax.random.PRNGKey(0)).params.wm
     # Non-zero biases and norm scales, so that a bias or scale read from the wrong block shows.
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))

@@ -112,11 +112,11 @@ def test_a_second_backbone_registers_from_a_test_file_and_trains_a_chunk(tanh_ba
     config = make_config("debug", **{"wm.backbone": tanh_backbone, "run.steps": 600, "run.chunk_steps": 100})
     trainer = make_train(config)
     state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
-    core = state.agent.params["wm"]["params"]["core"]
+    core = state.agent.params.wm["params"]["core"]
     assert set(core) == {"Dense_0"}  # the world model's core is the toy module, not the block GRU
     before = jax.device_get(core)
     state, metrics = jax.jit(trainer.run_chunk)(state)
-    after = jax.device_get(state.agent.params["wm"]["params"]["core"])
+    after = jax.device_get(state.agent.params.wm["params"]["core"])
     assert not np.allclose(before["Dense_0"]["kernel"], after["Dense_0"]["kernel"])  # trained through it
     assert all(np.isfinite(float(v)) for v in metrics.values())
 

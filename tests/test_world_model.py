@@ -17,7 +17,7 @@ def test_observe_and_imagine_shapes(env):
     spec = env_spec(env)
     agent = make_dreamer(config, spec)
     state = agent.init(jax.random.PRNGKey(0))
-    wm, params = agent.world_model, state.params["wm"]
+    wm, params = agent.world_model, state.params.wm
     B, T, H, A = 3, 7, 4, spec.action_dim
     S, K, D = config.wm.stoch, config.wm.classes, config.wm.deter
     obs = jax.random.normal(jax.random.PRNGKey(1), (B, T, *spec.obs_shape))
@@ -48,7 +48,7 @@ def test_is_first_resets_the_state():
     """A window whose step t is an episode start gives the same posterior at t as a window starting at t."""
     config = make_config("debug")
     agent = make_dreamer(config, env_spec(config.env.name))
-    wm, params = agent.world_model, agent.init(jax.random.PRNGKey(0)).params["wm"]
+    wm, params = agent.world_model, agent.init(jax.random.PRNGKey(0)).params.wm
     obs = jax.random.normal(jax.random.PRNGKey(1), (1, 6, 4))
     actions = jax.nn.one_hot(jax.random.randint(jax.random.PRNGKey(2), (1, 6), 0, 2), 2)
     first = jnp.zeros((1, 6), bool).at[0, 0].set(True).at[0, 3].set(True)
@@ -82,4 +82,4 @@ def test_actor_gradient_reaches_world_model_only_through_its_loss():
     newer, _, _ = jax.jit(agent.learn)(new_state, batch, jax.random.PRNGKey(3))
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_state.params, newer.params)
     for module in ("wm", "actor", "critic"):
-        assert any(jax.tree.leaves(changed[module])), module
+        assert any(jax.tree.leaves(getattr(changed, module))), module

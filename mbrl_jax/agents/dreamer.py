@@ -16,6 +16,7 @@ The losses are module functions of a `Networks` record and parameters, so each c
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,10 +48,19 @@ sg = jax.lax.stop_gradient
 
 
 @struct.dataclass
+class DreamerParams:
+    """The three trained parameter trees; one optimiser state covers all three."""
+
+    wm: Any  # WorldModel variables
+    actor: Any  # actor Head variables
+    critic: Any  # critic Head variables
+
+
+@struct.dataclass
 class AgentState:
-    params: dict  # {"wm", "actor", "critic"}
+    params: DreamerParams
     opt_state: optax.OptState
-    slow_critic: dict  # EMA of the critic parameters (regulariser target)
+    slow_critic: Any  # EMA of the critic parameters (regulariser target)
     return_norm: ReturnNorm
 
 
@@ -158,7 +168,7 @@ def world_model_loss(
     return loss, (posts, metrics)
 
 
-def imagine_trajectory(nets: Networks, params: dict, start: Latent, key: jax.Array) -> dict:
+def imagine_trajectory(nets: Networks, params: DreamerParams, start: Latent, key: jax.Array) -> dict:
     """Imagined rollouts of the policy from `start` (leaves [N, ...]) for `imag_horizon` steps.
 
     Returns, time-major and without gradient (nothing of the world model is trained through imagination):
@@ -167,9 +177,9 @@ def imagine_trajectory(nets: Networks, params: dict, start: Latent, key: jax.Arr
       continue flags that already hold the discount).
     """
     wm = nets.world_model
-    policy = lambda feat, k: nets.policy(params["actor"], feat).sample(seed=k)
-    states, actions = imagine(wm, params["wm"], policy, sg(start), nets.config.dreamer.imag_horizon, key)
-    reward_logits, cont_logit = wm.apply(params["wm"], states.feat, method=WorldModel.reward_cont)
+    policy = lambda feat, k: nets.policy(params.actor, feat).sample(seed=k)
+    states, actions = imagine(wm, params.wm, policy, sg(start), nets.config.dreamer.imag_horizon, key)
+    reward_logits, cont_logit = wm.apply(params.wm, states.feat, method=WorldModel.reward_cont)
     traj = {
         "feat": states.feat,
         "action": actions,
@@ -186,25 +196,25 @@ def imagination_weights(cont: jax.Array) -> jax.Array:
 
 
 def actor_critic_loss(
-    nets: Networks, ac_params: dict, traj: dict, slow_critic, return_norm: ReturnNorm
+    nets: Networks, actor_params, critic_params, traj: dict, slow_critic, return_norm: ReturnNorm
 ) -> tuple[jax.Array, tuple[ReturnNorm, jax.Array, dict]]:
     """DreamerV3's actor and critic losses on an imagined trajectory (paper eqs. 7-11).
 
-    ac_params: {"actor", "critic"}. Lambda returns bootstrap from the critic with the continue probabilities
+    Lambda returns bootstrap from the critic with the continue probabilities
     as discounts; advantages (R - v) are divided by the return scale max(1, P95 - P5) (EMA); the critic
     regresses the returns and its slow EMA copy's prediction, each step weighted by `imagination_weights`.
     Returns the loss and (updated return norm, lambda returns [H, N], metrics).
     """
     c, bins = nets.config, nets.bins
     feat, actions, cont = traj["feat"], traj["action"], traj["cont"]
-    critic_logits = nets.value(ac_params["critic"], feat)  # [H+1, N, bins]
+    critic_logits = nets.value(critic_params, feat)  # [H+1, N, bins]
     values = twohot_mean(critic_logits, bins)
     returns = lambda_returns(traj["reward"], sg(values), cont[1:], c.dreamer.return_lambda)  # [H, N]
     weight = sg(imagination_weights(cont))
     new_norm = update_return_norm(return_norm, returns, c.dreamer.retnorm_rate)
     scale = return_scale(new_norm)
     advantage = sg((returns - values[:-1]) / scale)
-    dist = nets.policy(ac_params["actor"], feat[:-1])
+    dist = nets.policy(actor_params, feat[:-1])
     log_prob = dist.log_prob(sg(actions))
     entropy = dist.entropy()
     actor_loss = -(weight * (log_prob * advantage + c.dreamer.actor_entropy * entropy)).mean()
@@ -285,14 +295,14 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
 
     def init(key) -> AgentState:
         k_wm, k_actor, k_critic, k_sample = jax.random.split(key, 4)
-        params = {
-            "wm": wm.init(
+        params = DreamerParams(
+            wm=wm.init(
                 k_wm, jnp.zeros((1, obs_dim)), jnp.zeros((1, A)), k_sample, method=WorldModel.init_all
             ),
-            "actor": nets.actor.init(k_actor, jnp.zeros((1, feat_dim))),
-            "critic": nets.critic.init(k_critic, jnp.zeros((1, feat_dim))),
-        }
-        return AgentState(params, optimizer.init(params), params["critic"], return_norm_init())
+            actor=nets.actor.init(k_actor, jnp.zeros((1, feat_dim))),
+            critic=nets.critic.init(k_critic, jnp.zeros((1, feat_dim))),
+        )
+        return AgentState(params, optimizer.init(params), params.critic, return_norm_init())
 
     def initial_carry(n: int) -> Latent:
         return zeros_latent((n,), c.wm.deter, c.wm.stoch, c.wm.classes)
@@ -307,20 +317,22 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         k_post, k_act = jax.random.split(key)
         keep = 1.0 - is_first.astype(jnp.float32)
         latent = mask_latent(carry, keep)
-        embed = wm.apply(state.params["wm"], obs, method=WorldModel.encode)
+        embed = wm.apply(state.params.wm, obs, method=WorldModel.encode)
         post, _ = wm.apply(
-            state.params["wm"], latent, prev_action * keep[:, None], embed, k_post, method=WorldModel.obs_step
+            state.params.wm, latent, prev_action * keep[:, None], embed, k_post, method=WorldModel.obs_step
         )
-        dist = nets.policy(state.params["actor"], post.feat)
+        dist = nets.policy(state.params.actor, post.feat)
         action = dist.mode() if mode else dist.sample(seed=k_act)
         return action, post
 
-    def behaviour_loss(ac_params, traj, slow_critic, return_norm, feat, rows):
-        loss, (norm, returns, metrics) = actor_critic_loss(nets, ac_params, traj, slow_critic, return_norm)
+    def behaviour_loss(actor_params, critic_params, traj, slow_critic, return_norm, feat, rows):
+        loss, (norm, returns, metrics) = actor_critic_loss(
+            nets, actor_params, critic_params, traj, slow_critic, return_norm
+        )
         if c.dreamer.loss_repval > 0:
             B, T = rows["reward"].shape
             boot = returns[0].reshape(B, T)
-            repval, _ = replay_value_loss(nets, ac_params["critic"], slow_critic, feat, rows, boot)
+            repval, _ = replay_value_loss(nets, critic_params, slow_critic, feat, rows, boot)
             loss = loss + c.dreamer.loss_repval * repval
             metrics = {**metrics, "loss_repval": repval}
         return loss, (norm, metrics)
@@ -339,18 +351,17 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         keys = jax.random.split(k_wm, rows["obs"].shape[1])
         (wm_loss, (posts, wm_metrics)), wm_grads = jax.value_and_grad(
             world_model_loss, argnums=1, has_aux=True
-        )(nets, params["wm"], rows, keys, start)
+        )(nets, params.wm, rows, keys, start)
         # Imagine from every posterior state of the batch (B*T starts); nothing here is differentiated.
         starts = jax.tree.map(lambda x: sg(x.reshape(-1, *x.shape[2:])), posts)
         traj = imagine_trajectory(nets, params, starts, k_imag)
-        ac_params = {"actor": params["actor"], "critic": params["critic"]}
-        (_, (return_norm, ac_metrics)), ac_grads = jax.value_and_grad(behaviour_loss, has_aux=True)(
-            ac_params, traj, state.slow_critic, state.return_norm, sg(posts.feat), rows
-        )
-        grads = {"wm": wm_grads, **ac_grads}
+        (_, (return_norm, ac_metrics)), (actor_grads, critic_grads) = jax.value_and_grad(
+            behaviour_loss, argnums=(0, 1), has_aux=True
+        )(params.actor, params.critic, traj, state.slow_critic, state.return_norm, sg(posts.feat), rows)
+        grads = DreamerParams(wm=wm_grads, actor=actor_grads, critic=critic_grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         params = optax.apply_updates(params, updates)
-        slow = optax.incremental_update(params["critic"], state.slow_critic, c.dreamer.slow_critic_rate)
+        slow = optax.incremental_update(params.critic, state.slow_critic, c.dreamer.slow_critic_rate)
         metrics = {"loss_model": wm_loss, **wm_metrics, **ac_metrics, "grad_norm": optax.tree.norm(grads)}
         writes = replay_context(sg(posts))  # {} without the replay context
         return AgentState(params, opt_state, slow, return_norm), metrics, writes
@@ -367,6 +378,7 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
 
 __all__ = [
     "AgentState",
+    "DreamerParams",
     "Networks",
     "Dreamer",
     "make_networks",

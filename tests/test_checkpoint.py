@@ -193,3 +193,23 @@ def test_config_yaml_round_trip(tmp_path: Path) -> None:
     save_config(tmp_path, {"seed": 4})
     assert load_config(tmp_path) == {"seed": 4}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # no temp files left
+
+
+def test_params_saved_as_a_dict_restore_into_the_typed_params(tmp_path: Path) -> None:
+    """Checkpoints written while DreamerV3's parameters were a {"wm", "actor", "critic"} dict restore into
+    `DreamerParams`: both save under the same key paths."""
+    from mbrl_jax.agents.dreamer import DreamerParams
+
+    rng = np.random.default_rng(0)
+    saved = {
+        name: {"w": jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)} for name in ("wm", "actor", "critic")
+    }
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(10, {"params": saved})
+    template = {"params": DreamerParams(**{k: jax.tree.map(jnp.zeros_like, v) for k, v in saved.items()})}
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.check_compatible(10, template)
+        restored = ckpt.restore(10, template)["params"]
+    assert isinstance(restored, DreamerParams)
+    for name in ("wm", "actor", "critic"):
+        np.testing.assert_array_equal(getattr(restored, name)["w"], saved[name]["w"])

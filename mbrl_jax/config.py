@@ -66,7 +66,9 @@ class RunConfig:
     )
     eval_episodes: int = setting(8, "episodes per evaluation (after each chunk)", POSITIVE)
     eval_policy: str = setting(
-        "mode", "evaluation actions: the policy's 'mode', or 'sample' (reference)", one_of("mode", "sample")
+        "sample",
+        "evaluation actions: sampled from the policy (as the reference), or its 'mode'",
+        one_of("sample", "mode"),
     )
     checkpoint_every: int = setting(
         10_000, "env steps between checkpoints (whole chunks); one at the end", POSITIVE
@@ -525,6 +527,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+# Fields added after runs were already stored, with the value that earlier runs behaved as: a stored config
+# without the field reads as what it ran with, not as today's default.
+ADDED_FIELDS_BEFORE: dict[str, Any] = {"run.eval_policy": "mode"}
+
 # The flat keys of mbrl_jax 0.1 (before the groups), so that its run folders stay readable and resumable.
 _RENAMED = {
     "env": ("env.name",),
@@ -539,7 +545,9 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     **{
         p.rsplit(".", 1)[1]: (p,)
         for p in FIELDS
-        if p.count(".") == 1 and all(p not in paths for paths in _RENAMED.values())
+        if p.count(".") == 1
+        and p not in ADDED_FIELDS_BEFORE
+        and all(p not in paths for paths in _RENAMED.values())
     },
     **_RENAMED,
 }
@@ -557,13 +565,14 @@ def config_from_dict(values: Mapping[str, Any]) -> Config:
     unknown = sorted(set(flat) - set(FIELDS))
     if unknown:
         raise ConfigError(f"unknown config keys {unknown}")
+    flat = {**ADDED_FIELDS_BEFORE, **flat}
     return validate(_build(Config, {k: coerce_value(k, v) for k, v in flat.items()}))
 
 
-# Fields that change how long or how often a run saves, never what it computes: a run may be resumed
-# with different values of these.
+# Fields that change how long a run trains, how often it saves or how it is evaluated, never what it learns
+# (evaluation draws its keys apart from training's): a run may be resumed with different values of these.
 RESUMABLE_FIELDS = frozenset(
-    {"run.steps", "run.checkpoint_every", "run.checkpoint_minutes", "run.keep_checkpoints"}
+    {"run.steps", "run.checkpoint_every", "run.checkpoint_minutes", "run.keep_checkpoints", "run.eval_policy"}
 )
 
 

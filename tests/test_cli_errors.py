@@ -37,7 +37,7 @@ BAD_INPUTS = [
     (["--preset", "cartpole", "wm.deter=100"], ["deter", "100", "blocks"]),
     (["dreamer.action_minstd=2", "dreamer.action_maxstd=1"], ["action_minstd", "action_maxstd"]),
     (["agent=tdmpc2"], ["agent", "tdmpc2", "allowed"]),
-    (["run.eval_policy=greedy"], ["eval_policy", "greedy", "'mode', 'sample'"]),
+    (["run.eval_policy=greedy"], ["eval_policy", "greedy", "'sample', 'mode'"]),
     (["--env", "Breakout-MinAtar"], ["env", "Breakout-MinAtar", "vector observations"]),
     (["lr"], ["lr", "key=value"]),
     (["--logdir", "/proc/no_such_dir/run"], ["logdir", "/proc/no_such_dir/run"]),

@@ -14,6 +14,7 @@ import yaml
 
 from mbrl_jax.agents import AGENTS, Agent, register_agent
 from mbrl_jax.config import (
+    ADDED_FIELDS_BEFORE,
     FIELDS,
     LEGACY_KEYS,
     Config,
@@ -139,13 +140,20 @@ def test_config_yaml_is_grouped_and_reads_back_to_the_same_config():
 
 
 def test_a_flat_config_of_version_0_1_reads_to_the_same_config():
-    config = make_config("cartpole", **{"run.seed": 3, "optim.lr": 1e-4})
+    # 0.1 evaluated with the policy's mode; a stored config without run.eval_policy reads as that
+    config = make_config("cartpole", **{"run.seed": 3, "optim.lr": 1e-4, "run.eval_policy": "mode"})
     flat = {legacy: config.flat()[paths[0]] for legacy, paths in LEGACY_KEYS.items()}
     flat["agent"] = "dreamer"
-    assert {p for paths in LEGACY_KEYS.values() for p in paths} | {"agent"} == set(
-        FIELDS
-    )  # all have a 0.1 name
+    added = set(ADDED_FIELDS_BEFORE)
+    assert {p for paths in LEGACY_KEYS.values() for p in paths} | {"agent"} | added == set(FIELDS)
     assert config_from_dict(flat) == config
+
+
+def test_a_stored_config_without_a_later_field_reads_as_what_it_ran_with():
+    stored = make_config("pendulum").to_dict()
+    assert stored["run"]["eval_policy"] == "sample"  # today's default: as the reference
+    del stored["run"]["eval_policy"]
+    assert config_from_dict(stored).run.eval_policy == "mode"
 
 
 def test_group_kwargs_and_dotted_kwargs_are_the_same_override():

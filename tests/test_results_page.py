@@ -45,7 +45,11 @@ def test_summary_and_page_from_run_directories(tmp_path):
         save_config(logdir, make_config("cartpole", **{"run.seed": seed}).to_dict())
     # seed 0 finished (its wall time from wall_time.json); seed 1 is still running (from its last record)
     (out / "runs" / "cartpole-s0" / "wall_time.json").write_text(json.dumps({"wall_s": 600.0}))
+    # the random baseline is found by env, whichever task measured it
+    (out / "runs" / "random-pendulum.json").write_text(json.dumps({"env": "Pendulum-v1", "return": -1200.0}))
+    (out / "runs" / "random-other.json").write_text(json.dumps({"env": "CartPole-v1", "return": 22.0}))
     summary = summarize("cartpole", sorted((out / "runs").glob("cartpole-s*")))
+    assert summary["random_return"] == 22.0
     assert summary["finals"] == [500.0, 420.0] and summary["final_mean"] == 460.0
     assert summary["solved_at"] == [3000, None]  # CartPole's threshold 450: seed 1 never gets there
     assert summary["wall_s"] == [600.0, 120.0] and summary["finished"] == [True, False]

@@ -290,3 +290,14 @@ def test_the_runners_chunk_compiles_once_across_a_resume(tmp_path, fresh_compila
     assert first[0] - first[1] >= 2  # the fresh run compiled init and the chunk (misses)
     assert resumed[0] >= 1 and resumed[0] == resumed[1]  # the resume compiled its chunk: every request a hit
     assert read_metrics(tmp_path / "run")[-1]["env_steps"] >= 400
+
+
+def test_changing_the_evaluation_policy_on_resume_leaves_training_exact(tmp_path, straight_run):
+    """Evaluation draws its keys apart from training's: a run evaluated with the mode, then resumed with
+    sampled evaluation, learns exactly what the uninterrupted run learns."""
+    _, straight_params = straight_run
+    config = make_config("debug", **SMALL)
+    assert config.run.eval_policy == "sample"
+    train(config.replace(**{"run.eval_policy": "mode"}), tmp_path, progress=False, stop_after_chunks=3)
+    state, _ = train(config, tmp_path, progress=False)
+    _assert_same(_params(state), straight_params)

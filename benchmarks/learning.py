@@ -131,8 +131,6 @@ def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[di
             "wall_s": wall,
             "steps": config.run.steps,
             "seeds_in_program": len(todo),
-            "commit": code_commit(),
-            "device": jax.devices()[0].device_kind,
         }
         (logdirs[seed] / "wall_time.json").write_text(json.dumps(timing))
     return [{"task": task, "seed": s, "wall_s": wall, "diverged_at": diverged.get(s)} for s in todo]
@@ -172,7 +170,8 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         env = config_from_dict(load_config(logdirs[0])).env.name
     threshold = THRESHOLDS.get(env)
     for logdir in logdirs:
-        evals = [(r["env_steps"], r["eval_return"]) for r in read_metrics(logdir) if "eval_return" in r]
+        records = read_metrics(logdir)
+        evals = [(r["env_steps"], r["eval_return"]) for r in records if "eval_return" in r]
         if not evals:
             continue
         seeds.append(int(logdir.name.rsplit("-s", 1)[1]))
@@ -181,7 +180,7 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         finals.append(evals[-1][1])
         # the sampled (training) policy's episodes of the last chunk in which any ended: what the reference
         # reports
-        episodes = [r["episode_return"] for r in read_metrics(logdir) if r.get("episode_return") is not None]
+        episodes = [r["episode_return"] for r in records if r.get("episode_return") is not None]
         train_finals.append(episodes[-1] if episodes else float("nan"))
         bests.append(max(v for _, v in evals))
         steps.append(evals[-1][0])
@@ -190,7 +189,7 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         timing = logdir / "wall_time.json"
         timing = json.loads(timing.read_text()) if timing.exists() else {}
         # a run in progress (or cut off): the wall time of its last record so far
-        walls.append(timing.get("wall_s", read_metrics(logdir)[-1].get("wall_s", float("nan"))))
+        walls.append(timing.get("wall_s", records[-1].get("wall_s", float("nan"))))
         finished.append(bool(timing))
         info = logdir / "run.json"
         info = json.loads(info.read_text()) if info.exists() else timing
@@ -264,7 +263,7 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
             if s["threshold"] is not None
             else "–"
         )
-        walls = ", ".join(map(wall_time_text, s["wall_s"], s["finished"], [1] * len(s["wall_s"])))
+        walls = wall_times_text(s, decimals=1)
         lines += [
             f"## {s['task']}",
             "",
@@ -292,11 +291,12 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
     results_md.write_text("\n".join(lines))
 
 
-def wall_time_text(wall_s: float, finished: bool, decimals: int) -> str:
-    """'12.5 min', or '3.0 min so far' for a run in progress; '–' where no time was recorded."""
-    if not np.isfinite(wall_s):
-        return "–"
-    return f"{wall_s / 60:.{decimals}f} min" + ("" if finished else " so far")
+def wall_times_text(summary: dict, decimals: int) -> str:
+    """Per seed: '12.5 min', or '3.0 min so far' for a run in progress; '–' where no time was recorded."""
+    return ", ".join(
+        "–" if not np.isfinite(w) else f"{w / 60:.{decimals}f} min" + ("" if done else " so far")
+        for w, done in zip(summary["wall_s"], summary["finished"], strict=True)
+    )
 
 
 def robustness_table(summaries: list[dict], out: Path) -> list[str]:
@@ -322,7 +322,7 @@ def robustness_table(summaries: list[dict], out: Path) -> list[str]:
             f"| {s['task']} | {s['env']} | {', '.join(map(str, s['seed_ids']))} | "
             f"{', '.join(f'{x:,}' for x in s['steps_per_seed'])} | {fmt(s['finals'])} | {fmt(s['bests'])} | "
             f"{fmt(s['train_finals'])} | {random} | {s['threshold'] or '–'} | {reached} | {bad} | "
-            + ", ".join(map(wall_time_text, s["wall_s"], s["finished"], [0] * len(s["wall_s"])))
+            + wall_times_text(s, decimals=0)
             + " |"
         )
     lines += ["", settings_note(summaries, out), ""]

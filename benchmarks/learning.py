@@ -48,15 +48,6 @@ THRESHOLDS = {"CartPole-v1": 450.0, "Pendulum-v1": -300.0}
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def iqm(values: np.ndarray) -> float:
-    """Interquartile mean: the mean of the middle 50% (with fewer than 4 values, the plain mean)."""
-    values = np.sort(np.asarray(values, float))
-    n = len(values)
-    if n < 4:
-        return float(values.mean())
-    return float(values[n // 4 : n - n // 4].mean())
-
-
 def random_policy_return(env_name: str, episodes: int = 64, seed: int = 0) -> float:
     """Mean return of uniformly random actions over `episodes` full episodes (run in parallel on device)."""
     from mbrl_jax.agents import random_action
@@ -159,7 +150,7 @@ def code_commit() -> str | None:
 
 
 def summarize(task: str, logdirs: list[Path]) -> dict:
-    from mbrl_jax.plotting import bootstrap_mean_ci
+    from mbrl_jax.stats import bootstrap_mean_ci, iqm
 
     finals, bests, solved_at, walls, steps, seeds, diverged, commits = [], [], [], [], [], [], [], []
     finished, devices, train_finals = [], [], []

@@ -48,6 +48,7 @@ from mbrl_jax.config import (  # noqa: E402
     describe_config,
     make_config,
 )
+from mbrl_jax.parallel import parse_seeds, stored_seeds  # noqa: E402
 
 DEFAULT_PRESET = "cartpole"
 FIELD_FLAGS = {"env": "env.name", "seed": "run.seed", "steps": "run.steps"}  # --steps N is run.steps=N
@@ -90,6 +91,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", action=_Field, help="the field run.seed (0 to 2**32 - 1)")
     parser.add_argument(
         "--steps", action=_Field, help="the field run.steps: total env steps, prefill included"
+    )
+    parser.add_argument(
+        "--seeds",
+        action=_Once,
+        help="a seed sweep in one compiled program: 0-7, 0,3,5 or 1-3,9 (instead of --seed)",
     )
     parser.add_argument(
         "--logdir", action=_Once, help="run directory (default: runs/<env>-<presets>-seed<seed>)"
@@ -138,9 +144,13 @@ def _fresh(path: Path) -> Path:
     return candidate
 
 
-def build_config(args: argparse.Namespace) -> tuple[Config, Path]:
-    """The config by the rule in the module docstring, and the run directory."""
+def build_config(args: argparse.Namespace) -> tuple[Config, Path, list[int] | None]:
+    """The config by the rule in the module docstring, the run directory, and the seeds of a sweep (None
+    for a single run)."""
     values = field_settings(args)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    if seeds is not None and "run.seed" in values:
+        raise ConfigError(f"--seed and --seeds {args.seeds} are both given; give one (a run or a sweep)")
     presets = [p for p in (args.preset or "").split(",") if p]
     given = Path(args.logdir).expanduser() if args.logdir else None
     base = None
@@ -148,11 +158,16 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Path]:
         from mbrl_jax.runner import stored_config  # late import: the runner pulls in jax
 
         base = stored_config(given)
+        if seeds is None and "run.seed" not in values:
+            seeds = stored_seeds(given)  # a stored sweep resumes as the sweep it is
     if not presets and "env.name" not in values and base is None:
         presets = [DEFAULT_PRESET]
+    if seeds is not None:
+        values["run.seed"] = seeds[0]
     config = make_config(*presets, base=base, **values)
-    logdir = given or Path("runs") / "-".join([config.env.name, *presets, f"seed{config.run.seed}"])
-    return config, (_fresh(logdir) if args.new else logdir)
+    name = f"seed{config.run.seed}" if seeds is None else f"seeds{args.seeds or ','.join(map(str, seeds))}"
+    logdir = given or Path("runs") / "-".join([config.env.name, *presets, name.replace(",", "_")])
+    return config, (_fresh(logdir) if args.new else logdir), seeds
 
 
 def enable_compilation_cache() -> None:
@@ -169,21 +184,28 @@ def enable_compilation_cache() -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-        config, logdir = build_config(args)
+        config, logdir, seeds = build_config(args)
         if args.show_config:
             print(describe_config(config))
             return 0
         from mbrl_jax.memory import check_memory
         from mbrl_jax.runner import check_logdir, check_resume
 
-        check_resume(config, logdir)
-        check_memory(config)
+        check_resume(config, logdir, seeds)
+        check_memory(config, seeds=1 if seeds is None else len(seeds))
         path = check_logdir(logdir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from mbrl_jax.logging import read_metrics
-    from mbrl_jax.runner import Interrupted, NonFiniteError, final_env_steps, latest_checkpoint, train
+    from mbrl_jax.runner import (
+        Interrupted,
+        NonFiniteError,
+        final_env_steps,
+        latest_checkpoint,
+        train,
+        train_sweep,
+    )
 
     resume = f"python {shlex.quote(os.path.relpath(__file__))} --logdir {shlex.quote(str(path))}"
     point = latest_checkpoint(path)
@@ -191,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: finished at {point[0]} env steps; pass --steps M > {point[0]} to continue")
         return 0
     print(
-        f"mbrl_jax: {config.agent} on {config.env.name}, seed {config.run.seed}, "
+        f"mbrl_jax: {config.agent} on {config.env.name}, "
+        f"{'seed ' + str(config.run.seed) if seeds is None else 'seeds ' + ','.join(map(str, seeds))}, "
         f"{config.run.steps} env steps "
         f"(train ratio {config.effective_train_ratio:g}, {config.env.num_envs} envs) -> {path}",
         flush=True,
@@ -199,19 +222,30 @@ def main(argv: list[str] | None = None) -> int:
     if point is not None:
         saved = datetime.fromtimestamp(point[1]).strftime("%Y-%m-%d %H:%M:%S")
         print(f"resuming from env step {point[0]} (checkpoint of {saved})", flush=True)
-    elif read_metrics(path):
+    elif read_metrics(path) or any(read_metrics(path / f"seed{s}") for s in seeds or []):
         print(
             "no checkpoint yet: starting from env step 0; the metrics written so far are replaced", flush=True
         )
     enable_compilation_cache()
     try:
-        _, records = train(config, path, progress=not args.no_progress)
+        if seeds is None:
+            _, records = train(config, path, progress=not args.no_progress)
+        else:
+            _, by_seed = train_sweep(config, seeds, path, progress=not args.no_progress)
     except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except Interrupted as stop:
         print(f"{stop}; resume with: {resume}", file=sys.stderr, flush=True)
         return stop.exit_status
+    if seeds is not None:
+        finals = {s: r[-1]["eval_return"] for s, r in by_seed.items() if r and "eval_return" in r[-1]}
+        print(
+            "done: final eval return "
+            + ", ".join(f"seed {s} {v:.1f}" for s, v in finals.items())
+            + f"; per-seed metrics in {path}/seed<s>/, across seeds in {path}/aggregate.json"
+        )
+        return 0
     evals = [r["eval_return"] for r in records if "eval_return" in r]
     if evals:
         print(

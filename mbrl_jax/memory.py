@@ -96,10 +96,13 @@ def device_memory(device: jax.Device | None = None) -> int | None:
         return None
 
 
-def check_memory(config: Config, available: int | None = None) -> MemoryEstimate:
-    """Raises ConfigError with the figures when the estimate exceeds `available` bytes (default: what the
-    first device has). Returns the estimate."""
+def check_memory(config: Config, available: int | None = None, seeds: int = 1) -> MemoryEstimate:
+    """Raises ConfigError with the figures when the estimate for a run (or a sweep of `seeds` seeds in one
+    program, which holds every seed's state and activations at once) exceeds `available` bytes (default:
+    what the first device has). Returns the estimate (for all seeds)."""
     estimate = estimate_memory(config)
+    if seeds > 1:
+        estimate = MemoryEstimate(**{k: v * seeds for k, v in dataclasses.asdict(estimate).items()})
     if available is None:
         available = device_memory()
     if available is not None and estimate.total > available:
@@ -115,8 +118,9 @@ def check_memory(config: Config, available: int | None = None) -> MemoryEstimate
                 (estimate.params + estimate.optimiser, "the model size (wm.deter, wm.units, wm.classes)"),
             ]
         )[1]
+        sweep = f" for {seeds} seeds in one program" if seeds > 1 else ""
         raise ConfigError(
-            f"{largest} needs about {_gib(estimate.total)} of device memory ({estimate.describe()}), "
+            f"{largest}{sweep} needs about {_gib(estimate.total)} of device memory ({estimate.describe()}), "
             f"more than the {_gib(available)} of {device.platform}:{device.id}; reduce it"
         )
     return estimate

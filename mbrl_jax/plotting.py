@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mbrl_jax.logging import JSONL, Metrics, read_metrics
+from mbrl_jax.stats import bootstrap_mean_ci
 
 GRID_POINTS = 200
 
@@ -30,25 +31,6 @@ def metric_series(records: Sequence[Metrics], key: str) -> tuple[np.ndarray, np.
     pairs.sort(key=lambda p: p[0])
     steps = np.array([p[0] for p in pairs], dtype=np.float64)
     return steps, np.array([p[1] for p in pairs], dtype=np.float64)
-
-
-def bootstrap_mean_ci(
-    values: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over runs and its percentile-bootstrap confidence interval (runs resampled with replacement).
-
-    Args:
-      values: [R, ...] one entry per run: [R] final returns, or [R, G] curves on a shared grid.
-    Returns:
-      (mean, low, high), each of shape [...] (numpy scalars for [R]). With one run, low = high = mean.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.shape[0], size=(resamples, values.shape[0]))
-    means = values[idx].mean(axis=1)  # [resamples, G]
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha], axis=0)
-    return values.mean(axis=0), low, high
 
 
 def _draw(ax: Axes, series: list[tuple[np.ndarray, np.ndarray]], label: str | None) -> None:

@@ -9,19 +9,36 @@ finished run exactly as if the larger budget had been given from the start (a ch
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from mbrl_jax.checkpoint import Checkpointer, flat_leaves, load_config, save_config
-from mbrl_jax.config import RESUMABLE_FIELDS, Config, ConfigError, config_diff, config_from_dict
+from mbrl_jax.config import (
+    RESUMABLE_FIELDS,
+    Config,
+    ConfigError,
+    config_diff,
+    config_from_dict,
+    make_config,
+)
 from mbrl_jax.logging import MetricLogger, Progress
+from mbrl_jax.parallel import (
+    DIVERGED_FILE,
+    SWEEP_FILE,
+    check_seeds,
+    seed_logdir,
+    stored_seeds,
+    write_aggregate,
+)
 from mbrl_jax.trainer import TrainState, make_train, summarize_chunk
 
 
@@ -55,11 +72,29 @@ def stored_config(logdir: Path) -> Config | None:
         ) from None
 
 
-def check_resume(config: Config, logdir: Path) -> None:
-    """Refuses a logdir that holds a run of another config; only `RESUMABLE_FIELDS` may differ."""
+def check_resume(config: Config, logdir: Path, seeds: Sequence[int] | None = None) -> None:
+    """Refuses a logdir that holds a run of another config (only `RESUMABLE_FIELDS` may differ), a sweep
+    where a single run is asked for (`seeds` None), a single run where a sweep is, or a sweep of other
+    seeds."""
     previous = stored_config(logdir)
     if previous is None:
         return
+    stored = stored_seeds(logdir)
+    if stored is not None and seeds is None:
+        raise ConfigError(
+            f"logdir={str(logdir)!r} holds a sweep of seeds {stored}; resume it as a sweep "
+            f"(--seeds {','.join(map(str, stored))}) or use another logdir"
+        )
+    if seeds is not None and stored is None:
+        raise ConfigError(
+            f"logdir={str(logdir)!r} holds a single run (seed {previous.run.seed}), not a sweep; "
+            "use another logdir for the sweep"
+        )
+    if seeds is not None and list(stored) != list(seeds):
+        raise ConfigError(
+            f"logdir={str(logdir)!r} holds a sweep of seeds {stored}, given seeds {list(seeds)}; "
+            "resume it with the same seeds or use another logdir"
+        )
     diff = {k: v for k, v in config_diff(previous, config).items() if k not in RESUMABLE_FIELDS}
     if diff:
         fields = ", ".join(f"{k} (run has {a!r}, given {b!r})" for k, (a, b) in sorted(diff.items()))
@@ -209,31 +244,95 @@ def train(
     boundary: the last complete chunk is checkpointed, the logs are flushed, and `Interrupted` is raised.
     Metric records after the checkpoint that the run resumes from (all of them when there is none) are
     dropped before anything is appended, so a resumed run's files equal an uninterrupted run's.
+    Non-finite losses or agent state raise `NonFiniteError` before anything of that chunk is saved.
     """
+    state, records = _train(config, logdir, None, progress, stop_after_chunks, handle_signals)
+    return state, records[None]
+
+
+def train_sweep(
+    config: Config,
+    seeds: Sequence[int],
+    logdir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    stop_after_chunks: int | None = None,
+    handle_signals: bool = True,
+) -> tuple[TrainState, dict[int, list[dict]]]:
+    """Trains `config` for every seed in `seeds` as one compiled program (the train state vmapped over a
+    leading seed axis; seed s starts from the key of a single run with `run.seed=s`). The folder layout is
+    in `mbrl_jax.parallel`; running it again on the same `logdir` and seeds resumes the sweep exactly, as
+    `train` does a run. Returns the final state ([S, ...] leaves) and each seed's records of this call.
+
+    A seed whose losses or agent state turn non-finite is reported by number, its `seed<s>/diverged.json`
+    says where, and it is no longer logged; the other seeds go on (every seed computes independently), and
+    `NonFiniteError` is raised only when no seed is left, before anything of that chunk is saved.
+    """
+    seeds = check_seeds(seeds)
+    config = make_config(base=config, **{"run.seed": seeds[0]})
+    return _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals)
+
+
+def _member(tree, index: int | None):
+    """One seed's slice of a sweep's pytree (`index` None: the tree of a single run, unchanged)."""
+    return tree if index is None else jax.tree.map(lambda x: x[index], tree)
+
+
+def _mean_record(records: list[dict]) -> dict:
+    """What the progress line shows for a sweep: the mean over seeds of each number every record has."""
+    if not records:
+        return {}
+    keys = set.intersection(*(set(r) for r in records))
+    return {k: sum(r[k] for r in records) / len(records) for k in keys}
+
+
+def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
+    """The host loop of `train` (seeds None) and `train_sweep` (a list of seeds, vmapped)."""
     path = check_logdir(logdir) if logdir is not None else None
     say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
     total_steps = final_env_steps(config)
+    members = [None] if seeds is None else list(seeds)
     if path is not None:
-        check_resume(config, path)
+        check_resume(config, path, seeds)
     ckpt = Checkpointer(path / "checkpoints", keep=config.run.keep_checkpoints) if path is not None else None
     latest = ckpt.latest_step() if ckpt is not None else None
-    if path is not None:
-        if latest is None or latest < total_steps:  # a finished run keeps the budget it was given
-            save_config(path, config.to_dict())
+    if path is not None and (latest is None or latest < total_steps):  # a finished run keeps its budget
+        save_config(path, config.to_dict())
+        if seeds is not None:
+            (path / SWEEP_FILE).write_text(json.dumps({"seeds": seeds}))
+            for seed in seeds:
+                seed_logdir(path, seed).mkdir(exist_ok=True)
+                save_config(seed_logdir(path, seed), make_config(base=config, **{"run.seed": seed}).to_dict())
 
     trainer = make_train(config)
-    init = jax.jit(trainer.init)
 
     def chunk_and_check(state):
         state, metrics = trainer.run_chunk(state)
         return state, metrics, finite_flags(state, metrics)
 
-    chunk_fn = jax.jit(chunk_and_check, donate_argnums=0)
-    key = jax.random.PRNGKey(config.run.seed)
-    logger = MetricLogger(path) if path is not None else None
-    if logger is not None:
+    if seeds is None:
+        init, chunk = trainer.init, chunk_and_check
+        key = jax.random.PRNGKey(config.run.seed)
+    else:
+        init, chunk = jax.vmap(trainer.init), jax.vmap(chunk_and_check)
+        key = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
+    init, chunk_fn = jax.jit(init), jax.jit(chunk, donate_argnums=0)
+    logdirs = {m: (path if m is None else seed_logdir(path, m)) for m in members} if path is not None else {}
+    loggers = {m: MetricLogger(d) for m, d in logdirs.items()}
+    diverged: set[int] = set()
+    for member, logger in loggers.items():
         # rows after the resume point would be computed again: drop them before anything is appended
         logger.truncate_after(latest if latest is not None else -1)
+        mark = logdirs[member] / DIVERGED_FILE
+        if mark.is_file():
+            if latest is not None and json.loads(mark.read_text())["env_steps"] <= latest:
+                diverged.add(member)
+            else:
+                mark.unlink()  # it diverged after the checkpoint resumed from: that chunk runs again
+    if seeds is not None and diverged == set(seeds):
+        raise NonFiniteError(
+            f"every seed of the sweep in {path} turned non-finite before its last checkpoint"
+        )
     target = jax.eval_shape(init, key)
     if latest is not None:
         ckpt.check_compatible(latest, target)
@@ -242,11 +341,11 @@ def train(
     else:
         init, chunk_fn = _compile([init.lower(key), chunk_fn.lower(target)], say)
         state = init(key)
-    start_chunk = _chunks_done(config, int(state.env_steps))
+    start_chunk = _chunks_done(config, env_steps_reached(state))
     ckpt_every = max(1, math.ceil(config.run.checkpoint_every / config.env_steps_per_chunk))
     last_saved = latest
-    records = []
-    display = Progress(total_steps, int(state.env_steps)) if progress else None
+    records: dict[int | None, list[dict]] = {m: [] for m in members}
+    display = Progress(total_steps, env_steps_reached(state)) if progress else None
     t_start = last_save_time = time.time()
     env_steps = None  # of the last complete chunk of this call
     interrupted = False
@@ -258,7 +357,7 @@ def train(
 
     with contextlib.ExitStack() as cleanup:
         stop = cleanup.enter_context(_StopOnSignal(announce=progress)) if handle_signals else None
-        if logger is not None:
+        for logger in loggers.values():
             cleanup.callback(logger.close)
         if display is not None:
             cleanup.enter_context(display)  # after compiling: rates and ETA count only compiled chunks
@@ -271,21 +370,39 @@ def train(
             state, metrics, finite = chunk_fn(state)
             if stop is not None:
                 _wait(finite)
-            metrics = summarize_chunk(metrics)
-            env_steps = metrics["env_steps"]
-            bad = non_finite_names(finite)
-            if bad:
-                raise NonFiniteError(
-                    f"non-finite {describe_non_finite(bad)} in the chunk ending at "
-                    f"env step {env_steps}; nothing from it was saved. Last good checkpoint: "
-                    f"{'env step ' + str(last_saved) if last_saved is not None else 'none'}"
-                    f"{' in ' + str(ckpt.directory) if ckpt is not None and last_saved is not None else ''}"
+            finite = jax.device_get(finite)
+            chunk_records, newly_bad = {}, {}
+            for i, member in enumerate(members):
+                record = summarize_chunk(_member(metrics, None if seeds is None else i))
+                env_steps = record["env_steps"]
+                if member in diverged:
+                    continue
+                bad = non_finite_names(_member(finite, None if seeds is None else i))
+                if bad:
+                    newly_bad[member] = describe_non_finite(bad)
+                else:
+                    chunk_records[member] = record
+            where = f"the chunk ending at env step {env_steps}"
+            if newly_bad and not chunk_records:  # nothing healthy left: stop before saving anything
+                last = f"env step {last_saved} in {ckpt.directory}" if ckpt and last_saved else "none"
+                names = "; ".join(
+                    (what if m is None else f"seed {m}: {what}") for m, what in newly_bad.items()
                 )
-            records.append(metrics)
-            if logger is not None:
-                logger.write(metrics)
+                raise NonFiniteError(
+                    f"non-finite {names} in {where}; nothing from it was saved. Last good checkpoint: {last}"
+                )
+            for member, what in newly_bad.items():
+                diverged.add(member)
+                if logdirs:
+                    mark = {"env_steps": env_steps, "non_finite": what}
+                    (logdirs[member] / DIVERGED_FILE).write_text(json.dumps(mark))
+                say(f"seed {member} stopped: non-finite {what} in {where}; the other seeds go on")
+            for member, record in chunk_records.items():
+                records[member].append(record)
+                if member in loggers:
+                    loggers[member].write(record)
             if display is not None:
-                display.update(env_steps, metrics)
+                display.update(env_steps, _mean_record(list(chunk_records.values())))
             done = index + 1
             due = done % ckpt_every == 0 or time.time() - last_save_time >= 60 * config.run.checkpoint_minutes
             if ckpt is not None and (due or done == config.num_chunks):
@@ -295,8 +412,17 @@ def train(
             if saved:
                 save(env_steps)
             raise Interrupted(stop.signum, env_steps, saved)
-    if path is not None and int(state.env_steps) >= total_steps:
+    if path is not None and env_steps_reached(state) >= total_steps:
         from mbrl_jax.plotting import plot_run
 
-        plot_run(path)
+        for member in members:
+            if member not in diverged:
+                plot_run(logdirs[member])
+        if seeds is not None:
+            write_aggregate(path, seeds)
     return state, records
+
+
+def env_steps_reached(state: TrainState) -> int:
+    """Env steps of a run's state (a sweep's seeds all move in step)."""
+    return int(jnp.ravel(state.env_steps)[0])

@@ -13,7 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build(*argv):
-    return run_cli.build_config(run_cli.parse_args(list(argv)))
+    """(config, logdir) of a single run's command line."""
+    config, logdir, seeds = run_cli.build_config(run_cli.parse_args(list(argv)))
+    assert seeds is None
+    return config, logdir
 
 
 def test_flags_and_key_values_in_any_order_give_the_same_config():
@@ -114,3 +117,20 @@ def test_help_and_readme_state_the_rule(capsys):
             "130 / 143",
         ):
             assert phrase in text, phrase
+
+
+def test_seeds_make_a_sweep_in_its_own_folder_that_resumes_as_a_sweep(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    small = ["run.steps=664", "run.chunk_steps=200", "replay.prefill=64", "replay.batch_length=16"]
+    argv = ["--preset", "debug", "--seeds", "0-2", "--no-progress", *small]
+    config, logdir, seeds = run_cli.build_config(run_cli.parse_args(argv))
+    assert seeds == [0, 1, 2] and config.run.seed == 0
+    assert logdir == Path("runs/CartPole-v1-debug-seeds0-2")
+    assert run_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "seeds 0,1,2" in out and "done: final eval return seed 0 " in out and "seed 2 " in out
+    assert (logdir / "aggregate.json").is_file() and (logdir / "seed1" / "metrics.jsonl").is_file()
+    # --logdir alone finds the sweep and its seeds
+    assert run_cli.build_config(run_cli.parse_args(["--logdir", str(logdir)]))[1:] == (logdir, [0, 1, 2])
+    assert run_cli.main(["--logdir", str(logdir)]) == 0
+    assert "finished at 664 env steps" in capsys.readouterr().out

@@ -40,6 +40,12 @@ BAD_INPUTS = [
     (["run.eval_policy=greedy"], ["eval_policy", "greedy", "'sample', 'mode'"]),
     (["--env", "Breakout-MinAtar"], ["env", "Breakout-MinAtar", "vector observations"]),
     (["lr"], ["lr", "key=value"]),
+    (["--seeds", "3-1"], ["seeds", "3-1", "backwards"]),
+    (["--seeds", "0,2,2"], ["seeds", "[2]", "more than once"]),
+    (["--seeds", "x"], ["seeds", "'x'", "ranges"]),
+    (["--seed", "1", "--seeds", "0-2"], ["--seed", "--seeds 0-2", "give one"]),
+    (["--preset", "debug", "--seeds", "0-2"], ["holds a single run", "not a sweep"]),
+    (["--new", "--seeds", "0-4095", "--preset", "cartpole-reference"], ["4096 seeds in one program", "GiB"]),
     (["--logdir", "/proc/no_such_dir/run"], ["logdir", "/proc/no_such_dir/run"]),
     # device memory, integer ranges, non-finite floats: refused before anything is allocated
     (
@@ -86,9 +92,10 @@ def _snapshot(folder: Path) -> dict:
 def test_bad_input_exits_2_with_one_clear_line(argv, words, capsys, monkeypatch, existing_run):
     import mbrl_jax.runner
 
-    monkeypatch.setattr(
-        mbrl_jax.runner, "train", lambda *a, **k: pytest.fail("training started on bad input")
-    )
+    for name in ("train", "train_sweep"):
+        monkeypatch.setattr(
+            mbrl_jax.runner, name, lambda *a, **k: pytest.fail("training started on bad input")
+        )
     if "--logdir" not in argv:
         argv = [*argv, "--logdir", str(existing_run)]
     before = _snapshot(existing_run)

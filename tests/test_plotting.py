@@ -11,7 +11,8 @@ import pytest
 from matplotlib.image import imread
 
 from mbrl_jax.logging import MetricLogger
-from mbrl_jax.plotting import bootstrap_mean_ci, plot_curves, plot_run
+from mbrl_jax.plotting import plot_curves, plot_run
+from mbrl_jax.stats import bootstrap_mean_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

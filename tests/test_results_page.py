@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.learning import ab_section, iqm, summarize, write_results
+from benchmarks.learning import ab_section, summarize, write_results
 from benchmarks.profile_ops import profile_markdown, profile_ops
 from mbrl_jax.checkpoint import save_config
 from mbrl_jax.config import make_config
 from mbrl_jax.logging import MetricLogger
-from mbrl_jax.plotting import bootstrap_mean_ci
+from mbrl_jax.stats import bootstrap_mean_ci, iqm
 
 
 def test_iqm_is_the_mean_of_the_middle_half():

@@ -1,0 +1,123 @@
+"""Many seeds in one compiled program: the seed list of a sweep, its run-folder layout and its aggregate.
+
+A sweep of seeds s_1..s_S is one train state with a leading seed axis ([S, ...] on every leaf), built by
+`jax.vmap(trainer.init)` over the keys `PRNGKey(s_i)` and advanced by `jax.vmap(trainer.run_chunk)`; seed s_i
+starts from the same key as a single run with `run.seed=s_i`. Its folder:
+
+    <logdir>/config.yaml       the sweep's config (run.seed = the first seed)
+    <logdir>/sweep.json        {"seeds": [...]}
+    <logdir>/checkpoints/      one checkpoint of the whole sweep per save
+    <logdir>/seed<s>/          each seed's config.yaml (run.seed = s), metrics, curves.png, diverged.json
+    <logdir>/aggregate.json    across seeds: final evaluation return (mean, IQM, bootstrap 95% CI) and curve
+    <logdir>/curves.png        every seed's evaluation curve with their mean and band
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mbrl_jax.config import UINT32_MAX, ConfigError
+
+SWEEP_FILE = "sweep.json"
+DIVERGED_FILE = "diverged.json"
+AGGREGATE_FILE = "aggregate.json"
+MAX_SEEDS = 4096
+_RANGE = re.compile(r"^(\d+)-(\d+)$")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-7' -> [0, ..., 7]; '0,3,5' -> [0, 3, 5]; '1-3,9' -> [1, 2, 3, 9]; ConfigError naming a bad part."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        match = _RANGE.match(part)
+        if match:
+            low, high = int(match[1]), int(match[2])
+            if high < low:
+                raise ConfigError(f"seeds={text!r}: the range {part!r} runs backwards; write {high}-{low}")
+            seeds += range(low, high + 1)
+        elif part.isdigit():
+            seeds.append(int(part))
+        else:
+            raise ConfigError(
+                f"seeds={text!r}: {part!r} is not a seed; allowed: non-negative integers and ranges, "
+                "e.g. 0-7 or 0,3,5"
+            )
+    return check_seeds(seeds)
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """The seeds as a list of ints, refused (ConfigError) when empty, repeated or out of uint32 range."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("seeds is empty; give at least one seed")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds {repeated} are given more than once; each seed runs once in a sweep")
+    bad = [s for s in seeds if not 0 <= s <= UINT32_MAX]
+    if bad:
+        raise ConfigError(f"seeds {bad} are outside 0 to {UINT32_MAX} (a uint32 PRNG seed)")
+    if len(seeds) > MAX_SEEDS:
+        raise ConfigError(f"{len(seeds)} seeds in one sweep; at most {MAX_SEEDS}")
+    return seeds
+
+
+def seed_logdir(logdir: str | Path, seed: int) -> Path:
+    return Path(logdir) / f"seed{seed}"
+
+
+def stored_seeds(logdir: str | Path) -> list[int] | None:
+    """The seeds of the sweep stored in `logdir`, or None when it holds no sweep."""
+    path = Path(logdir) / SWEEP_FILE
+    return json.loads(path.read_text())["seeds"] if path.is_file() else None
+
+
+def write_aggregate(logdir: str | Path, seeds: Sequence[int]) -> dict:
+    """`aggregate.json` and `curves.png` of the sweep in `logdir` from its seeds' metrics; returns the dict.
+
+    Seeds that turned non-finite (their `diverged.json`) are listed apart and left out of the statistics.
+    The curve statistics are taken at the env steps every remaining seed evaluated at (they all share them).
+    """
+    from mbrl_jax.logging import read_metrics
+    from mbrl_jax.plotting import metric_series, plot_curves
+    from mbrl_jax.stats import bootstrap_mean_ci, iqm
+
+    logdir = Path(logdir)
+    diverged = {
+        s: json.loads(p.read_text()) for s in seeds if (p := seed_logdir(logdir, s) / DIVERGED_FILE).is_file()
+    }
+    live = [s for s in seeds if s not in diverged]
+    series = {s: metric_series(read_metrics(seed_logdir(logdir, s)), "eval_return") for s in live}
+    series = {s: v for s, v in series.items() if len(v[0])}
+    out: dict = {"seeds": list(seeds), "diverged": {str(s): d for s, d in diverged.items()}}
+    if series:
+        common = sorted(set.intersection(*(set(steps.tolist()) for steps, _ in series.values())))
+        curves = np.array(
+            [
+                [dict(zip(steps.tolist(), values.tolist(), strict=True))[x] for x in common]
+                for steps, values in series.values()
+            ]
+        )  # [S, T]
+        mean, low, high = bootstrap_mean_ci(curves)
+        finals = curves[:, -1]
+        out["final_eval_return"] = {
+            "env_steps": int(common[-1]),
+            "per_seed": {str(s): float(v) for s, v in zip(series, finals, strict=True)},
+            "mean": float(finals.mean()),
+            "iqm": iqm(finals),
+            "ci95": [float(low[-1]), float(high[-1])],
+        }
+        out["curve"] = {
+            "env_steps": [int(x) for x in common],
+            "mean": mean.tolist(),
+            "iqm": [iqm(curves[:, t]) for t in range(curves.shape[1])],
+            "ci95_low": low.tolist(),
+            "ci95_high": high.tolist(),
+        }
+        plot_curves([seed_logdir(logdir, s) for s in series], logdir / "curves.png", label="eval_return")
+    (logdir / AGGREGATE_FILE).write_text(json.dumps(out, indent=1))
+    return out

@@ -1,0 +1,177 @@
+"""Seed sweeps: many seeds in one compiled program (the train state vmapped over a seed axis)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mbrl_jax.runner as runner
+from mbrl_jax.checkpoint import Checkpointer, load_config
+from mbrl_jax.config import ConfigError, make_config
+from mbrl_jax.logging import read_metrics
+from mbrl_jax.parallel import parse_seeds
+from mbrl_jax.runner import train, train_sweep
+from mbrl_jax.stats import iqm
+from mbrl_jax.trainer import make_train, summarize_chunk
+
+SMALL = {
+    "run.steps": 664,
+    "run.chunk_steps": 200,
+    "run.checkpoint_every": 200,
+    "replay.prefill": 64,
+    "replay.batch_length": 16,
+}
+SEEDS = [0, 1, 2]
+
+
+def _seed_leaves(state, i):
+    return [np.asarray(x[i]) for x in jax.tree.leaves(jax.device_get(state.agent))]
+
+
+@pytest.fixture(scope="module")
+def straight_sweep(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("sweep")
+    state, records = train_sweep(make_config("debug", **SMALL), SEEDS, logdir, progress=False)
+    return logdir, state, records
+
+
+def test_each_seed_of_a_sweep_matches_its_single_run(straight_sweep):
+    """Vmapping batches the matmuls, and XLA's CPU kernels for a batched dot sum in another order than the
+    unbatched one: the same seed differs in the last bits (about 1e-6 in parameters after these three
+    chunks). So a sweep matches the single runs to a tolerance, not bit for bit; the env steps, episode
+    counts and evaluation returns of these chunks agree exactly."""
+    logdir, sweep_state, sweep_records = straight_sweep
+    config = make_config("debug", **SMALL)
+    trainer = make_train(config)
+    init, chunk = jax.jit(trainer.init), jax.jit(trainer.run_chunk)
+    for i, seed in enumerate(SEEDS):
+        state = init(jax.random.PRNGKey(seed))
+        single = []
+        for _ in range(config.num_chunks):
+            state, metrics = chunk(state)
+            single.append(summarize_chunk(metrics))
+        swept = sweep_records[seed]
+        assert read_metrics(logdir / f"seed{seed}") == swept
+        assert len(swept) == len(single) == config.num_chunks
+        for a, b in zip(swept, single, strict=True):
+            assert a.keys() == b.keys()
+            for key in ("env_steps", "updates", "episodes", "eval_return", "episode_return"):
+                assert a.get(key) == b.get(key), (seed, key)
+            for key in (k for k in a if k.startswith("loss")):
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6, err_msg=f"{seed} {key}")
+        for x, y in zip(
+            _seed_leaves(sweep_state, i), jax.tree.leaves(jax.device_get(state.agent)), strict=True
+        ):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    # seeds really differ from each other
+    assert sweep_records[0][-1]["loss_model"] != sweep_records[1][-1]["loss_model"]
+
+
+def test_a_sweep_writes_each_seeds_folder_and_the_aggregate(straight_sweep):
+    logdir, _, records = straight_sweep
+    assert json.loads((logdir / "sweep.json").read_text()) == {"seeds": SEEDS}
+    for seed in SEEDS:
+        assert load_config(logdir / f"seed{seed}")["run"]["seed"] == seed
+        assert (logdir / f"seed{seed}" / "curves.png").stat().st_size > 0
+    aggregate = json.loads((logdir / "aggregate.json").read_text())
+    finals = np.array([records[s][-1]["eval_return"] for s in SEEDS])
+    final = aggregate["final_eval_return"]
+    assert final["per_seed"] == {str(s): records[s][-1]["eval_return"] for s in SEEDS}
+    assert final["mean"] == pytest.approx(finals.mean())
+    assert final["iqm"] == pytest.approx(iqm(finals))
+    assert min(finals) <= final["ci95"][0] <= final["mean"] <= final["ci95"][1] <= max(finals)
+    curve = aggregate["curve"]
+    assert curve["env_steps"] == [r["env_steps"] for r in records[0]]
+    means = [np.mean([records[s][t]["eval_return"] for s in SEEDS]) for t in range(len(records[0]))]
+    np.testing.assert_allclose(curve["mean"], means)
+    assert (logdir / "curves.png").stat().st_size > 0
+
+
+def test_a_killed_sweep_resumes_exactly(tmp_path, straight_sweep):
+    straight_dir, straight_state, _ = straight_sweep
+    config = make_config("debug", **SMALL)
+    train_sweep(config, SEEDS, tmp_path, progress=False, stop_after_chunks=2)  # saved after 1 and 2
+    # what a kill after the second chunk's save and during the third leaves: a checkpoint at chunk 1 only
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        ckpt.delete_after(ckpt.all_steps()[0])
+    state, _ = train_sweep(config, SEEDS, tmp_path, progress=False)
+    for a, b in zip(jax.tree.leaves(state.agent), jax.tree.leaves(straight_state.agent), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for seed in SEEDS:
+        assert read_metrics(tmp_path / f"seed{seed}") == read_metrics(straight_dir / f"seed{seed}")
+    assert json.loads((tmp_path / "aggregate.json").read_text()) == json.loads(
+        (straight_dir / "aggregate.json").read_text()
+    )
+
+
+def test_a_non_finite_seed_is_named_and_the_others_go_on(tmp_path, straight_sweep, monkeypatch, capsys):
+    """Seed 1's parameters are NaN from the start (as if it had diverged); seeds 0 and 2 train on, logged
+    and checkpointed exactly as in the healthy sweep."""
+    straight_dir, straight_state, _ = straight_sweep
+    real_make_train = runner.make_train
+
+    def make_train_poisoning_seed_1(cfg):
+        trainer = real_make_train(cfg)
+
+        def init(key):
+            state = trainer.init(key)
+            bad = jax.random.key_data(key)[-1] == 1  # PRNGKey(seed) holds the seed in its last word
+            params = jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x), state.agent.params)
+            return state.replace(agent=state.agent.replace(params=params))
+
+        return trainer.__class__(config=trainer.config, init=init, run_chunk=trainer.run_chunk, evaluate=None)
+
+    monkeypatch.setattr(runner, "make_train", make_train_poisoning_seed_1)
+    config = make_config("debug", **SMALL)
+    state, records = train_sweep(config, SEEDS, tmp_path, progress=True)
+    assert "seed 1 stopped: non-finite" in capsys.readouterr().out
+    diverged = json.loads((tmp_path / "seed1" / "diverged.json").read_text())
+    assert diverged["env_steps"] == records[0][0]["env_steps"] and "params/" in diverged["non_finite"]
+    assert records[1] == [] and read_metrics(tmp_path / "seed1") == []
+    aggregate = json.loads((tmp_path / "aggregate.json").read_text())
+    assert set(aggregate["final_eval_return"]["per_seed"]) == {"0", "2"} and "1" in aggregate["diverged"]
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        saved = ckpt.restore(ckpt.latest_step(), jax.eval_shape(lambda: state))
+    for i in (0, 2):
+        assert read_metrics(tmp_path / f"seed{i}") == read_metrics(straight_dir / f"seed{i}")
+        for a, b in zip(_seed_leaves(saved, i), _seed_leaves(straight_state, i), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_sweep_and_single_run_folders_are_not_mixed_up(tmp_path, straight_sweep):
+    straight_dir, _, _ = straight_sweep
+    config = make_config("debug", **SMALL)
+    with pytest.raises(ConfigError, match=r"holds a sweep of seeds \[0, 1, 2\]; resume it as a sweep"):
+        train(config, straight_dir, progress=False)
+    with pytest.raises(ConfigError, match=r"holds a sweep of seeds \[0, 1, 2\], given seeds \[0, 1\]"):
+        train_sweep(config, [0, 1], straight_dir, progress=False)
+    (tmp_path / "single").mkdir()
+    train(make_config("debug", **{**SMALL, "run.steps": 264}), tmp_path / "single", progress=False)
+    with pytest.raises(ConfigError, match="holds a single run"):
+        train_sweep(config, SEEDS, tmp_path / "single", progress=False)
+
+
+@pytest.mark.parametrize(
+    "text, seeds",
+    [("0-3", [0, 1, 2, 3]), ("5", [5]), ("0,3,5", [0, 3, 5]), ("1-2,9", [1, 2, 9]), (" 4 , 7 ", [4, 7])],
+)
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("3-1", "runs backwards"),
+        ("a", "'a' is not a seed"),
+        ("-1", "'-1' is not a seed"),
+        ("0,1,1", r"seeds \[1\] are given more than once"),
+        ("4294967296", "outside 0 to 4294967295"),
+        ("", "'' is not a seed"),
+    ],
+)
+def test_bad_seeds_are_refused_naming_them(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_seeds(text)

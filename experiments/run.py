@@ -48,7 +48,7 @@ from mbrl_jax.config import (  # noqa: E402
     describe_config,
     make_config,
 )
-from mbrl_jax.parallel import parse_seeds, stored_seeds  # noqa: E402
+from mbrl_jax.parallel import check_devices, parse_seeds, stored_seeds  # noqa: E402
 
 DEFAULT_PRESET = "cartpole"
 FIELD_FLAGS = {"env": "env.name", "seed": "run.seed", "steps": "run.steps"}  # --steps N is run.steps=N
@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         from mbrl_jax.memory import check_memory
         from mbrl_jax.runner import check_logdir, check_resume
 
+        check_devices(config, seeds)
         check_resume(config, logdir, seeds)
         check_memory(config, seeds=1 if seeds is None else len(seeds))
         path = check_logdir(logdir)

@@ -77,6 +77,11 @@ class RunConfig:
         10.0, "also save at the first chunk end this long after the last save", POSITIVE
     )
     keep_checkpoints: int = setting(3, "checkpoints kept on disk", POSITIVE)
+    devices: int = setting(
+        1,
+        "devices in the mesh: a run splits envs, replay and batch over them ('data' axis), a sweep its seeds",
+        POSITIVE,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +257,12 @@ class Config:
                 f"replay.online=True puts one fresh window per env in each batch, so env.num_envs={n} "
                 "must be "
                 f"<= replay.batch_size={r.batch_size}; or set replay.online=false"
+            )
+        d = self.run.devices
+        if d > 1 and (n % d or r.batch_size % d):
+            raise ConfigError(
+                f"run.devices={d} must divide env.num_envs={n} and replay.batch_size={r.batch_size} "
+                "(each device holds as many envs and replayed windows as the others)"
             )
         if self.prefill_steps_per_env * n > self.run.steps:
             raise ConfigError(f"replay.prefill={r.prefill} exceeds the budget run.steps={self.run.steps}")

@@ -1,4 +1,12 @@
-"""Many seeds in one compiled program: the seed list of a sweep, its run-folder layout and its aggregate.
+"""Many seeds in one compiled program, and devices: the seed list of a sweep, its run-folder layout and its
+aggregate; the device mesh and the train state's shardings.
+
+Devices (`run.devices=D`): a run lays its envs, replay and sampled batch along a mesh axis 'data' (parameters,
+optimiser and counters replicated). The program stays the single-device program: `jax.jit` with those
+shardings lets XLA partition it (GSPMD), so the env steps, the replay and each update's batch are split over
+the devices and the gradient sums become all-reduces; a run on D devices computes what it computes on one,
+up to the order of those sums. A sweep lays its seed axis along a mesh axis 'seed' instead (seeds divisible
+by D).
 
 A sweep of seeds s_1..s_S is one train state with a leading seed axis ([S, ...] on every leaf), built by
 `jax.vmap(trainer.init)` over the keys `PRNGKey(s_i)` and advanced by `jax.vmap(trainer.run_chunk)`; seed s_i
@@ -18,10 +26,14 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mbrl_jax.config import UINT32_MAX, ConfigError
+from mbrl_jax.config import UINT32_MAX, Config, ConfigError
+
+if TYPE_CHECKING:  # jax is imported only when a mesh is built, so the command line answers --help at once
+    from jax.sharding import Mesh
 
 SWEEP_FILE = "sweep.json"
 DIVERGED_FILE = "diverged.json"
@@ -121,3 +133,57 @@ def write_aggregate(logdir: str | Path, seeds: Sequence[int]) -> dict:
         plot_curves([seed_logdir(logdir, s) for s in series], logdir / "curves.png", label="eval_return")
     (logdir / AGGREGATE_FILE).write_text(json.dumps(out, indent=1))
     return out
+
+
+def check_devices(config: Config, seeds: Sequence[int] | None = None) -> None:
+    """ConfigError when `run.devices` exceeds the devices JAX sees, or does not divide a sweep's seeds."""
+    import jax
+
+    wanted, present = config.run.devices, jax.devices()
+    if wanted > len(present):
+        raise ConfigError(
+            f"run.devices={wanted} but JAX sees {len(present)} {present[0].platform} device(s); allowed: 1 "
+            f"to {len(present)} (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N)"
+        )
+    if seeds is not None and len(seeds) % wanted:
+        raise ConfigError(
+            f"run.devices={wanted} must divide the number of seeds ({len(seeds)}): a sweep puts as many "
+            "seeds on each device"
+        )
+
+
+def make_mesh(config: Config, seeds: Sequence[int] | None = None) -> Mesh | None:
+    """The `jax.sharding.Mesh` of `run.devices` devices: axis 'data' for a run, 'seed' for a sweep; None for
+    one device."""
+    import jax
+    from jax.sharding import Mesh
+
+    if config.run.devices == 1:
+        return None
+    devices = np.array(jax.devices()[: config.run.devices])
+    return Mesh(devices, ("data",) if seeds is None else ("seed",))
+
+
+def state_shardings(state, mesh: Mesh):
+    """NamedShardings for a TrainState (or its shapes) on `mesh`: on a 'seed' mesh every leaf is split along
+    its leading seed axis; on a 'data' mesh the env-batched fields (env states, last timesteps, actions,
+    policy carries, replay buffers) along their env axis, and the rest (agent, keys, counters) replicated."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    if "seed" in mesh.axis_names:
+        return jax.tree.map(lambda _: NamedSharding(mesh, P("seed")), state)
+    split, whole = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    every = lambda tree, sharding: jax.tree.map(lambda _: sharding, tree)  # noqa: E731
+    return state.replace(
+        key=whole,
+        env_steps=whole,
+        updates=whole,
+        env_state=every(state.env_state, split),
+        timestep=every(state.timestep, split),
+        prev_action=split,
+        policy=every(state.policy, split),
+        replay=every(state.replay, whole).replace(data=every(state.replay.data, split)),
+        agent=every(state.agent, whole),
+    )

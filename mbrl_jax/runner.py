@@ -34,8 +34,11 @@ from mbrl_jax.logging import MetricLogger, Progress
 from mbrl_jax.parallel import (
     DIVERGED_FILE,
     SWEEP_FILE,
+    check_devices,
     check_seeds,
+    make_mesh,
     seed_logdir,
+    state_shardings,
     stored_seeds,
     write_aggregate,
 )
@@ -292,6 +295,7 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
     say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
     total_steps = final_env_steps(config)
     members = [None] if seeds is None else list(seeds)
+    check_devices(config, seeds)
     if path is not None:
         check_resume(config, path, seeds)
     ckpt = Checkpointer(path / "checkpoints", keep=config.run.keep_checkpoints) if path is not None else None
@@ -304,7 +308,8 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
                 seed_logdir(path, seed).mkdir(exist_ok=True)
                 save_config(seed_logdir(path, seed), make_config(base=config, **{"run.seed": seed}).to_dict())
 
-    trainer = make_train(config)
+    mesh = make_mesh(config, seeds)
+    trainer = make_train(config, mesh if seeds is None else None)
 
     def chunk_and_check(state):
         state, metrics = trainer.run_chunk(state)
@@ -316,7 +321,14 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
     else:
         init, chunk = jax.vmap(trainer.init), jax.vmap(chunk_and_check)
         key = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
-    init, chunk_fn = jax.jit(init), jax.jit(chunk, donate_argnums=0)
+    if mesh is None:
+        init, chunk_fn = jax.jit(init), jax.jit(chunk, donate_argnums=0)
+    else:  # the same programs, laid out on the mesh (see mbrl_jax.parallel)
+        shardings = state_shardings(jax.eval_shape(init, key), mesh)
+        init = jax.jit(init, out_shardings=shardings)
+        chunk_fn = jax.jit(
+            chunk, in_shardings=(shardings,), out_shardings=(shardings, None, None), donate_argnums=0
+        )
     logdirs = {m: (path if m is None else seed_logdir(path, m)) for m in members} if path is not None else {}
     loggers = {m: MetricLogger(d) for m, d in logdirs.items()}
     diverged: set[int] = set()
@@ -334,6 +346,12 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
             f"every seed of the sweep in {path} turned non-finite before its last checkpoint"
         )
     target = jax.eval_shape(init, key)
+    if mesh is not None:  # restored arrays land where the compiled chunk expects them
+        target = jax.tree.map(
+            lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
+            target,
+            shardings,
+        )
     if latest is not None:
         ckpt.check_compatible(latest, target)
         state = ckpt.restore(latest, target)

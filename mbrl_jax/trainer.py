@@ -95,7 +95,7 @@ def episode_returns(env: VecEnv, act: Callable, carry: Any, key: jax.Array) -> j
     return ret
 
 
-def make_train(config: Config) -> Trainer:
+def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer:
     """The whole training loop of `config` as pure functions of arrays (the static work happens here:
     env, networks, optimiser, shapes).
 
@@ -112,6 +112,10 @@ def make_train(config: Config) -> Trainer:
         policy's mode (`run.eval_policy="mode"`) or sampled actions ("sample", as the reference evaluates).
     All three work under `jax.jit` and `jax.vmap`: with a leading seed axis on the key (and so on the state,
     [S, ...] on every leaf, and on metrics, [S]) one program trains S seeds.
+
+    `mesh`: a mesh with a 'data' axis (`mbrl_jax.parallel.make_mesh`) on which the caller lays the state out
+    (`state_shardings`); each update's sampled batch is then split along that axis, so the learner runs
+    data-parallel. The functions compute the same with or without it.
     """
     c = config
     n, r = c.env.num_envs, c.replay
@@ -174,6 +178,9 @@ def make_train(config: Config) -> Trainer:
         batch, index, replay = replay_sample(
             state.replay, k_sample, r.batch_size, c.sample_length, r.online, stride=r.batch_length
         )
+        if mesh is not None:
+            split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+            batch = jax.lax.with_sharding_constraint(batch, jax.tree.map(lambda _: split, batch))
         agent_state, metrics, writes = agent.learn(state.agent, batch, k_learn)
         if writes:
             replay = replay_update(replay, index, writes)

@@ -40,6 +40,8 @@ BAD_INPUTS = [
     (["run.eval_policy=greedy"], ["eval_policy", "greedy", "'sample', 'mode'"]),
     (["--env", "Breakout-MinAtar"], ["env", "Breakout-MinAtar", "vector observations"]),
     (["lr"], ["lr", "key=value"]),
+    (["run.devices=2"], ["run.devices=2", "JAX sees 1 cpu device", "xla_force_host_platform_device_count"]),
+    (["run.devices=4"], ["run.devices=4", "must divide env.num_envs=2"]),
     (["--seeds", "3-1"], ["seeds", "3-1", "backwards"]),
     (["--seeds", "0,2,2"], ["seeds", "[2]", "more than once"]),
     (["--seeds", "x"], ["seeds", "'x'", "ranges"]),

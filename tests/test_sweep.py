@@ -37,6 +37,7 @@ def straight_sweep(tmp_path_factory):
     return logdir, state, records
 
 
+@pytest.mark.slow  # trains a sweep
 def test_each_seed_of_a_sweep_matches_its_single_run(straight_sweep):
     """Vmapping batches the matmuls, and XLA's CPU kernels for a batched dot sum in another order than the
     unbatched one: the same seed differs in the last bits (about 1e-6 in parameters after these three
@@ -69,6 +70,7 @@ def test_each_seed_of_a_sweep_matches_its_single_run(straight_sweep):
     assert sweep_records[0][-1]["loss_model"] != sweep_records[1][-1]["loss_model"]
 
 
+@pytest.mark.slow  # trains a sweep
 def test_a_sweep_writes_each_seeds_folder_and_the_aggregate(straight_sweep):
     logdir, _, records = straight_sweep
     assert json.loads((logdir / "sweep.json").read_text()) == {"seeds": SEEDS}
@@ -89,6 +91,7 @@ def test_a_sweep_writes_each_seeds_folder_and_the_aggregate(straight_sweep):
     assert (logdir / "curves.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # trains a sweep
 def test_a_killed_sweep_resumes_exactly(tmp_path, straight_sweep):
     straight_dir, straight_state, _ = straight_sweep
     config = make_config("debug", **SMALL)
@@ -106,6 +109,7 @@ def test_a_killed_sweep_resumes_exactly(tmp_path, straight_sweep):
     )
 
 
+@pytest.mark.slow  # trains a sweep
 def test_a_non_finite_seed_is_named_and_the_others_go_on(tmp_path, straight_sweep, monkeypatch, capsys):
     """Seed 1's parameters are NaN from the start (as if it had diverged); seeds 0 and 2 train on, logged
     and checkpointed exactly as in the healthy sweep."""
@@ -140,6 +144,7 @@ def test_a_non_finite_seed_is_named_and_the_others_go_on(tmp_path, straight_swee
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # trains a sweep
 def test_sweep_and_single_run_folders_are_not_mixed_up(tmp_path, straight_sweep):
     straight_dir, _, _ = straight_sweep
     config = make_config("debug", **SMALL)

@@ -1,0 +1,98 @@
+"""Run by tests/test_devices.py in a fresh process with 4 virtual CPU devices (XLA_FLAGS must be set before
+jax starts). Prints one JSON object with the measured differences; the test asserts on them."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from mbrl_jax.agents import make_agent  # noqa: E402
+from mbrl_jax.config import make_config  # noqa: E402
+from mbrl_jax.envs import make_env  # noqa: E402
+from mbrl_jax.parallel import make_mesh  # noqa: E402
+from mbrl_jax.replay import replay_sample  # noqa: E402
+from mbrl_jax.runner import train, train_sweep  # noqa: E402
+from mbrl_jax.trainer import make_train  # noqa: E402
+
+cache = os.environ.get("MBRL_JAX_TEST_CACHE")
+if cache:
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+SMALL = {
+    "env.num_envs": 4,
+    "replay.batch_size": 8,
+    "run.steps": 528,
+    "run.chunk_steps": 200,
+    "run.checkpoint_every": 200,
+    "replay.prefill": 128,
+    "replay.batch_length": 16,
+}
+out_dir = Path(sys.argv[1])
+
+
+def max_diff(a, b) -> float:
+    pairs = zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b)), strict=True)
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))) for x, y in pairs)
+
+
+def equal(a, b) -> bool:
+    pairs = zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b)), strict=True)
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
+
+
+result = {"devices": len(jax.devices())}
+one = make_config("debug", **SMALL)
+four = one.replace(**{"run.devices": 4})
+
+# 1. One learner update on the same batch: the batch split over 4 devices, parameters replicated.
+trainer = make_train(one)
+state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+batch, _, _ = replay_sample(state.replay, jax.random.PRNGKey(1), 8, one.sample_length, False, stride=16)
+agent = make_agent(one, make_env(one.env.name, 4).spec)
+learn_key = jax.random.PRNGKey(2)
+single, single_metrics, _ = jax.jit(agent.learn)(state.agent, batch, learn_key)
+mesh = make_mesh(four)
+split, whole = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+sharded_learn = jax.jit(
+    agent.learn,
+    in_shardings=(jax.tree.map(lambda _: whole, state.agent), jax.tree.map(lambda _: split, batch), whole),
+)
+compiled = sharded_learn.lower(state.agent, batch, learn_key).compile()
+result["update_all_reduces"] = compiled.as_text().count("all-reduce(")
+sharded, sharded_metrics, _ = compiled(state.agent, batch, learn_key)
+# (warm-up holds the first step's learning rate at zero: the optimiser's moments carry the gradients)
+result["update_state_diff"] = max_diff(single, sharded)
+result["update_state_changed"] = not equal(single.opt_state, state.agent.opt_state)
+result["update_metric_diff"] = max_diff(single_metrics, sharded_metrics)
+result["update_batch_sharding"] = str(jax.tree.leaves(jax.device_put(batch, split))[0].sharding.spec)
+
+# 2. A whole run on 4 devices against the same run on one; 3. a killed sharded run resumes bit for bit.
+single_state, single_records = train(one, out_dir / "one", progress=False)
+state4, records4 = train(four, out_dir / "four", progress=False)
+result["run_param_diff"] = max_diff(single_state.agent.params, state4.agent.params)
+result["run_eval"] = [[r["eval_return"] for r in single_records], [r["eval_return"] for r in records4]]
+result["run_replay_sharding"] = str(state4.replay.data["obs"].sharding.spec)
+train(four, out_dir / "resumed", progress=False, stop_after_chunks=1)
+resumed, _ = train(four, out_dir / "resumed", progress=False)
+result["resume_exact"] = equal(resumed, state4)
+result["resume_metrics_equal"] = (out_dir / "resumed" / "metrics.jsonl").read_text() == (
+    out_dir / "four" / "metrics.jsonl"
+).read_text()
+
+# 4. A sweep's seed axis over 2 devices: seed 0 against its single run on one device.
+sweep, _ = train_sweep(one.replace(**{"run.devices": 2}), [0, 1], out_dir / "sweep", progress=False)
+result["sweep_seed0_param_diff"] = max_diff(
+    jax.tree.map(lambda x: x[0], sweep.agent.params), single_state.agent.params
+)
+result["sweep_sharding"] = str(jax.tree.leaves(sweep.agent.params)[0].sharding.spec)
+print(json.dumps(result))

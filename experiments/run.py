@@ -48,7 +48,7 @@ from mbrl_jax.config import (  # noqa: E402
     describe_config,
     make_config,
 )
-from mbrl_jax.parallel import check_devices, parse_seeds, stored_seeds  # noqa: E402
+from mbrl_jax.parallel import check_devices, initialize_hosts, parse_seeds, stored_seeds  # noqa: E402
 
 DEFAULT_PRESET = "cartpole"
 FIELD_FLAGS = {"env": "env.name", "seed": "run.seed", "steps": "run.steps"}  # --steps N is run.steps=N
@@ -104,6 +104,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--new", action="store_true", help="start a fresh run in <logdir>-2 (-3, ...) if <logdir> holds one"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--coordinator",
+        help="multi-host: host:port of process 0, for jax.distributed (on a TPU pod slice: not needed)",
+    )
+    parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    parser.add_argument("--process-id", type=int, help="multi-host: this process's index, 0 to N-1")
+    parser.add_argument(
+        "--multi-host",
+        action="store_true",
+        help="join a multi-host run (implied by --coordinator; on a TPU pod slice the only flag needed)",
+    )
     parser.add_argument(
         "--show-config",
         action="store_true",
@@ -184,6 +195,8 @@ def enable_compilation_cache() -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        if args.multi_host or args.coordinator:
+            initialize_hosts(args.coordinator, args.num_processes, args.process_id)
         config, logdir, seeds = build_config(args)
         if args.show_config:
             print(describe_config(config))

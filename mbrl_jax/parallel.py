@@ -23,6 +23,7 @@ starts from the same key as a single run with `run.seed=s_i`. Its folder:
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,11 +136,46 @@ def write_aggregate(logdir: str | Path, seeds: Sequence[int]) -> dict:
     return out
 
 
+def initialize_hosts(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
+    """Joins this process to a multi-host run with `jax.distributed.initialize` (before any other jax call).
+
+    Arguments left None come from the environment, as `jax.distributed.initialize` reads it (on a TPU pod
+    slice and under SLURM nothing needs to be given). On CPU hosts the cross-process collectives go through
+    gloo. Every process then runs the same program over the global device mesh; only process 0 writes logs.
+    """
+    import jax
+
+    if jax.config.jax_platforms in ("cpu", None) or os.environ.get("JAX_PLATFORMS") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
+
+
+def wait_for_all_processes(name: str) -> None:
+    """A barrier of every process of a multi-host run (no-op with one process), through the coordination
+    service rather than a collective: a collective waits only 30 s for the other processes to join it, less
+    than one process may spend compiling while another reads the program from the cache."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    if jax.process_count() > 1:
+        ocp.multihost.sync_global_processes(name, processes=set(range(jax.process_count())))
+
+
 def check_devices(config: Config, seeds: Sequence[int] | None = None) -> None:
-    """ConfigError when `run.devices` exceeds the devices JAX sees, or does not divide a sweep's seeds."""
+    """ConfigError when `run.devices` exceeds the devices JAX sees, does not divide a sweep's seeds, or (with
+    several processes) leaves out another process's devices."""
     import jax
 
     wanted, present = config.run.devices, jax.devices()
+    if jax.process_count() > 1 and wanted != len(present):
+        raise ConfigError(
+            f"run.devices={wanted}, but {jax.process_count()} processes hold {len(present)} devices in all; "
+            f"a multi-host run uses every device: set run.devices={len(present)}"
+        )
     if wanted > len(present):
         raise ConfigError(
             f"run.devices={wanted} but JAX sees {len(present)} {present[0].platform} device(s); allowed: 1 "

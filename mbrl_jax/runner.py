@@ -40,6 +40,7 @@ from mbrl_jax.parallel import (
     seed_logdir,
     state_shardings,
     stored_seeds,
+    wait_for_all_processes,
     write_aggregate,
 )
 from mbrl_jax.trainer import TrainState, make_train, summarize_chunk
@@ -292,6 +293,7 @@ def _mean_record(records: list[dict]) -> dict:
 def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
     """The host loop of `train` (seeds None) and `train_sweep` (a list of seeds, vmapped)."""
     path = check_logdir(logdir) if logdir is not None else None
+    progress = progress and jax.process_index() == 0  # one console for a multi-host run
     say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
     total_steps = final_env_steps(config)
     members = [None] if seeds is None else list(seeds)
@@ -300,7 +302,10 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
         check_resume(config, path, seeds)
     ckpt = Checkpointer(path / "checkpoints", keep=config.run.keep_checkpoints) if path is not None else None
     latest = ckpt.latest_step() if ckpt is not None else None
-    if path is not None and (latest is None or latest < total_steps):  # a finished run keeps its budget
+    writer = jax.process_index() == 0  # in a multi-host run every process computes, process 0 writes
+    if (
+        writer and path is not None and (latest is None or latest < total_steps)
+    ):  # a finished run keeps its budget
         save_config(path, config.to_dict())
         if seeds is not None:
             (path / SWEEP_FILE).write_text(json.dumps({"seeds": seeds}))
@@ -326,20 +331,25 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
     else:  # the same programs, laid out on the mesh (see mbrl_jax.parallel)
         shardings = state_shardings(jax.eval_shape(init, key), mesh)
         init = jax.jit(init, out_shardings=shardings)
+        everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # metrics: on every host
         chunk_fn = jax.jit(
-            chunk, in_shardings=(shardings,), out_shardings=(shardings, None, None), donate_argnums=0
+            chunk,
+            in_shardings=(shardings,),
+            out_shardings=(shardings, everywhere, everywhere),
+            donate_argnums=0,
         )
     logdirs = {m: (path if m is None else seed_logdir(path, m)) for m in members} if path is not None else {}
-    loggers = {m: MetricLogger(d) for m, d in logdirs.items()}
+    loggers = {m: MetricLogger(d) for m, d in logdirs.items()} if writer else {}
     diverged: set[int] = set()
-    for member, logger in loggers.items():
+    for logger in loggers.values():
         # rows after the resume point would be computed again: drop them before anything is appended
         logger.truncate_after(latest if latest is not None else -1)
-        mark = logdirs[member] / DIVERGED_FILE
+    for member, logdir in logdirs.items():
+        mark = logdir / DIVERGED_FILE
         if mark.is_file():
             if latest is not None and json.loads(mark.read_text())["env_steps"] <= latest:
                 diverged.add(member)
-            else:
+            elif writer:
                 mark.unlink()  # it diverged after the checkpoint resumed from: that chunk runs again
     if seeds is not None and diverged == set(seeds):
         raise NonFiniteError(
@@ -359,6 +369,7 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
     else:
         init, chunk_fn = _compile([init.lower(key), chunk_fn.lower(target)], say)
         state = init(key)
+    wait_for_all_processes(f"mbrl_jax compiled {path}")  # a multi-host run's processes start chunks together
     start_chunk = _chunks_done(config, env_steps_reached(state))
     ckpt_every = max(1, math.ceil(config.run.checkpoint_every / config.env_steps_per_chunk))
     last_saved = latest
@@ -411,7 +422,7 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
                 )
             for member, what in newly_bad.items():
                 diverged.add(member)
-                if logdirs:
+                if logdirs and writer:
                     mark = {"env_steps": env_steps, "non_finite": what}
                     (logdirs[member] / DIVERGED_FILE).write_text(json.dumps(mark))
                 say(f"seed {member} stopped: non-finite {what} in {where}; the other seeds go on")
@@ -430,7 +441,7 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
             if saved:
                 save(env_steps)
             raise Interrupted(stop.signum, env_steps, saved)
-    if path is not None and env_steps_reached(state) >= total_steps:
+    if writer and path is not None and env_steps_reached(state) >= total_steps:
         from mbrl_jax.plotting import plot_run
 
         for member in members:

@@ -9,11 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import gymnax
 import jax
 import jax.numpy as jnp
 from flax import struct
-from gymnax.environments import spaces
 
 from mbrl_jax.config import did_you_mean
 from mbrl_jax.envs.base import EnvSpec, TimeStep, VecEnv, first_timestep, rescale_action
@@ -31,6 +29,10 @@ class GymnaxState:
 
 def list_envs() -> list[str]:
     """Names of all registered gymnax envs."""
+    # gymnax is imported on first use: importing it creates arrays, which starts jax's backend, and a
+    # multi-host run must call jax.distributed.initialize before that (mbrl_jax.parallel.initialize_hosts)
+    import gymnax
+
     return list(gymnax.registered_envs)
 
 
@@ -40,11 +42,15 @@ def _make_gymnax(name: str) -> tuple[Any, Any]:
         raise ValueError(
             f"Unknown env name {name!r}{did_you_mean(name, envs)}. Registered gymnax envs: {', '.join(envs)}"
         )
+    import gymnax
+
     return gymnax.make(name)
 
 
 def _spec(name: str, env: Any, params: Any) -> EnvSpec:
     obs = jax.eval_shape(env.reset_env, jax.random.key(0), params)[0]
+    from gymnax.environments import spaces
+
     space = env.action_space(params)
     discrete = isinstance(space, spaces.Discrete)
     action_dim = int(space.n) if discrete else math.prod(space.shape)

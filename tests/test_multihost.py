@@ -1,0 +1,71 @@
+"""Multi-host: two real processes joined by jax.distributed on 127.0.0.1 (2 virtual CPU devices each, gloo
+collectives) train one run over the 4 global devices, end with the same parameters, checkpoint through
+orbax's multi-host saving, and resume exactly; only process 0 writes the logs."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mbrl_jax.logging import read_metrics
+
+SCRIPT = Path(__file__).resolve().parent / "scripts" / "multihost_run.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(logdir: Path, stop_after: int | None = None) -> list[dict]:
+    """Both processes of one launch; their JSON reports, process 0 first."""
+    env = {
+        **os.environ,
+        "MBRL_JAX_TEST_CACHE": os.environ.get("MBRL_JAX_TEST_CACHE", "/tmp/mbrl_jax_test_xla_cache"),
+    }
+    port = str(_free_port())
+    extra = [] if stop_after is None else [str(stop_after)]
+    logs = [
+        (logdir.parent / f"{logdir.name}-process{i}.out", logdir.parent / f"{logdir.name}-process{i}.err")
+        for i in range(2)
+    ]
+    procs = []  # output to files, not pipes: a full pipe would stall one process at a barrier
+    for i, (out, err) in enumerate(logs):
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(SCRIPT), str(i), port, str(logdir), *extra],
+                    stdout=stdout,
+                    stderr=stderr,
+                    env=env,
+                )
+            )
+    reports = []
+    for proc, (out, err) in zip(procs, logs, strict=True):
+        proc.wait(timeout=1200)
+        assert proc.returncode == 0, err.read_text()[-3000:]
+        reports.append(json.loads(out.read_text().strip().splitlines()[-1]))
+    return sorted(reports, key=lambda r: r["process"])
+
+
+@pytest.mark.slow  # two processes compile the run, three times
+def test_two_processes_train_one_run_checkpoint_and_resume_exactly(tmp_path):
+    straight = _launch(tmp_path / "straight")
+    assert [r["processes"] for r in straight] == [2, 2] and [r["devices"] for r in straight] == [4, 4]
+    assert [r["local_envs"] for r in straight] == [[1, 1], [1, 1]]  # each device steps its own env
+    assert straight[0]["params"] == straight[1]["params"]
+    assert straight[0]["env_steps"] == straight[1]["env_steps"] == 248
+    records = read_metrics(tmp_path / "straight")
+    assert [r["env_steps"] for r in records] == [168, 208, 248]  # one writer: no row twice
+
+    _launch(tmp_path / "resumed", stop_after=1)  # checkpoint after the first chunk, then both stop
+    assert len(read_metrics(tmp_path / "resumed")) == 1
+    resumed = _launch(tmp_path / "resumed")
+    assert resumed[0]["params"] == resumed[1]["params"] == straight[0]["params"]
+    assert resumed[0]["records"] == 2
+    assert read_metrics(tmp_path / "resumed") == records

@@ -399,14 +399,15 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
             state, metrics, finite = chunk_fn(state)
             if stop is not None:
                 _wait(finite)
-            finite = jax.device_get(finite)
+            metrics, finite = jax.device_get((metrics, finite))  # one transfer; seeds are sliced on the host
             chunk_records, newly_bad = {}, {}
             for i, member in enumerate(members):
-                record = summarize_chunk(_member(metrics, None if seeds is None else i))
+                seed_axis = None if seeds is None else i
+                record = summarize_chunk(_member(metrics, seed_axis))
                 env_steps = record["env_steps"]
                 if member in diverged:
                     continue
-                bad = non_finite_names(_member(finite, None if seeds is None else i))
+                bad = non_finite_names(_member(finite, seed_axis))
                 if bad:
                     newly_bad[member] = describe_non_finite(bad)
                 else:

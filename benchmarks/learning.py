@@ -44,7 +44,7 @@ from mbrl_jax.config import (  # noqa: E402
 from mbrl_jax.logging import read_metrics  # noqa: E402
 
 # Thresholds the issues name, per env; a run "solves" the task at the first eval at or above it.
-THRESHOLDS = {"CartPole-v1": 450.0, "Pendulum-v1": -300.0}
+THRESHOLDS = {"CartPole-v1": 450.0, "Pendulum-v1": -300.0, "Breakout-MinAtar": 10.0}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -109,7 +109,7 @@ def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[di
                 (logdirs[seed] / "diverged.json").write_text(json.dumps({"env_steps": record["env_steps"]}))
                 continue
             loggers[seed].write(record)
-            line.append(f"s{seed} {record['eval_return']:.1f}")
+            line.append(f"s{seed} {record['eval_return']:.1f}" if "eval_return" in record else f"s{seed} -")
         print(
             f"{task} chunk {index + 1}/{config.num_chunks} env_steps {record['env_steps']} "
             f"eval {' '.join(line)} ({elapsed / 60:.1f} min)",

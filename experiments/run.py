@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.show_config:
             print(describe_config(config))
             return 0
-        from mbrl_jax.memory import check_memory
+        from mbrl_jax.memory import check_memory, describe_replay
         from mbrl_jax.runner import check_logdir, check_resume
 
         check_devices(config, seeds)
@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(train ratio {config.effective_train_ratio:g}, {config.env.num_envs} envs) -> {path}",
         flush=True,
     )
+    print(describe_replay(config, 1 if seeds is None else len(seeds)), flush=True)
     if point is not None:
         saved = datetime.fromtimestamp(point[1]).strftime("%Y-%m-%d %H:%M:%S")
         print(f"resuming from env step {point[0]} (checkpoint of {saved})", flush=True)

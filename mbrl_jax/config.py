@@ -64,7 +64,16 @@ class RunConfig:
     chunk_steps: int = setting(
         1_000, "env steps per compiled chunk: the log / eval / checkpoint interval", POSITIVE
     )
-    eval_episodes: int = setting(8, "episodes per evaluation (after each chunk)", POSITIVE)
+    eval_episodes: int = setting(8, "episodes per evaluation, run in parallel", POSITIVE)
+    eval_every: int = setting(
+        1_000, "env steps between evaluations, rounded up to whole chunks (at least one chunk)", POSITIVE
+    )
+    eval_steps: int = setting(
+        0,
+        "env steps an evaluation runs at most; an episode not ended by then counts its partial return "
+        "(0: the env's episode limit, so every episode ends)",
+        NON_NEGATIVE,
+    )
     eval_policy: str = setting(
         "sample",
         "evaluation actions: sampled from the policy (as the reference), or its 'mode'",
@@ -99,6 +108,11 @@ class ReplayConfig:
     train_ratio: float = setting(512.0, "replayed steps per env step, as DreamerV3 counts it", POSITIVE)
     context: bool = setting(True, "a window starts from the latent stored for the step before it (reference)")
     online: bool = setting(True, "each fresh window is trained on once, in the first batch rows (reference)")
+    max_gib: float = setting(
+        16.0,
+        "largest replay allowed, in GiB (all seeds of a sweep together); checked before allocating",
+        POSITIVE,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +128,9 @@ class WorldModelConfig:
     stoch: int = setting(32, "categorical latent variables", POSITIVE)
     classes: int = setting(4, "classes per latent variable", POSITIVE)
     units: int = setting(64, "MLP width of encoder, decoder and heads (and actor, critic)", POSITIVE)
+    depth: int = setting(
+        4, "image encoder / decoder channels: depth x (2, 3, 4, 4) per stride-2 stage (reference)", POSITIVE
+    )
     enc_layers: int = setting(3, "encoder MLP layers", POSITIVE)
     dec_layers: int = setting(3, "decoder MLP layers", POSITIVE)
     head_layers: int = setting(1, "reward and continue head MLP layers", NON_NEGATIVE)
@@ -216,6 +233,10 @@ class Config:
     @property
     def env_steps_per_chunk(self) -> int:
         return self.iterations_per_chunk * self.env_steps_per_iteration
+
+    @property
+    def chunks_per_eval(self) -> int:
+        return max(1, math.ceil(self.run.eval_every / self.env_steps_per_chunk))
 
     @property
     def prefill_steps_per_env(self) -> int:
@@ -336,15 +357,21 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
 
 # DreamerV3 model sizes (paper's size table; reference configs). Layer counts follow the reference.
 SIZE_PRESETS: dict[str, dict[str, Any]] = {
-    name: {"wm.deter": deter, "wm.hidden": hidden, "wm.classes": classes, "wm.units": units}
-    for name, deter, hidden, classes, units in [
-        ("size1m", 512, 64, 4, 64),
-        ("size12m", 2048, 256, 16, 256),
-        ("size25m", 3072, 384, 24, 384),
-        ("size50m", 4096, 512, 32, 512),
-        ("size100m", 6144, 768, 48, 768),
-        ("size200m", 8192, 1024, 64, 1024),
-        ("size400m", 12288, 1536, 96, 1536),
+    name: {
+        "wm.deter": deter,
+        "wm.hidden": hidden,
+        "wm.classes": classes,
+        "wm.units": units,
+        "wm.depth": depth,
+    }
+    for name, deter, hidden, classes, units, depth in [
+        ("size1m", 512, 64, 4, 64, 4),
+        ("size12m", 2048, 256, 16, 256, 16),
+        ("size25m", 3072, 384, 24, 384, 24),
+        ("size50m", 4096, 512, 32, 512, 32),
+        ("size100m", 6144, 768, 48, 768, 48),
+        ("size200m", 8192, 1024, 64, 1024, 64),
+        ("size400m", 12288, 1536, 96, 1536, 96),
     ]
 }
 
@@ -369,6 +396,19 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
     "acrobot": {**CLASSIC, "env.name": "Acrobot-v1"},
     "pendulum": {**CLASSIC, "env.name": "Pendulum-v1"},
     "mountaincar": {**CLASSIC, "env.name": "MountainCarContinuous-v0"},
+    # MinAtar (10 x 10 grids of object channels, gymnax): `classic`'s settings with the image encoder and
+    # decoder at the 12M preset's depth (16: 32 channels, the width MinAtar's own baselines use; the 1M
+    # depth of 4 gives 8). Breakout by default; the other games with --env.
+    "minatar": {
+        **CLASSIC,
+        "env.name": "Breakout-MinAtar",
+        "run.steps": 100_000,
+        "run.eval_every": 5_000,
+        "wm.depth": 16,
+    },
+    # DreamerV3's image workload for benchmarks: 64 x 64 x 3 frames (Breakout-MinAtar rendered in colour)
+    # with the reference's batch (16 x 64) and train ratio; combine with a size preset.
+    "rgb64": {"env.name": "Breakout-MinAtar-rgb64"},
     # The reference's own hyperparameters (this config's defaults: lr 4e-5, B 16 x T 64, ratio 512) on
     # CartPole, for comparison with `cartpole`'s classic settings at the same env steps.
     "cartpole-reference": {"run.steps": 30_000, "env.name": "CartPole-v1"},

@@ -65,15 +65,36 @@ def activation_floats_per_start(config: Config) -> int:
     return step + 3 * w.units * wm_layers + (d.imag_horizon + 1) * (step + 3 * w.units * imag_layers)
 
 
+def image_floats_per_step(config: Config, obs_shapes: dict[str, tuple[int, ...]]) -> int:
+    """float32 values the image encoder and decoder keep per replayed step for the backward pass: each
+    stage's feature map about 3 times (convolution, norm, activation) on both sides, and the image itself
+    (input, prediction and its error)."""
+    from mbrl_jax.nets.image import image_depths
+
+    images = [shape for shape in obs_shapes.values() if len(shape) == 3]
+    if not images:
+        return 0
+    height, width = images[0][:2]
+    pixels = sum(h * w * c for h, w, c in images)
+    maps = sum(
+        (height >> (i + 1)) * (width >> (i + 1)) * d
+        for i, d in enumerate(image_depths(height, width, config.wm.depth))
+    )
+    return 2 * 3 * maps + 4 * pixels
+
+
 def estimate_memory(config: Config) -> MemoryEstimate:
     """Device memory of a run of `config`; allocates nothing (shapes come from `jax.eval_shape`)."""
     from mbrl_jax.trainer import make_train  # late import: pulls in the agent and the envs
 
-    state = jax.eval_shape(make_train(config).init, jax.random.PRNGKey(0))
+    trainer = make_train(config)
+    state = jax.eval_shape(trainer.init, jax.random.PRNGKey(0))
     replay, params = _nbytes(state.replay), _nbytes(state.agent.params)
     agent = _nbytes(state.agent)
     starts = config.replay.batch_size * config.replay.batch_length
-    activations = 4 * starts * activation_floats_per_start(config) + params  # + one gradient per parameter
+    obs_shapes = {k: v.shape[2:] for k, v in state.replay.data["obs"].items()}
+    per_start = activation_floats_per_start(config) + image_floats_per_step(config, obs_shapes)
+    activations = 4 * starts * per_start + params  # + one gradient per parameter
     return MemoryEstimate(
         replay=replay,
         params=params,
@@ -96,10 +117,38 @@ def device_memory(device: jax.Device | None = None) -> int | None:
         return None
 
 
+def replay_step_bytes(config: Config) -> dict[str, int]:
+    """Bytes one stored env step takes in the replay, per field ("obs/image", "action", ...), from shapes."""
+    from mbrl_jax.trainer import make_train  # late import: pulls in the agent and the envs
+
+    state = jax.eval_shape(make_train(config).init, jax.random.PRNGKey(0))
+    leaves = jax.tree_util.tree_flatten_with_path(state.replay.data)[0]
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path): int(
+            np.prod(x.shape[2:], dtype=np.int64) * x.dtype.itemsize
+        )
+        for path, x in leaves
+    }
+
+
+def describe_replay(config: Config, seeds: int = 1) -> str:
+    """One line for the console: the replay's size and what a step holds."""
+    per_step = replay_step_bytes(config)
+    steps = config.capacity_per_env * config.env.num_envs
+    total = steps * sum(per_step.values()) * seeds
+    obs = ", ".join(f"{k} {b} B" for k, b in per_step.items() if k.startswith("obs"))
+    sweep = f" x {seeds} seeds" if seeds > 1 else ""
+    return (
+        f"replay: {_gib(total)} ({steps} steps{sweep} x {sum(per_step.values())} B per step, of which {obs}; "
+        f"limit replay.max_gib={config.replay.max_gib:g})"
+    )
+
+
 def check_memory(config: Config, available: int | None = None, seeds: int = 1) -> MemoryEstimate:
-    """Raises ConfigError with the figures when the estimate for a run (or a sweep of `seeds` seeds in one
-    program, which holds every seed's state and activations at once) exceeds `available` bytes (default:
-    what the first device has). Returns the estimate (for all seeds)."""
+    """Raises ConfigError with the figures when the replay exceeds `replay.max_gib`, or when the estimate
+    for a run (or a sweep of `seeds` seeds in one program, which holds every seed's state and activations
+    at once) exceeds `available` bytes (default: what the first device has). Returns the estimate (for all
+    seeds). Nothing is allocated."""
     estimate = estimate_memory(config)
     if seeds > 1:
         estimate = MemoryEstimate(**{k: v * seeds for k, v in dataclasses.asdict(estimate).items()})
@@ -122,5 +171,11 @@ def check_memory(config: Config, available: int | None = None, seeds: int = 1) -
         raise ConfigError(
             f"{largest}{sweep} needs about {_gib(estimate.total)} of device memory ({estimate.describe()}), "
             f"more than the {_gib(available)} of {device.platform}:{device.id}; reduce it"
+        )
+    if estimate.replay > config.replay.max_gib * GIB:
+        raise ConfigError(
+            f"replay.capacity={config.replay.capacity} needs {_gib(estimate.replay)} of replay, more than "
+            f"replay.max_gib={config.replay.max_gib:g}: {describe_replay(config, seeds)}; lower "
+            "replay.capacity or raise replay.max_gib"
         )
     return estimate

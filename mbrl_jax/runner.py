@@ -9,14 +9,16 @@ finished run exactly as if the larger budget had been given from the start (a ch
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -290,6 +292,46 @@ def _mean_record(records: list[dict]) -> dict:
     return {k: sum(r[k] for r in records) / len(records) for k in keys}
 
 
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """The jitted programs of a run (`seeds` None) or of a sweep, laid out on `run.devices` devices."""
+
+    init: Callable  # key -> TrainState ([S, ...] on every leaf for a sweep)
+    chunk: Callable  # state -> (state, metrics, finite flags); donates its argument
+    key: jax.Array  # init's key: PRNGKey(run.seed), or one per seed stacked
+    shardings: Any  # the state's NamedShardings on the mesh, None on one device
+
+
+def make_programs(config: Config, seeds: Sequence[int] | None = None) -> Programs:
+    """`make_train`'s init and run_chunk (plus the finite flags of `finite_flags`), vmapped over a leading
+    seed axis for a sweep, and jitted: plainly on one device, else with in/out shardings on
+    `make_mesh(config, seeds)` so XLA partitions the single-device program (see mbrl_jax.parallel)."""
+    mesh = make_mesh(config, seeds)
+    trainer = make_train(config, mesh if seeds is None else None)
+
+    def chunk_and_check(state):
+        state, metrics = trainer.run_chunk(state)
+        return state, metrics, finite_flags(state, metrics)
+
+    if seeds is None:
+        init, chunk = trainer.init, chunk_and_check
+        key = jax.random.PRNGKey(config.run.seed)
+    else:
+        init, chunk = jax.vmap(trainer.init), jax.vmap(chunk_and_check)
+        key = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
+    if mesh is None:
+        return Programs(jax.jit(init), jax.jit(chunk, donate_argnums=0), key, None)
+    shardings = state_shardings(jax.eval_shape(init, key), mesh)
+    everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # metrics: on every host
+    chunk_fn = jax.jit(
+        chunk,
+        in_shardings=(shardings,),
+        out_shardings=(shardings, everywhere, everywhere),
+        donate_argnums=0,
+    )
+    return Programs(jax.jit(init, out_shardings=shardings), chunk_fn, key, shardings)
+
+
 def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
     """The host loop of `train` (seeds None) and `train_sweep` (a list of seeds, vmapped)."""
     path = check_logdir(logdir) if logdir is not None else None
@@ -313,31 +355,8 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
                 seed_logdir(path, seed).mkdir(exist_ok=True)
                 save_config(seed_logdir(path, seed), make_config(base=config, **{"run.seed": seed}).to_dict())
 
-    mesh = make_mesh(config, seeds)
-    trainer = make_train(config, mesh if seeds is None else None)
-
-    def chunk_and_check(state):
-        state, metrics = trainer.run_chunk(state)
-        return state, metrics, finite_flags(state, metrics)
-
-    if seeds is None:
-        init, chunk = trainer.init, chunk_and_check
-        key = jax.random.PRNGKey(config.run.seed)
-    else:
-        init, chunk = jax.vmap(trainer.init), jax.vmap(chunk_and_check)
-        key = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
-    if mesh is None:
-        init, chunk_fn = jax.jit(init), jax.jit(chunk, donate_argnums=0)
-    else:  # the same programs, laid out on the mesh (see mbrl_jax.parallel)
-        shardings = state_shardings(jax.eval_shape(init, key), mesh)
-        init = jax.jit(init, out_shardings=shardings)
-        everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # metrics: on every host
-        chunk_fn = jax.jit(
-            chunk,
-            in_shardings=(shardings,),
-            out_shardings=(shardings, everywhere, everywhere),
-            donate_argnums=0,
-        )
+    programs = make_programs(config, seeds)
+    init, chunk_fn, key, shardings = programs.init, programs.chunk, programs.key, programs.shardings
     logdirs = {m: (path if m is None else seed_logdir(path, m)) for m in members} if path is not None else {}
     loggers = {m: MetricLogger(d) for m, d in logdirs.items()} if writer else {}
     diverged: set[int] = set()
@@ -356,7 +375,7 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
             f"every seed of the sweep in {path} turned non-finite before its last checkpoint"
         )
     target = jax.eval_shape(init, key)
-    if mesh is not None:  # restored arrays land where the compiled chunk expects them
+    if shardings is not None:  # restored arrays land where the compiled chunk expects them
         target = jax.tree.map(
             lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
             target,

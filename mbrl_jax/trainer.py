@@ -63,7 +63,9 @@ def replay_row(ts: TimeStep, prev_action: jax.Array, context: dict) -> dict:
     }
 
 
-def episode_returns(env: VecEnv, act: Callable, carry: Any, key: jax.Array) -> jax.Array:
+def episode_returns(
+    env: VecEnv, act: Callable, carry: Any, key: jax.Array, max_steps: int | None = None
+) -> jax.Array:
     """The return of the first episode in each of `env`'s N envs, all run in parallel from a reset.
 
     Args:
@@ -72,9 +74,10 @@ def episode_returns(env: VecEnv, act: Callable, carry: Any, key: jax.Array) -> j
         action in the agent's format (one-hot [N, A] or [-1, 1]^A; `env_action` maps it to the env's).
       carry: the policy's state for N envs (None for a memoryless policy).
       key: split into a reset key and, per step, one key for `act` and one for the env.
+      max_steps: env steps to run at most; None runs `max_episode_steps + 1` steps, so every episode ends.
     Returns:
-      [N] float32. The loop runs `max_episode_steps + 1` steps, so every episode ends; steps after an env's
-      first episode ends do not count.
+      [N] float32. Steps after an env's first episode ends do not count; an episode cut by `max_steps`
+      counts the rewards it got so far.
     """
     spec = env.spec
     k_reset, k_loop = jax.random.split(key)
@@ -91,8 +94,9 @@ def episode_returns(env: VecEnv, act: Callable, carry: Any, key: jax.Array) -> j
         return (env_state, ts, carry, action, ret, finished), None
 
     init = (env_state, ts, carry, jnp.zeros((n, spec.action_dim)), jnp.zeros(n), jnp.zeros(n, bool))
-    (*_, ret, _), _ = jax.lax.scan(step, init, jax.random.split(k_loop, spec.max_episode_steps + 1))
-    return ret
+    steps = spec.max_episode_steps + 1 if max_steps is None else min(max_steps, spec.max_episode_steps + 1)
+    (_, ts, _, _, ret, finished), _ = jax.lax.scan(step, init, jax.random.split(k_loop, steps))
+    return jnp.where(finished, ret, ts.episode_return)
 
 
 def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer:
@@ -106,7 +110,8 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
         (`env_steps_per_iteration` env steps with the policy, then `updates_per_iteration` learner updates),
         then one evaluation. `metrics` is a dict of scalar arrays: the learner's losses and statistics
         averaged over the chunk, `env_steps` and `updates` (totals so far), `episodes` (episodes ended in
-        the chunk) with `episode_return_sum` and `episode_length_sum` over them, and `eval_return`;
+        the chunk) with `episode_return_sum` and `episode_length_sum` over them, `eval_return` and
+        `evaluated` (whether this chunk ended with an evaluation: every `chunks_per_eval`-th chunk);
         `summarize_chunk` turns it into plain numbers.
       evaluate: `(AgentState, key) -> []` float32, the mean return of `eval_episodes` episodes with the
         policy's mode (`run.eval_policy="mode"`) or sampled actions ("sample", as the reference evaluates).
@@ -199,7 +204,8 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
         def act(policy, obs, prev_action, is_first, key_t):
             return agent.act(agent_state, policy, obs, prev_action, is_first, key_t, mode=use_mode)
 
-        return episode_returns(eval_env, act, agent.initial_carry(c.run.eval_episodes), key).mean()
+        max_steps = c.run.eval_steps or None
+        return episode_returns(eval_env, act, agent.initial_carry(c.run.eval_episodes), key, max_steps).mean()
 
     def run_chunk(state: TrainState) -> tuple[TrainState, dict]:
         state, (metrics, (count, ret_sum, len_sum)) = jax.lax.scan(
@@ -207,6 +213,9 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
         )
         key, k_eval = jax.random.split(state.key)
         state = state.replace(key=key)
+        chunks_done = (state.env_steps - c.prefill_steps_per_env * n) // c.env_steps_per_chunk
+        evaluated = chunks_done % c.chunks_per_eval == 0
+        eval_return = jax.lax.cond(evaluated, evaluate, lambda *_: jnp.float32(0.0), state.agent, k_eval)
         count = count.sum()
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics.update(
@@ -215,7 +224,8 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
             episodes=count,
             episode_return_sum=ret_sum.sum(),
             episode_length_sum=len_sum.sum().astype(jnp.float32),
-            eval_return=evaluate(state.agent, k_eval),
+            eval_return=eval_return,
+            evaluated=evaluated,
         )
         return state, metrics
 
@@ -226,10 +236,13 @@ def summarize_chunk(raw: dict) -> dict:
     """Host side: the compiled chunk's metrics (scalar arrays) -> plain Python numbers for logging.
 
     Episode statistics come out of the chunk as sums and a count; their means are defined only when an
-    episode ended in the chunk, so `episode_return` / `episode_length` are absent otherwise (never NaN).
+    episode ended in the chunk, so `episode_return` / `episode_length` are absent otherwise (never NaN);
+    `eval_return` is absent after chunks without an evaluation (`run.eval_every`).
     """
     out = {k: np.asarray(v).item() for k, v in jax.device_get(raw).items()}
     ret_sum, len_sum = out.pop("episode_return_sum"), out.pop("episode_length_sum")
+    if not out.pop("evaluated", True):  # no evaluation after this chunk (run.eval_every)
+        out.pop("eval_return")
     for key in ("env_steps", "updates", "episodes"):
         out[key] = int(out[key])
     if out["episodes"] > 0:

@@ -38,7 +38,12 @@ BAD_INPUTS = [
     (["dreamer.action_minstd=2", "dreamer.action_maxstd=1"], ["action_minstd", "action_maxstd"]),
     (["agent=tdmpc2"], ["agent", "tdmpc2", "allowed"]),
     (["run.eval_policy=greedy"], ["eval_policy", "greedy", "'sample', 'mode'"]),
-    (["--env", "Breakout-MinAtar"], ["env", "Breakout-MinAtar", "vector observations"]),
+    (["--env", "Catch-bsuite"], ["env", "Catch-bsuite", "(10, 5)", "vectors", "images"]),
+    (["--env", "Breakout-MinAtar-rgb"], ["env", "Breakout-MinAtar-rgb", "Breakout-MinAtar-rgb64"]),
+    (
+        ["--preset", "minatar", "replay.max_gib=0.01"],
+        ["replay.capacity=100000", "replay.max_gib=0.01", "MiB", "obs/image 400 B"],
+    ),
     (["lr"], ["lr", "key=value"]),
     (["run.devices=2"], ["run.devices=2", "JAX sees 1 cpu device", "xla_force_host_platform_device_count"]),
     (["run.devices=4"], ["run.devices=4", "must divide env.num_envs=2"]),

@@ -47,7 +47,7 @@ def _setup(env="CartPole-v1", **overrides):
 def _batch(spec, B, T, key):
     k_obs, k_act, k_rew = jax.random.split(key, 3)
     return {
-        "obs": jax.random.normal(k_obs, (B, T, *spec.obs_shape)),
+        "obs": {"vector": jax.random.normal(k_obs, (B, T, *spec.obs_shapes["vector"]))},
         "action": jax.nn.one_hot(jax.random.randint(k_act, (B, T), 0, spec.action_dim), spec.action_dim),
         "reward": jax.random.normal(k_rew, (B, T)),
         "is_first": jnp.zeros((B, T), bool).at[:, 0].set(True),
@@ -335,7 +335,7 @@ def test_replay_row_holds_obs_with_the_action_that_led_to_it():
     data = jax.device_get(state.replay.data)
     n = int(state.replay.count)
     env, params = gymnax.make("CartPole-v1")
-    obs, action, first = data["obs"][:, :n], data["action"][:, :n], data["is_first"][:, :n]
+    obs, action, first = data["obs"]["vector"][:, :n], data["action"][:, :n], data["is_first"][:, :n]
     assert first.sum() > 5 and (~first[:, 1:]).sum() > 100
     assert (action[first] == 0).all()
     prev, nxt, act = obs[:, :-1][~first[:, 1:]], obs[:, 1:][~first[:, 1:]], action[:, 1:][~first[:, 1:]]

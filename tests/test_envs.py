@@ -49,7 +49,7 @@ def pendulum() -> TimeStep:
 def check_episode_bookkeeping(tr: TimeStep) -> None:
     """The reset convention and episode statistics, recomputed with a plain loop."""
     T, n = tr.reward.shape
-    assert tr.obs.dtype == np.float32 and tr.reward.dtype == np.float32
+    assert tr.obs["vector"].dtype == np.float32 and tr.reward.dtype == np.float32
     assert tr.episode_length.dtype == np.int32
     assert tr.is_first[0].all()
     # is_first exactly after is_last; the reset step carries no reward and zero statistics.
@@ -69,23 +69,33 @@ def check_episode_bookkeeping(tr: TimeStep) -> None:
 
 def test_specs():
     cp, pe = env_spec("CartPole-v1"), env_spec("Pendulum-v1")
-    assert (cp.obs_shape, cp.discrete, cp.action_dim, cp.max_episode_steps) == ((4,), True, 2, 500)
-    assert (pe.obs_shape, pe.discrete, pe.action_dim, pe.max_episode_steps) == ((3,), False, 1, 200)
+    assert (cp.obs_shapes, cp.discrete, cp.action_dim, cp.max_episode_steps) == (
+        {"vector": (4,)},
+        True,
+        2,
+        500,
+    )
+    assert (pe.obs_shapes, pe.discrete, pe.action_dim, pe.max_episode_steps) == (
+        {"vector": (3,)},
+        False,
+        1,
+        200,
+    )
     assert make_env("CartPole-v1", 3).spec == cp
     assert "Acrobot-v1" in list_envs() and "MountainCarContinuous-v0" in list_envs()
 
 
 def test_cartpole_episodes(cartpole: TimeStep):
     check_episode_bookkeeping(cartpole)
-    assert cartpole.obs.shape == (601, N, 4)
+    assert cartpole.obs["vector"].shape == (601, N, 4)
     last = cartpole.is_last
     assert last.sum() >= N  # random play drops the pole within a few dozen steps
     # A random policy never survives 500 steps: every episode end is a pole drop, so a termination.
     np.testing.assert_array_equal(cartpole.is_terminal, last)
     # The terminal observation itself is returned (outside the bounds), then a fresh reset obs (|x| <= 0.05).
-    x, theta = cartpole.obs[..., 0], cartpole.obs[..., 2]
+    x, theta = cartpole.obs["vector"][..., 0], cartpole.obs["vector"][..., 2]
     assert ((np.abs(x) > 2.4) | (np.abs(theta) > 12 * 2 * np.pi / 360))[last].all()
-    assert (np.abs(cartpole.obs[cartpole.is_first]) <= 0.05).all()
+    assert (np.abs(cartpole.obs["vector"][cartpole.is_first]) <= 0.05).all()
     assert (cartpole.reward[~cartpole.is_first] == 1.0).all()
 
 
@@ -129,7 +139,7 @@ def test_vmap_over_keys_matches_separate_runs():
         return env.step(state, action, k2)[1]
 
     batched = jax.jit(jax.vmap(two_steps))(keys)
-    assert batched.obs.shape == (2, 3, 4) and batched.is_last.shape == (2, 3)
+    assert batched.obs["vector"].shape == (2, 3, 4) and batched.is_last.shape == (2, 3)
     for i in range(2):
         single = two_steps(keys[i])
         jax.tree.map(lambda b, s, i=i: np.testing.assert_allclose(b[i], s, rtol=1e-6), batched, single)

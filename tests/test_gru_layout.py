@@ -73,9 +73,9 @@ def img_step_ref(wm, p, prev, action, key):
 
 def observe_ref(wm, params, obs, prev_action, is_first, keys, start):
     p = params["params"]
-    embed = mlp(p["encoder"], symlog(obs), wm.enc_layers)
+    embed = mlp(p["encoder"], symlog(obs["vector"]), wm.enc_layers)
     latent, posts, priors = start, [], []
-    for t in range(obs.shape[1]):
+    for t in range(obs["vector"].shape[1]):
         keep = 1.0 - is_first[:, t].astype(jnp.float32)
         latent = Latent(*(x * keep.reshape(-1, *[1] * (x.ndim - 1)) for x in jax.tree.leaves(latent)))
         prior = img_step_ref(wm, p, latent, prev_action[:, t] * keep[:, None], keys[t])
@@ -115,7 +115,7 @@ def setup():
     B, T, H, A = 3, 7, 4, spec.action_dim
     ks = jax.random.split(jax.random.PRNGKey(1), 6)
     data = dict(
-        obs=jax.random.normal(ks[0], (B, T, *spec.obs_shape)),
+        obs={"vector": jax.random.normal(ks[0], (B, T, *spec.obs_shapes["vector"]))},
         prev_action=jax.random.uniform(ks[1], (B, T, A), minval=-2, maxval=2),
         is_first=jnp.zeros((B, T), bool).at[0, 0].set(True).at[1, 4].set(True),
         keys=jax.random.split(ks[2], T),
@@ -142,7 +142,7 @@ def run(observe_fn, imagine_fn, wm, params, data, policy, H):
 def scalar_loss(observe_fn, imagine_fn, wm, params, data, policy, H):
     posts, prior_logits, states, actions = run(observe_fn, imagine_fn, wm, params, data, policy, H)
     reward, cont = wm.apply(params, states.feat, method=WorldModel.reward_cont)
-    obs_pred = wm.apply(params, posts.feat, method=WorldModel.heads)[0]
+    obs_pred = wm.apply(params, posts.feat, method=WorldModel.heads)[0]["vector"]
     return (
         jnp.sum(jnp.sin(posts.feat))
         + jnp.sum(prior_logits * posts.logits)
@@ -167,7 +167,7 @@ def test_observe_and_imagine_equal_the_flat_reference(setup):
     got = jax.jit(lambda p: run(observe, imagine, wm, p, data, policy, H))(params)
     want = jax.jit(lambda p: run(observe_ref, imagine_ref, wm, p, data, policy, H))(params)
     posts, _, states, _ = got
-    B, T = data["obs"].shape[:2]
+    B, T = data["obs"]["vector"].shape[:2]
     assert posts.deter.shape == (B, T, wm.deter) and states.deter.shape == (H + 1, B * T, wm.deter)
     for name, a, b in zip(["posts", "prior_logits", "states", "actions"], got, want, strict=True):
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
@@ -192,7 +192,10 @@ def test_single_steps_keep_the_flat_api(setup):
     """obs_step / img_step take and return deter [B, D], as act() and the replay context use them."""
     wm, params, data, _, _ = setup
     start, key = data["start"], jax.random.PRNGKey(7)
-    action, embed = data["prev_action"][:, 0], wm.apply(params, data["obs"][:, 0], method=WorldModel.encode)
+    action, embed = (
+        data["prev_action"][:, 0],
+        wm.apply(params, {"vector": data["obs"]["vector"][:, 0]}, method=WorldModel.encode),
+    )
     post, prior_logits = wm.apply(params, start, action, embed, key, method=WorldModel.obs_step)
     prior = wm.apply(params, start, action, key, method=WorldModel.img_step)
     want = img_step_ref(wm, params["params"], start, action, key)

@@ -30,7 +30,7 @@ from mbrl_jax.world_models import BACKBONES, register_backbone
 
 
 def make_linear_agent(config: Config, spec) -> Agent:
-    obs_dim, A = spec.obs_shape[0], spec.action_dim
+    (obs_dim,), A = spec.obs_shapes["vector"], spec.action_dim
 
     def init(key):
         return {
@@ -43,14 +43,14 @@ def make_linear_agent(config: Config, spec) -> Agent:
         return jnp.zeros((n,))  # steps since the episode started
 
     def act(state, carry, obs, prev_action, is_first, key, mode=False):
-        logits = obs @ state["policy"]
+        logits = obs["vector"] @ state["policy"]
         index = jnp.argmax(logits, -1) if mode else jax.random.categorical(key, logits)
         carry = jnp.where(is_first, 0.0, carry + 1.0)
         return jax.nn.one_hot(index, A), carry
 
     def learn(state, batch, key):
         def loss(w):
-            return jnp.mean((batch["obs"] @ w - batch["reward"]) ** 2)
+            return jnp.mean((batch["obs"]["vector"] @ w - batch["reward"]) ** 2)
 
         value, grad = jax.value_and_grad(loss)(state["reward"])
         state = {**state, "reward": state["reward"] - 0.05 * grad, "calls": state["calls"] + 1}

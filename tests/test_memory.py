@@ -41,7 +41,7 @@ def test_check_refuses_with_the_figures_naming_the_largest_part():
         match=r"replay.batch_size=4 x replay.batch_length=16 needs about [\d.]+ MiB .*activations",
     ):
         check_memory(config, available=2**20)
-    big_replay = make_config("debug", **{"replay.capacity": 50_000_000})
+    big_replay = make_config("debug", **{"replay.capacity": 50_000_000, "replay.max_gib": 1000.0})
     with pytest.raises(
         ConfigError, match=r"replay.capacity=50000000 needs about [\d.]+ GiB .*replay [\d.]+ GiB"
     ):

@@ -20,7 +20,7 @@ def test_observe_and_imagine_shapes(env):
     wm, params = agent.world_model, state.params.wm
     B, T, H, A = 3, 7, 4, spec.action_dim
     S, K, D = config.wm.stoch, config.wm.classes, config.wm.deter
-    obs = jax.random.normal(jax.random.PRNGKey(1), (B, T, *spec.obs_shape))
+    obs = {"vector": jax.random.normal(jax.random.PRNGKey(1), (B, T, *spec.obs_shapes["vector"]))}
     actions = jax.random.uniform(jax.random.PRNGKey(2), (B, T, A))
     is_first = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 4].set(True)
     posts, prior_logits = observe(
@@ -49,12 +49,14 @@ def test_is_first_resets_the_state():
     config = make_config("debug")
     agent = make_dreamer(config, env_spec(config.env.name))
     wm, params = agent.world_model, agent.init(jax.random.PRNGKey(0)).params.wm
-    obs = jax.random.normal(jax.random.PRNGKey(1), (1, 6, 4))
+    obs = {"vector": jax.random.normal(jax.random.PRNGKey(1), (1, 6, 4))}
     actions = jax.nn.one_hot(jax.random.randint(jax.random.PRNGKey(2), (1, 6), 0, 2), 2)
     first = jnp.zeros((1, 6), bool).at[0, 0].set(True).at[0, 3].set(True)
     key = jax.random.PRNGKey(5)
     full, _ = observe(wm, params, obs, actions, first, jax.random.split(key, 6))
-    tail, _ = observe(wm, params, obs[:, 3:], actions[:, 3:], first[:, 3:], jax.random.split(key, 3))
+    tail, _ = observe(
+        wm, params, {"vector": obs["vector"][:, 3:]}, actions[:, 3:], first[:, 3:], jax.random.split(key, 3)
+    )
     # same key per step index differs between the two calls, so compare the deterministic parts
     np.testing.assert_allclose(full.deter[:, 3], tail.deter[:, 0], atol=1e-6)
     np.testing.assert_allclose(full.logits[:, 3], tail.logits[:, 0], atol=1e-5)
@@ -68,7 +70,7 @@ def test_actor_gradient_reaches_world_model_only_through_its_loss():
     state = agent.init(jax.random.PRNGKey(0))
     B, T = 2, 8
     batch = {
-        "obs": jax.random.normal(jax.random.PRNGKey(1), (B, T, 4)),
+        "obs": {"vector": jax.random.normal(jax.random.PRNGKey(1), (B, T, 4))},
         "action": jax.nn.one_hot(jnp.zeros((B, T), int), 2),
         "reward": jnp.ones((B, T)),
         "is_first": jnp.zeros((B, T), bool).at[:, 0].set(True),

@@ -26,23 +26,32 @@ from flax import struct
 from mbrl_jax.agents.base import Agent
 from mbrl_jax.config import Config, ConfigError
 from mbrl_jax.envs import EnvSpec
+from mbrl_jax.envs.base import obs_dtype
 from mbrl_jax.nets.distributions import (
     bernoulli_log_prob,
     bounded_normal,
     categorical_kl,
     kl_loss_free_nats,
     onehot_categorical,
-    symlog,
     twohot_bins,
     twohot_log_prob,
     twohot_mean,
     unimix_logits,
 )
+from mbrl_jax.nets.image import MIN_RES, image_stages
 from mbrl_jax.nets.layers import Head
 from mbrl_jax.optim import make_optimizer
 from mbrl_jax.returns import ReturnNorm, lambda_returns, return_norm_init, return_scale, update_return_norm
 from mbrl_jax.world_models.backbone import make_backbone
-from mbrl_jax.world_models.rssm import Latent, WorldModel, imagine, mask_latent, observe, zeros_latent
+from mbrl_jax.world_models.rssm import (
+    Latent,
+    WorldModel,
+    imagine,
+    mask_latent,
+    observe,
+    reconstruction_loss,
+    zeros_latent,
+)
 
 sg = jax.lax.stop_gradient
 
@@ -93,11 +102,23 @@ class Networks:
 
 def check_dreamer(config: Config, spec: EnvSpec) -> None:
     """Raises ConfigError for an env this agent cannot take (run in config validation)."""
-    if len(spec.obs_shape) != 1:
+    for key, shape in spec.obs_shapes.items():
+        if len(shape) not in (1, 3):
+            raise ConfigError(
+                f"env.name={spec.name!r} has observation {key!r} of shape {shape}; the dreamer agent takes "
+                "vectors (shape (n,)) and images (shape (H, W, C))"
+            )
+    sides = {shape[:2] for shape in spec.obs_shapes.values() if len(shape) == 3}
+    if len(sides) > 1:
         raise ConfigError(
-            f"env.name={spec.name!r} has observations of shape {spec.obs_shape}; the dreamer agent takes "
-            "vector observations (shape (n,)) for now"
+            f"env.name={spec.name!r} has images of sizes {sorted(sides)}; the image encoder takes one size"
         )
+    for height, width in sides:
+        if not image_stages(height, width):
+            raise ConfigError(
+                f"env.name={spec.name!r} has {height} x {width} images; the image encoder needs sides that "
+                f"are even and larger than {MIN_RES} (it halves them at least once)"
+            )
 
 
 def make_networks(config: Config, spec: EnvSpec) -> Networks:
@@ -105,7 +126,8 @@ def make_networks(config: Config, spec: EnvSpec) -> Networks:
     c = config
     world_model = WorldModel(
         core=make_backbone(c.wm),
-        obs_dim=spec.obs_shape[0],
+        obs_shapes=tuple(sorted(spec.obs_shapes.items())),
+        depth=c.wm.depth,
         deter=c.wm.deter,
         hidden=c.wm.hidden,
         stoch=c.wm.stoch,
@@ -132,7 +154,7 @@ def world_model_loss(
 ) -> tuple[jax.Array, tuple[Latent, dict]]:
     """DreamerV3's world-model loss on replayed windows (paper eq. 5, with free nats).
 
-    batch leaves [B, T, ...]: obs, action (the one that led to obs_t), reward, is_first, is_terminal.
+    batch leaves [B, T, ...]: obs (a dict), action (the one that led to obs_t), reward, is_first, is_terminal.
     keys: [T] per-step keys; start: latent before the first step (replay context) or None for zeros.
     The continue target is (1 - terminal) * discount, as in the reference ("contdisc"): the head then predicts
     the discount itself and imagination needs no separate discount factor.
@@ -143,7 +165,8 @@ def world_model_loss(
         wm, wm_params, batch["obs"], batch["action"], batch["is_first"], keys, start
     )
     obs_pred, reward_logits, cont_logit = wm.apply(wm_params, posts.feat, method=WorldModel.heads)
-    rec = jnp.sum((obs_pred - symlog(batch["obs"])) ** 2, -1)  # symlog-MSE, summed over dims
+    rec_by_key = reconstruction_loss(wm, obs_pred, batch["obs"])
+    rec = sum(rec_by_key.values())
     rew = -twohot_log_prob(reward_logits, bins, batch["reward"])
     cont_target = (1.0 - batch["is_terminal"].astype(jnp.float32)) * c.dreamer.discount
     con = -bernoulli_log_prob(cont_logit, cont_target)
@@ -165,6 +188,8 @@ def world_model_loss(
         "loss_rep": rep.mean(),
         "kl": categorical_kl(posts.logits, prior_logits).mean(),
     }
+    if len(rec_by_key) > 1:
+        metrics.update({f"loss_rec_{key}": value.mean() for key, value in rec_by_key.items()})
     return loss, (posts, metrics)
 
 
@@ -286,7 +311,8 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
     c = config
     nets = make_networks(config, spec)
     wm = nets.world_model
-    A, obs_dim = spec.action_dim, spec.obs_shape[0]
+    A = spec.action_dim
+    example_obs = {k: jnp.zeros((1, *shape), obs_dtype(shape)) for k, shape in spec.obs_shapes.items()}
     o = c.optim
     optimizer = make_optimizer(
         o.lr, agc=o.agc, eps=o.eps, beta1=o.beta1, beta2=o.beta2, warmup_steps=o.warmup
@@ -296,9 +322,7 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
     def init(key) -> AgentState:
         k_wm, k_actor, k_critic, k_sample = jax.random.split(key, 4)
         params = DreamerParams(
-            wm=wm.init(
-                k_wm, jnp.zeros((1, obs_dim)), jnp.zeros((1, A)), k_sample, method=WorldModel.init_all
-            ),
+            wm=wm.init(k_wm, example_obs, jnp.zeros((1, A)), k_sample, method=WorldModel.init_all),
             actor=nets.actor.init(k_actor, jnp.zeros((1, feat_dim))),
             critic=nets.critic.init(k_critic, jnp.zeros((1, feat_dim))),
         )
@@ -313,7 +337,8 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         return {"deter": carry.deter, "stoch": carry.stoch}
 
     def act(state: AgentState, carry: Latent, obs, prev_action, is_first, key, mode: bool = False):
-        """obs: [n, obs_dim], prev_action: [n, A] (led to obs), is_first: [n] -> action [n, A], new carry."""
+        """obs: {key: [n, *shape]}, prev_action: [n, A] (led to obs), is_first: [n] -> action [n, A] and
+        the new carry."""
         k_post, k_act = jax.random.split(key)
         keep = 1.0 - is_first.astype(jnp.float32)
         latent = mask_latent(carry, keep)
@@ -348,7 +373,7 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
             rows = jax.tree.map(lambda x: x[:, 1:], batch)
         else:
             start, rows = None, batch
-        keys = jax.random.split(k_wm, rows["obs"].shape[1])
+        keys = jax.random.split(k_wm, rows["is_first"].shape[1])
         (wm_loss, (posts, wm_metrics)), wm_grads = jax.value_and_grad(
             world_model_loss, argnums=1, has_aux=True
         )(nets, params.wm, rows, keys, start)

@@ -1,5 +1,9 @@
 """The one functional, batched env interface that every adapter (gymnax, envpool) implements.
 
+Observations are dicts of arrays, as DreamerV3 takes them. Their rank says what they are: a rank-1 key
+(shape (n,), float32) is a vector, a rank-3 key (H, W, C), uint8 in 0..255) an image. Adapters name a lone
+vector "vector" and a lone image "image".
+
 Reset convention (DreamerV3 / embodied): the terminal observation is returned with `is_last=True`, and the
 next `step` call ignores its action for that env and returns the first observation of a new episode
 (`is_first=True`, reward 0). An episode of n actions thus spans n + 1 timesteps and one extra call.
@@ -22,7 +26,7 @@ EnvState = Any  # adapter-specific pytree, batched over envs
 class TimeStep:
     """What the agent sees after `reset` or `step`. Every field is batched over N envs."""
 
-    obs: jax.Array  # [N, *obs_shape] float32
+    obs: dict[str, jax.Array]  # {key: [N, *shape]}: vectors float32, images uint8
     reward: jax.Array  # [N] float32, received on arriving at obs; 0 on is_first
     is_first: jax.Array  # [N] bool, first obs of an episode
     is_last: jax.Array  # [N] bool, episode ended here (terminated or truncated)
@@ -36,10 +40,23 @@ class EnvSpec:
     """Static description of an env, enough to build networks."""
 
     name: str
-    obs_shape: tuple[int, ...]
+    obs_shapes: dict[str, tuple[int, ...]]  # per observation key, without the env axis
     discrete: bool
     action_dim: int  # number of actions (discrete) or size of the action vector (continuous)
     max_episode_steps: int
+
+    @property
+    def image_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, shape in sorted(self.obs_shapes.items()) if len(shape) == 3)
+
+    @property
+    def vector_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, shape in sorted(self.obs_shapes.items()) if len(shape) == 1)
+
+
+def obs_dtype(shape: tuple[int, ...]) -> jnp.dtype:
+    """The dtype an observation of this shape has: uint8 for images (rank 3), float32 otherwise."""
+    return jnp.dtype(jnp.uint8) if len(shape) == 3 else jnp.dtype(jnp.float32)
 
 
 class VecEnv(abc.ABC):
@@ -61,12 +78,12 @@ class VecEnv(abc.ABC):
         """Advance every env by one call; envs whose last TimeStep had is_last=True reset instead."""
 
 
-def first_timestep(obs: jax.Array) -> TimeStep:
-    """TimeStep for freshly reset envs. obs: [N, *obs_shape]."""
-    n = obs.shape[0]
+def first_timestep(obs: dict[str, jax.Array]) -> TimeStep:
+    """TimeStep for freshly reset envs. obs: {key: [N, *shape]} in the dtypes of `obs_dtype`."""
+    n = jax.tree.leaves(obs)[0].shape[0]
     false = jnp.zeros((n,), bool)
     return TimeStep(
-        obs=obs.astype(jnp.float32),
+        obs=obs,
         reward=jnp.zeros((n,), jnp.float32),
         is_first=jnp.ones((n,), bool),
         is_last=false,

@@ -2,6 +2,11 @@
 
 gymnax's own `step` auto-resets and so hides the terminal observation; we vmap `step_env` and `reset_env`
 instead and pick per env with `jnp.where`.
+
+Observations become a dict: a vector env's under "vector" (float32), a MinAtar grid's (10 x 10 x C channels
+of 0 / 1) under "image" as uint8 0 / 255. A name with the suffix `-rgb64` ("Breakout-MinAtar-rgb64") renders
+a grid env to a 64 x 64 x 3 uint8 image, DreamerV3's Atari / DMC input: each channel gets a fixed colour and
+each cell a 6 x 6 block, centred with a 2-pixel border.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from flax import struct
 from mbrl_jax.config import did_you_mean
 from mbrl_jax.envs.base import EnvSpec, TimeStep, VecEnv, first_timestep, rescale_action
 
+RGB64 = "-rgb64"
+RGB64_CELL, RGB64_SIZE = 6, 64
+
 
 @struct.dataclass
 class GymnaxState:
@@ -28,12 +36,13 @@ class GymnaxState:
 
 
 def list_envs() -> list[str]:
-    """Names of all registered gymnax envs."""
+    """Names of all registered gymnax envs, and the `-rgb64` renderings of the grid (MinAtar) envs."""
     # gymnax is imported on first use: importing it creates arrays, which starts jax's backend, and a
     # multi-host run must call jax.distributed.initialize before that (mbrl_jax.parallel.initialize_hosts)
     import gymnax
 
-    return list(gymnax.registered_envs)
+    names = list(gymnax.registered_envs)
+    return names + [n + RGB64 for n in names if n.endswith("-MinAtar")]
 
 
 def _make_gymnax(name: str) -> tuple[Any, Any]:
@@ -44,18 +53,44 @@ def _make_gymnax(name: str) -> tuple[Any, Any]:
         )
     import gymnax
 
-    return gymnax.make(name)
+    return gymnax.make(name.removesuffix(RGB64))
+
+
+def _palette(channels: int) -> jax.Array:
+    """[C, 3] float32: a distinct, fixed colour per grid channel (evenly spaced hues, full saturation)."""
+    import colorsys
+
+    return (
+        jnp.array([colorsys.hsv_to_rgb(c / channels, 1.0, 1.0) for c in range(channels)], jnp.float32) * 255
+    )
+
+
+def observe(name: str, obs: jax.Array, grid: bool) -> dict[str, jax.Array]:
+    """Gymnax observations [N, *shape] -> the adapter's dict (see the module docstring). `grid`: the env's
+    observation is an H x W x C grid of 0 / 1 channels (MinAtar)."""
+    if grid and name.endswith(RGB64):  # [N, 10, 10, C] -> [N, 64, 64, 3] uint8
+        colour = jnp.minimum(obs.astype(jnp.float32) @ _palette(obs.shape[-1]), 255.0)
+        big = jnp.repeat(jnp.repeat(colour, RGB64_CELL, -3), RGB64_CELL, -2)
+        pad = (RGB64_SIZE - big.shape[-2]) // 2
+        return {"image": jnp.pad(big, [(0, 0), (pad, pad), (pad, pad), (0, 0)]).astype(jnp.uint8)}
+    if grid:
+        return {"image": (obs * 255).astype(jnp.uint8)}
+    return {"vector": obs.astype(jnp.float32)}
 
 
 def _spec(name: str, env: Any, params: Any) -> EnvSpec:
-    obs = jax.eval_shape(env.reset_env, jax.random.key(0), params)[0]
+    shape = tuple(jax.eval_shape(env.reset_env, jax.random.key(0), params)[0].shape)
+    if name.endswith(RGB64):
+        shapes = {"image": (RGB64_SIZE, RGB64_SIZE, 3)}
+    else:
+        shapes = {"image" if len(shape) == 3 else "vector": shape}
     from gymnax.environments import spaces
 
     space = env.action_space(params)
     discrete = isinstance(space, spaces.Discrete)
     action_dim = int(space.n) if discrete else math.prod(space.shape)
     # The registry id, not env.name: a few gymnax envs report another name (DiscountingChain -> "-v0").
-    return EnvSpec(name, tuple(obs.shape), discrete, action_dim, int(params.max_steps_in_episode))
+    return EnvSpec(name, shapes, discrete, action_dim, int(params.max_steps_in_episode))
 
 
 def env_spec(name: str) -> EnvSpec:
@@ -71,7 +106,9 @@ class GymnaxVecEnv(VecEnv):
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         self.env, self.params = _make_gymnax(name)
+        self.name = name
         self.spec = _spec(name, self.env, self.params)
+        self._grid = bool(self.spec.image_keys)
         self.num_envs = num_envs
         self._space = self.env.action_space(self.params)
         # gymnax >= 1.0 reports truncation apart (`is_truncated`); older versions merge it into `done`.
@@ -92,7 +129,7 @@ class GymnaxVecEnv(VecEnv):
     def reset(self, key: jax.Array) -> tuple[GymnaxState, TimeStep]:
         """Reset all envs. TimeStep leaves are [N, ...] with is_first all True."""
         obs, env_state = self._reset_envs(key)
-        ts = first_timestep(obs)
+        ts = first_timestep(observe(self.name, obs, self._grid))
         return GymnaxState(env_state, ts.is_last, ts.episode_return, ts.episode_length), ts
 
     def step(self, state: GymnaxState, action: jax.Array, key: jax.Array) -> tuple[GymnaxState, TimeStep]:
@@ -123,7 +160,7 @@ class GymnaxVecEnv(VecEnv):
         episode_return = jnp.where(reset, 0.0, state.episode_return + reward)
         episode_length = jnp.where(reset, 0, state.episode_length + 1).astype(jnp.int32)
         ts = TimeStep(
-            obs=pick(obs0, obs).astype(jnp.float32),
+            obs=observe(self.name, pick(obs0, obs), self._grid),
             reward=reward,
             is_first=reset,
             is_last=is_last,

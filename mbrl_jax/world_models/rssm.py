@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from mbrl_jax.nets.distributions import straight_through_onehot_sample, symlog, unimix_logits
+from mbrl_jax.nets.image import ImageDecoder, ImageEncoder, image_target
 from mbrl_jax.nets.layers import MLP, Head, dense_init
 
 
@@ -59,10 +60,16 @@ def mask_loop(latent: Latent, keep: jax.Array) -> Latent:
 
 class WorldModel(nn.Module):
     """Encoder, RSSM and heads around a sequence backbone `core` (mbrl_jax/world_models/backbone.py), whose
-    state the prior and posterior layers read in the backbone's layout."""
+    state the prior and posterior layers read in the backbone's layout.
+
+    Observations are dicts (mbrl_jax/envs/base.py): the vector keys, concatenated, go through a symlog and an
+    MLP, the image keys, concatenated along channels, through the image encoder (mbrl_jax/nets/image.py);
+    the embedding is both side by side. The decoder mirrors it: an MLP head predicts the symlogged vectors
+    and the image decoder the pixels / 255."""
 
     core: nn.Module  # the backbone, from `make_backbone(config.wm)`; its parameters are "core"
-    obs_dim: int
+    obs_shapes: tuple[tuple[str, tuple[int, ...]], ...]  # (key, shape) pairs, sorted by key
+    depth: int  # image encoder / decoder channels of the first stage / 2 (reference `depth`)
     deter: int
     hidden: int
     stoch: int
@@ -74,19 +81,53 @@ class WorldModel(nn.Module):
     num_bins: int
     unimix: float
 
+    @property
+    def vector_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, shape in self.obs_shapes if len(shape) == 1)
+
+    @property
+    def image_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, shape in self.obs_shapes if len(shape) == 3)
+
     def setup(self):
-        self.encoder = MLP(self.units, self.enc_layers)
+        shapes = dict(self.obs_shapes)
+        if self.vector_keys:
+            self.encoder = MLP(self.units, self.enc_layers)
+            self.decoder = Head(sum(shapes[k][0] for k in self.vector_keys), self.units, self.dec_layers)
+        if self.image_keys:
+            height, width = shapes[self.image_keys[0]][:2]
+            channels = sum(shapes[k][2] for k in self.image_keys)
+            self.image_encoder = ImageEncoder(self.depth)
+            self.image_decoder = ImageDecoder((height, width, channels), self.depth)
         self.prior_net = MLP(self.hidden, 2)  # "imglayers" = 2 in the reference
         self.prior_out = nn.Dense(self.stoch * self.classes, kernel_init=dense_init)
         self.post_net = MLP(self.hidden, 1)  # "obslayers" = 1
         self.post_out = nn.Dense(self.stoch * self.classes, kernel_init=dense_init)
-        self.decoder = Head(self.obs_dim, self.units, self.dec_layers)
         self.reward_head = Head(self.num_bins, self.units, self.head_layers, out_scale=0.0)
         self.cont_head = Head(1, self.units, self.head_layers)
 
-    def encode(self, obs: jax.Array) -> jax.Array:
-        """[..., obs_dim] -> [..., units]; vector observations are squashed with symlog first."""
-        return self.encoder(symlog(obs))
+    def encode(self, obs: dict[str, jax.Array]) -> jax.Array:
+        """{key: [..., *shape]} -> [..., embed]; vector observations are squashed with symlog first."""
+        parts = []
+        if self.vector_keys:
+            parts.append(self.encoder(symlog(jnp.concatenate([obs[k] for k in self.vector_keys], -1))))
+        if self.image_keys:
+            parts.append(self.image_encoder(jnp.concatenate([obs[k] for k in self.image_keys], -1)))
+        return jnp.concatenate(parts, -1)
+
+    def decode(self, feat: jax.Array) -> dict[str, jax.Array]:
+        """feat [..., F] -> {key: prediction}: symlog vectors, images as pixels / 255 in [0, 1]."""
+        shapes, out = dict(self.obs_shapes), {}
+        if self.vector_keys:
+            sizes = [shapes[k][0] for k in self.vector_keys]
+            pieces = jnp.split(self.decoder(feat), [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)], -1)
+            out.update(zip(self.vector_keys, pieces, strict=True))
+        if self.image_keys:
+            image = self.image_decoder(feat)
+            splits = [shapes[k][2] for k in self.image_keys]
+            pieces = jnp.split(image, [sum(splits[: i + 1]) for i in range(len(splits) - 1)], -1)
+            out.update(zip(self.image_keys, pieces, strict=True))
+        return out
 
     def _logits(self, x: jax.Array) -> jax.Array:
         x = x.reshape(*x.shape[:-1], self.stoch, self.classes)
@@ -135,17 +176,28 @@ class WorldModel(nn.Module):
         return post, prior.logits
 
     def heads(self, feat: jax.Array):
-        """feat -> (symlog observation prediction, reward logits [.., bins], continue logit [..])."""
-        return (self.decoder(feat), *self.reward_cont(feat))
+        """feat -> (observation predictions of `decode`, reward logits [.., bins], continue logit [..])."""
+        return (self.decode(feat), *self.reward_cont(feat))
 
     def reward_cont(self, feat: jax.Array):
         """feat -> (reward logits [.., bins], continue logit [..]): what imagination needs."""
         return self.reward_head(feat), self.cont_head(feat)[..., 0]
 
     def init_all(self, obs, action, key):
-        latent = zeros_latent(obs.shape[:1], self.deter, self.stoch, self.classes)
+        latent = zeros_latent(action.shape[:1], self.deter, self.stoch, self.classes)
         post, _ = self.obs_step(latent, action, self.encode(obs), key)
         return self.heads(post.feat)
+
+
+def reconstruction_loss(model: WorldModel, pred: dict, obs: dict) -> dict[str, jax.Array]:
+    """{key: [...] squared error summed over the key's dims}: symlog MSE for vectors, plain MSE of
+    pixels / 255 for images (the reference does not symlog images)."""
+    losses = {}
+    for key in model.vector_keys:
+        losses[key] = jnp.sum((pred[key] - symlog(obs[key])) ** 2, -1)
+    for key in model.image_keys:
+        losses[key] = jnp.sum((pred[key] - image_target(obs[key])) ** 2, (-3, -2, -1))
+    return losses
 
 
 def observe(
@@ -159,12 +211,12 @@ def observe(
 ) -> tuple[Latent, jax.Array]:
     """Posterior states for a batch of replayed windows.
 
-    obs: [B, T, obs_dim]; prev_action: [B, T, A] (the action that led to obs_t); is_first: [B, T];
+    obs: {key: [B, T, *shape]}; prev_action: [B, T, A] (the action that led to obs_t); is_first: [B, T];
     keys: [T] one PRNG key per step (explicit, so that a window split in two observes exactly like the whole);
     start: the latent before the first step (leaves [B, ...]; the replay context), zeros when None.
     Returns posteriors (Latent with leaves [B, T, ...]) and prior logits [B, T, S, K].
     """
-    B = obs.shape[0]
+    B = is_first.shape[0]
     embed = model.apply(params, obs, method=WorldModel.encode)
     if start is None:
         start = zeros_latent((B,), model.deter, model.stoch, model.classes)

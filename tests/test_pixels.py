@@ -1,0 +1,185 @@
+"""The pixel path: image encoder and decoder, uint8 observations through env and replay, dict observations in
+the world-model loss, the rendered 64 x 64 task, and the evaluation interval and step budget."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mbrl_jax.agents.dreamer import make_dreamer, world_model_loss
+from mbrl_jax.config import make_config
+from mbrl_jax.envs import EnvSpec, env_spec, make_env
+from mbrl_jax.nets.image import ImageDecoder, ImageEncoder, image_stages
+from mbrl_jax.replay import replay_sample
+from mbrl_jax.trainer import episode_returns, make_train
+from mbrl_jax.world_models.rssm import reconstruction_loss
+
+
+@pytest.mark.parametrize(
+    ("shape", "depth", "stages", "embed"),
+    [
+        ((64, 64, 3), 4, 4, 4 * 4 * 16),  # DreamerV3's Atari / DMC input: 64 -> 32 -> 16 -> 8 -> 4
+        ((10, 10, 4), 16, 1, 5 * 5 * 32),  # MinAtar: one stage, 10 -> 5
+        ((10, 10, 7), 4, 1, 5 * 5 * 8),
+    ],
+)
+def test_encoder_and_decoder_shapes(shape, depth, stages, embed):
+    assert image_stages(*shape[:2]) == stages
+    image = jax.random.randint(jax.random.PRNGKey(0), (2, 3, *shape), 0, 256).astype(jnp.uint8)
+    encoder = ImageEncoder(depth)
+    params = encoder.init(jax.random.PRNGKey(1), image)
+    features = encoder.apply(params, image)
+    assert features.shape == (2, 3, embed) and features.dtype == jnp.float32
+    kernels = [v["kernel"].shape for k, v in sorted(params["params"].items()) if k.startswith("conv")]
+    assert [k[-1] for k in kernels] == [depth * m for m in (2, 3, 4, 4)[:stages]]
+    decoder = ImageDecoder(shape, depth)
+    feat = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 40))
+    out = decoder.apply(decoder.init(jax.random.PRNGKey(3), feat), feat)
+    assert out.shape == (2, 3, *shape)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0  # sigmoid: the range of pixels / 255
+
+
+def test_encoder_matches_a_hand_written_stage_on_pixels_scaled_to_plus_minus_half():
+    """One stage (MinAtar) computed by hand: pixels / 255 - 0.5, stride-2 'SAME' convolution, RMSNorm over
+    channels (eps 1e-4, learned scale), SiLU, flattened."""
+    image = jax.random.randint(jax.random.PRNGKey(0), (3, 10, 10, 4), 0, 256).astype(jnp.uint8)
+    encoder = ImageEncoder(4)
+    params = encoder.init(jax.random.PRNGKey(1), image)
+    p = jax.tree.map(np.asarray, params["params"])
+    x = np.asarray(image, np.float64) / 255.0 - 0.5
+    k = p["conv0"]["kernel"].astype(np.float64)  # [5, 5, 4, 8]
+    padded = np.pad(
+        x, [(0, 0), (1, 2), (1, 2), (0, 0)]
+    )  # SAME for stride 2, kernel 5 on 10: 1 before, 2 after
+    y = np.zeros((3, 5, 5, 8))
+    for i in range(5):
+        for j in range(5):
+            window = padded[:, 2 * i : 2 * i + 5, 2 * j : 2 * j + 5, :]
+            y[:, i, j] = np.einsum("bhwc,hwco->bo", window, k)
+    y += p["conv0"]["bias"]
+    y = y / np.sqrt((y**2).mean(-1, keepdims=True) + 1e-4) * p["norm0"]["scale"]
+    y = y / (1 + np.exp(-y))
+    np.testing.assert_allclose(encoder.apply(params, image), y.reshape(3, -1), rtol=2e-4, atol=2e-5)
+
+
+def test_minatar_observations_are_uint8_images_and_round_trip_through_the_replay():
+    config = make_config("debug", **{"env.name": "Breakout-MinAtar"})
+    trainer = make_train(config)
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+    stored = state.replay.data["obs"]["image"]
+    assert stored.dtype == jnp.uint8 and stored.shape[2:] == (10, 10, 4)
+    assert set(np.unique(np.asarray(stored))) <= {0, 255} and np.asarray(stored).max() == 255
+    # what the env returned is what the replay holds: replay the prefill's env steps from the same keys
+    env = make_env("Breakout-MinAtar", config.env.num_envs)
+    _, ts = env.reset(jax.random.split(jax.random.PRNGKey(0), 3)[1])  # make_train's init: (agent, env, loop)
+    np.testing.assert_array_equal(np.asarray(stored[:, 0]), np.asarray(ts.obs["image"]))
+    batch, index, _ = replay_sample(state.replay, jax.random.PRNGKey(5), 4, 8)
+    assert batch["obs"]["image"].dtype == jnp.uint8
+    np.testing.assert_array_equal(batch["obs"]["image"], np.asarray(stored)[index.env[:, None], index.slot])
+    # 4x less than float32: one stored step's image takes H * W * C bytes
+    assert stored[0, 0].nbytes == 10 * 10 * 4
+
+
+def test_rgb64_renders_the_grid_in_colour():
+    spec = env_spec("Breakout-MinAtar-rgb64")
+    assert spec.obs_shapes == {"image": (64, 64, 3)}
+    env, grid_env = make_env("Breakout-MinAtar-rgb64", 2), make_env("Breakout-MinAtar", 2)
+    key = jax.random.PRNGKey(3)
+    (_, ts), (_, grid) = env.reset(key), grid_env.reset(key)
+    image, cells = np.asarray(ts.obs["image"]), np.asarray(grid.obs["image"]) > 0
+    assert image.dtype == np.uint8 and image.shape == (2, 64, 64, 3)
+    assert (image[:, :2] == 0).all() and (image[:, 62:] == 0).all()  # the 2-pixel border
+    lit = image[:, 2:62, 2:62].reshape(2, 10, 6, 10, 6, 3).max(axis=(2, 4, 5)) > 0
+    np.testing.assert_array_equal(lit, cells.any(-1))  # a 6x6 block is coloured exactly where a cell is set
+
+
+def _dict_obs_agent():
+    spec = EnvSpec("synthetic", {"image": (10, 10, 2), "vector": (3,)}, True, 3, 100)
+    config = make_config("debug")
+    agent = make_dreamer(config, spec)
+    return spec, config, agent, agent.init(jax.random.PRNGKey(0))
+
+
+def _dict_batch(B=2, T=5):
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
+    return {
+        "obs": {
+            "image": jax.random.randint(k1, (B, T, 10, 10, 2), 0, 256).astype(jnp.uint8),
+            "vector": jax.random.normal(k2, (B, T, 3)),
+        },
+        "action": jax.nn.one_hot(jax.random.randint(k3, (B, T), 0, 3), 3),
+        "reward": jnp.zeros((B, T)),
+        "is_first": jnp.zeros((B, T), bool).at[:, 0].set(True),
+        "is_last": jnp.zeros((B, T), bool),
+        "is_terminal": jnp.zeros((B, T), bool),
+    }
+
+
+def test_every_key_of_a_dict_observation_reaches_the_loss():
+    _, _, agent, state = _dict_obs_agent()
+    nets, batch = agent.networks, _dict_batch()
+    keys = jax.random.split(jax.random.PRNGKey(2), 5)
+
+    def loss(params, batch):
+        return world_model_loss(nets, params, batch, keys)
+
+    (base, (_, metrics)), grads = jax.value_and_grad(loss, has_aux=True)(state.params.wm, batch)
+    assert {"loss_rec_image", "loss_rec_vector"} <= set(metrics)
+    for name in ("encoder", "decoder", "image_encoder", "image_decoder"):
+        norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["params"][name]))
+        assert norm > 0, name
+    for key in ("image", "vector"):  # changing one key alone changes the loss
+        changed = dict(batch["obs"])
+        changed[key] = (batch["obs"][key] + 7).astype(batch["obs"][key].dtype)
+        other, _ = loss(state.params.wm, {**batch, "obs": changed})
+        assert abs(float(other) - float(base)) > 1e-4, key
+
+
+def test_image_loss_is_plain_mse_of_pixels_and_vectors_are_symlogged():
+    _, _, agent, _ = _dict_obs_agent()
+    wm = agent.world_model
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (4, 10, 10, 2)).astype(np.uint8)
+    vector = rng.normal(size=(4, 3)) * 50
+    pred = {"image": rng.uniform(size=(4, 10, 10, 2)), "vector": rng.normal(size=(4, 3))}
+    losses = reconstruction_loss(
+        wm, jax.tree.map(jnp.asarray, pred), {"image": jnp.asarray(image), "vector": jnp.asarray(vector)}
+    )
+    expected_image = ((pred["image"] - image / 255.0) ** 2).sum((1, 2, 3))
+    expected_vector = ((pred["vector"] - np.sign(vector) * np.log1p(np.abs(vector))) ** 2).sum(-1)
+    np.testing.assert_allclose(losses["image"], expected_image, rtol=1e-5)
+    np.testing.assert_allclose(losses["vector"], expected_vector, rtol=1e-5)
+
+
+def test_evaluation_step_budget_counts_partial_returns():
+    """Pendulum never terminates: with a budget of 10 steps each env's return is its first 10 rewards, here
+    summed by stepping the env by hand."""
+    env = make_env("Pendulum-v1", 3)
+    key = jax.random.PRNGKey(4)
+
+    def act(carry, obs, prev_action, is_first, key_t):
+        return jnp.zeros((3, 1)), carry
+
+    got = episode_returns(env, act, None, key, max_steps=10)
+    k_reset, k_loop = jax.random.split(key)
+    env_state, ts = env.reset(k_reset)
+    total = np.zeros(3)
+    for key_t in jax.random.split(k_loop, 10):
+        _, k_env = jax.random.split(key_t)
+        env_state, ts = env.step(env_state, jnp.zeros((3, 1)), k_env)
+        total += np.asarray(ts.reward)
+    np.testing.assert_allclose(got, total, rtol=1e-5)
+    full = episode_returns(env, act, None, key)
+    assert float(full.mean()) < float(got.mean())  # 200 steps of negative reward
+
+
+def test_eval_every_skips_evaluations_between(tmp_path):
+    from mbrl_jax.runner import train
+
+    config = make_config(
+        "debug", **{"run.steps": 756, "run.chunk_steps": 100, "run.eval_every": 200, "run.eval_steps": 20}
+    )
+    _, records = train(config, None, progress=False)
+    rows = records[None]
+    assert len(rows) == 5
+    assert ["eval_return" in r for r in rows] == [False, True, False, True, False]

@@ -13,7 +13,8 @@ core), so runs pinned one per core in parallel give the most runs per hour there
 Then `benchmarks/RESULTS.md` is written from the runs' metrics: per task the final and best evaluation
 return (mean, IQM and bootstrap 95% CI over seeds), the first env step at which the threshold was reached,
 wall time, and the machine; a PNG of the curves (mean and band over seeds); and the tables of the JSON files
-that `throughput.py` (`throughput-*.json`) and `ab_learner.py` (`ab-*.json`) wrote into the same folder.
+that `throughput.py` (`throughput-*.json`), `scaling.py` (`scaling-*.json`) and `ab_learner.py` (`ab-*.json`)
+wrote into the same folder.
 Nothing in RESULTS.md is typed in by hand.
 """
 
@@ -278,6 +279,7 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
             "",
         ]
     lines += throughput_section(out)
+    lines += scaling_section(out, results_md)
     lines += ab_section(out)
     results_md.write_text("\n".join(lines))
 
@@ -377,6 +379,42 @@ def throughput_section(out: Path) -> list[str]:
                 if r.get(name):
                     lines += ["", f"**{r['preset']} {name}:**", "", r[name]]
         lines.append("")
+    return lines
+
+
+def scaling_section(out: Path, results_md: Path) -> list[str]:
+    """Tables from the JSON files `benchmarks/scaling.py --out <out>/scaling-*.json` wrote, and their PNGs."""
+    lines = []
+    for path in sorted(out.glob("scaling-*.json")):
+        r = json.loads(path.read_text())
+        m = r["machine"]
+        lines += [
+            f"## Scaling: `{path.name}`",
+            "",
+            f"Preset `{r['preset']}` with {' '.join(r['overrides'])}; {r['chunks']} timed chunk(s) after a "
+            f"warm-up chunk. Machine: {m['device_kind']} ({m['platform']}), {m['cpu_count']} CPUs, "
+            f"jax {m['jax_version']}.",
+            "",
+        ]
+        for key, what in (("seeds", "seeds vmapped in one program"), ("devices", "devices (run.devices)")):
+            rows = r[f"{key}_scaling"]
+            if not rows:
+                continue
+            lines += [
+                f"| {what} | s / chunk | wall × first row | env steps/s (all seeds) | s / chunk / seed |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            lines += [
+                f"| {x[key]} | {x['chunk_s']:.1f} | {x['wall_ratio']:.2f} | {x['env_steps_per_s']:.1f} | "
+                f"{x['chunk_s_per_seed']:.1f} |"
+                for x in rows
+            ]
+            lines.append("")
+        if r.get("note"):
+            lines += [r["note"], ""]
+        plot = path.with_suffix(".png")
+        if plot.exists():
+            lines += [f"![{path.stem}]({os.path.relpath(plot, results_md.parent)})", ""]
     return lines
 
 

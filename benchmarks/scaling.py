@@ -154,7 +154,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for ax, (key, rows) in zip(axes[0], panels, strict=True):
         xs = [r[key] for r in rows]
         ax.plot(xs, [r["wall_ratio"] for r in rows], "o-", label="wall time / first row")
-        ax.plot(xs, [x / xs[0] for x in xs], "--", color="grey", label="linear (no gain)")
+        if key == "seeds":  # S seeds are S times the work: below the line is what vmapping gains
+            ax.plot(xs, [x / xs[0] for x in xs], "--", color="grey", label="S x one seed (no gain)")
+        else:  # the same work split: D real devices would ideally take 1/D
+            ax.plot(xs, [xs[0] / x for x in xs], "--", color="grey", label="ideal on real devices (1/D)")
+            ax.axhline(1.0, color="grey", lw=0.8, label="one device")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.set_xlabel(key)

@@ -150,3 +150,29 @@ def test_cli_prints_json_and_writes_out(tmp_path, result):
     assert printed["settings"]["overrides"] == OVERRIDES
     # Same program as the fixture's (compiled here or loaded from the cache): the same FLOPs.
     assert only["update_gflop"] == pytest.approx(result["update_gflop"])
+
+
+_scaling_spec = importlib.util.spec_from_file_location("scaling_bench", ROOT / "benchmarks" / "scaling.py")
+scaling = importlib.util.module_from_spec(_scaling_spec)
+_scaling_spec.loader.exec_module(scaling)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--seeds", "1,x"], ["--seeds", "'1,x'"]),
+        (["--devices", "0"], ["--devices", "'0'"]),
+        (["--preset", "debug", "--devices", "3"], ["run.devices=3", "env.num_envs=2"]),
+        (["--chunks", "0"], ["--chunks", "0"]),
+    ],
+)
+def test_scaling_bad_input_exits_2_before_compiling(argv, words, capsys, monkeypatch):
+    monkeypatch.setattr(scaling, "measure", lambda *a, **k: pytest.fail("measured on bad input"))
+    assert scaling.main(argv) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+
+
+def test_scaling_ratios_are_relative_to_the_first_row():
+    rows = scaling.with_ratios([{"chunk_s": 2.0}, {"chunk_s": 5.0}, {"chunk_s": 1.0}])
+    assert [r["wall_ratio"] for r in rows] == [1.0, 2.5, 0.5]

@@ -24,6 +24,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable from a checkout without install
+
+from benchmarks.report import emit  # noqa: E402
 
 # Runs inside the exported tree; uses only APIs that both sides of a comparison have.
 CHILD = r"""
@@ -163,10 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": head_ms / base_ms,
         "profiles": profiles,
     }
-    text = json.dumps(report)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text, flush=True)
+    emit(report, args.out)
     return 0
 
 

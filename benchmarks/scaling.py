@@ -28,6 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
 
+from benchmarks.report import emit, machine_info  # noqa: E402
+
 DEFAULT_PRESET = "cartpole"
 # Short chunks: the benchmark times the same program as a run, only fewer env steps of it.
 DEFAULT_OVERRIDES = ("run.chunk_steps=256",)
@@ -104,19 +106,6 @@ def device_scaling(preset: str, overrides: list[str], counts: list[int], chunks:
 def with_ratios(rows: list[dict]) -> list[dict]:
     base = rows[0]["chunk_s"]
     return [{**row, "wall_ratio": row["chunk_s"] / base} for row in rows]
-
-
-def machine_info() -> dict[str, Any]:
-    import jax
-    import jaxlib
-
-    return {
-        "device_kind": jax.devices()[0].device_kind,
-        "platform": jax.devices()[0].platform,
-        "cpu_count": os.cpu_count(),
-        "jax_version": jax.__version__,
-        "jaxlib_version": jaxlib.__version__,
-    }
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -227,10 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report)
     if args.plot:
         plot(report, Path(args.plot))
-    text = json.dumps(report)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text, flush=True)
+    emit(report, args.out)
     return 0
 
 

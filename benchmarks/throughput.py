@@ -21,9 +21,6 @@ uncorrected figure.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import resource
 import sys
 import time
@@ -38,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.extend import core as jcore  # noqa: E402
 
 from benchmarks.profile_ops import profile_markdown, profile_ops  # noqa: E402
+from benchmarks.report import emit, machine_info  # noqa: E402
 from mbrl_jax.agents import env_action  # noqa: E402
 from mbrl_jax.agents.dreamer import make_dreamer  # noqa: E402
 from mbrl_jax.config import PRESETS, Config, ConfigError, make_config, parse_overrides  # noqa: E402
@@ -101,20 +99,6 @@ def best_time(fn: Callable, *args, repeats: int = 3) -> float:
     machine the noise only ever adds time."""
     timed(fn, *args)
     return min(timed(fn, *args)[1] for _ in range(repeats))
-
-
-def machine_info() -> dict[str, Any]:
-    device = jax.devices()[0]
-    import jaxlib
-
-    return {
-        "device_kind": device.device_kind,
-        "platform": device.platform,
-        "cpu_count": os.cpu_count(),
-        "jax_version": jax.__version__,
-        "jaxlib_version": jaxlib.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def peak_rss_mb() -> float:
@@ -434,10 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     print_table(report)
-    text = json.dumps(report)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text, flush=True)
+    emit(report, args.out)
     return 0
 
 

@@ -134,3 +134,17 @@ def test_seeds_make_a_sweep_in_its_own_folder_that_resumes_as_a_sweep(tmp_path, 
     assert run_cli.build_config(run_cli.parse_args(["--logdir", str(logdir)]))[1:] == (logdir, [0, 1, 2])
     assert run_cli.main(["--logdir", str(logdir)]) == 0
     assert "finished at 664 env steps" in capsys.readouterr().out
+
+
+def test_the_start_up_line_gives_the_replay_size(tmp_path, capsys, monkeypatch):
+    """minatar: a step holds the 10x10x4 uint8 image (400 B), the one-hot action (3 float32), reward
+    (float32), three flags (bool) and the replay context (deter 256 float32, 32x4 stoch float32)."""
+    import mbrl_jax.runner
+
+    monkeypatch.setattr(mbrl_jax.runner, "train", lambda *a, **k: (None, []))
+    args = ["--preset", "minatar", "--logdir", str(tmp_path / "r"), "--no-progress", "replay.capacity=20000"]
+    assert run_cli.main(args) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("replay:"))
+    per_step = 10 * 10 * 4 + 3 * 4 + 4 + 3 + 256 * 4 + 32 * 4 * 4
+    assert f"20000 steps x {per_step} B per step" in line and "obs/image 400 B" in line
+    assert f"{20000 * per_step / 2**20:.1f} MiB" in line

@@ -41,7 +41,7 @@ BAD_INPUTS = [
     (["--env", "Catch-bsuite"], ["env", "Catch-bsuite", "(10, 5)", "vectors", "images"]),
     (["--env", "Breakout-MinAtar-rgb"], ["env", "Breakout-MinAtar-rgb", "Breakout-MinAtar-rgb64"]),
     (
-        ["--preset", "minatar", "replay.max_gib=0.01"],
+        ["--new", "--preset", "minatar", "replay.max_gib=0.01"],
         ["replay.capacity=100000", "replay.max_gib=0.01", "MiB", "obs/image 400 B"],
     ),
     (["lr"], ["lr", "key=value"]),

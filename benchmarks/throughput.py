@@ -205,7 +205,7 @@ def measure_learner(agent, agent_state, batch: dict, key: jax.Array, updates: in
     3 calls after a warm-up); FLOPs of one update from its own compiled function."""
     flops, rolled = program_flops(agent.learn, agent_state, batch, key)
 
-    def many(agent_state, keys):
+    def many(agent_state, batch, keys):  # the batch is an argument: a closed-over one would be constant-folded
         def update(agent_state, k):
             agent_state, metrics, _ = agent.learn(agent_state, batch, k)
             return agent_state, metrics["loss_model"]
@@ -213,7 +213,7 @@ def measure_learner(agent, agent_state, batch: dict, key: jax.Array, updates: in
         return jax.lax.scan(update, agent_state, keys)
 
     keys = jax.random.split(key, updates)
-    seconds = best_time(jax.jit(many), agent_state, keys)
+    seconds = best_time(jax.jit(many), agent_state, batch, keys)
     return {
         "learner_update_ms": 1e3 * seconds / updates,
         "update_gflop": flops / 1e9,

@@ -205,7 +205,7 @@ def measure_learner(agent, agent_state, batch: dict, key: jax.Array, updates: in
     3 calls after a warm-up); FLOPs of one update from its own compiled function."""
     flops, rolled = program_flops(agent.learn, agent_state, batch, key)
 
-    def many(agent_state, batch, keys):  # the batch is an argument: a closed-over one would be constant-folded
+    def many(agent_state, batch, keys):  # a closed-over batch would be constant-folded
         def update(agent_state, k):
             agent_state, metrics, _ = agent.learn(agent_state, batch, k)
             return agent_state, metrics["loss_model"]

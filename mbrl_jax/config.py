@@ -66,7 +66,7 @@ class RunConfig:
     )
     eval_episodes: int = setting(8, "episodes per evaluation, run in parallel", POSITIVE)
     eval_every: int = setting(
-        1_000, "env steps between evaluations, rounded up to whole chunks (at least one chunk)", POSITIVE
+        0, "env steps between evaluations, rounded up to whole chunks (0: after every chunk)", NON_NEGATIVE
     )
     eval_steps: int = setting(
         0,
@@ -236,6 +236,8 @@ class Config:
 
     @property
     def chunks_per_eval(self) -> int:
+        if self.run.eval_every == 0:
+            return 1
         return max(1, math.ceil(self.run.eval_every / self.env_steps_per_chunk))
 
     @property

@@ -81,7 +81,7 @@ single_state, single_records = train(one, out_dir / "one", progress=False)
 state4, records4 = train(four, out_dir / "four", progress=False)
 result["run_param_diff"] = max_diff(single_state.agent.params, state4.agent.params)
 result["run_eval"] = [[r["eval_return"] for r in single_records], [r["eval_return"] for r in records4]]
-result["run_replay_sharding"] = str(state4.replay.data["obs"].sharding.spec)
+result["run_replay_sharding"] = str(state4.replay.data["obs"]["vector"].sharding.spec)
 train(four, out_dir / "resumed", progress=False, stop_after_chunks=1)
 resumed, _ = train(four, out_dir / "resumed", progress=False)
 result["resume_exact"] = equal(resumed, state4)

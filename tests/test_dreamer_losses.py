@@ -367,7 +367,14 @@ def test_replay_context_equals_carrying_the_latent_across_two_windows():
     for t in range(2 * T + 1):
         replay = replay_add(replay, jax.tree.map(lambda x, t=t: x[:, t], data))
     keys = jax.random.split(jax.random.PRNGKey(3), 2 * T)
-    full, _ = observe(wm, params, data["obs"][:, 1:], data["action"][:, 1:], data["is_first"][:, 1:], keys)
+    full, _ = observe(
+        wm,
+        params,
+        jax.tree.map(lambda x: x[:, 1:], data["obs"]),
+        data["action"][:, 1:],
+        data["is_first"][:, 1:],
+        keys,
+    )
 
     posts, starts = [], []
     for w in range(2):

@@ -11,6 +11,7 @@ than twice per step. `Latent.deter` is [..., D] wherever a Latent leaves this mo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -56,6 +57,11 @@ def mask_loop(latent: Latent, keep: jax.Array) -> Latent:
     return Latent(
         latent.deter * keep[:, None], *(x * keep[:, None, None] for x in (latent.stoch, latent.logits))
     )
+
+
+def _split_last(x: jax.Array, sizes: list[int]) -> list[jax.Array]:
+    """x [..., sum(sizes)] -> pieces [..., size] along the last axis, in order."""
+    return jnp.split(x, list(itertools.accumulate(sizes))[:-1], -1)
 
 
 class WorldModel(nn.Module):
@@ -120,13 +126,10 @@ class WorldModel(nn.Module):
         shapes, out = dict(self.obs_shapes), {}
         if self.vector_keys:
             sizes = [shapes[k][0] for k in self.vector_keys]
-            pieces = jnp.split(self.decoder(feat), [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)], -1)
-            out.update(zip(self.vector_keys, pieces, strict=True))
+            out.update(zip(self.vector_keys, _split_last(self.decoder(feat), sizes), strict=True))
         if self.image_keys:
-            image = self.image_decoder(feat)
-            splits = [shapes[k][2] for k in self.image_keys]
-            pieces = jnp.split(image, [sum(splits[: i + 1]) for i in range(len(splits) - 1)], -1)
-            out.update(zip(self.image_keys, pieces, strict=True))
+            sizes = [shapes[k][2] for k in self.image_keys]
+            out.update(zip(self.image_keys, _split_last(self.image_decoder(feat), sizes), strict=True))
         return out
 
     def _logits(self, x: jax.Array) -> jax.Array:

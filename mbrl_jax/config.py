@@ -121,6 +121,15 @@ class GRUConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MambaConfig:
+    layers: int = setting(2, "Mamba-2 layers (Drama: 2)", POSITIVE)
+    expand: int = setting(2, "inner width / wm.deter of each layer's mixer and gated MLP", POSITIVE)
+    head_dim: int = setting(64, "channels per SSM head (wm.deter * expand must divide by it)", POSITIVE)
+    state: int = setting(16, "SSM state size N per head", POSITIVE)
+    conv: int = setting(4, "causal depthwise convolution width", AT_LEAST_ONE)
+
+
+@dataclasses.dataclass(frozen=True)
 class WorldModelConfig:
     backbone: str = setting("gru", "sequence backbone of the world model (mbrl_jax.world_models.BACKBONES)")
     deter: int = setting(512, "deterministic state size (the backbone's output)", POSITIVE)
@@ -143,11 +152,17 @@ class WorldModelConfig:
     loss_dyn: float = setting(1.0, "scale of the dynamics KL (trains the prior)", NON_NEGATIVE)
     loss_rep: float = setting(0.1, "scale of the representation KL (trains the posterior)", NON_NEGATIVE)
     gru: GRUConfig = group(GRUConfig, "block GRU backbone")
+    mamba: MambaConfig = group(MambaConfig, "Mamba-2 backbone (Drama)")
 
     def check(self, path: str) -> None:
         if self.backbone == "gru" and self.deter % self.gru.blocks:
             raise ConfigError(
                 f"{path}.deter={self.deter} must be divisible by {path}.gru.blocks={self.gru.blocks}"
+            )
+        if self.backbone == "mamba" and (self.deter * self.mamba.expand) % self.mamba.head_dim:
+            raise ConfigError(
+                f"{path}.deter * {path}.mamba.expand = {self.deter * self.mamba.expand} must be divisible by "
+                f"{path}.mamba.head_dim={self.mamba.head_dim}"
             )
 
 
@@ -274,6 +289,12 @@ class Config:
                 f"sampled window of {self.sample_length} steps (replay.batch_length, +1 with "
                 "replay.context); "
                 f"allowed: replay.prefill >= {self.sample_length * n}"
+            )
+        if r.context and self.wm.backbone != "gru":
+            raise ConfigError(
+                f"replay.context=true stores the GRU's latent with each step; wm.backbone="
+                f"{self.wm.backbone!r} keeps a larger recurrent state, so its windows start from zeros: "
+                "set replay.context=false"
             )
         if r.online and n > r.batch_size:
             raise ConfigError(

@@ -50,7 +50,6 @@ from mbrl_jax.world_models.rssm import (
     mask_latent,
     observe,
     reconstruction_loss,
-    zeros_latent,
 )
 
 sg = jax.lax.stop_gradient
@@ -329,7 +328,7 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
         return AgentState(params, optimizer.init(params), params.critic, return_norm_init())
 
     def initial_carry(n: int) -> Latent:
-        return zeros_latent((n,), c.wm.deter, c.wm.stoch, c.wm.classes)
+        return wm.zeros((n,))
 
     def replay_context(carry: Latent) -> dict:
         if not c.replay.context:

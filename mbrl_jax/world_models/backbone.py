@@ -51,3 +51,13 @@ def _make_block_gru(wm_config: Any) -> nn.Module:
 
 
 register_backbone("gru", _make_block_gru)
+
+
+def _make_mamba(wm_config: Any) -> nn.Module:
+    from mbrl_jax.world_models.mamba import Mamba2
+
+    m = wm_config.mamba
+    return Mamba2(wm_config.deter, m.layers, m.expand, m.head_dim, m.state, m.conv)
+
+
+register_backbone("mamba", _make_mamba)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -31,6 +32,9 @@ class Latent:
     deter: jax.Array  # [..., D] recurrent state h
     stoch: jax.Array  # [..., S, K] one-hot sample z (straight-through)
     logits: jax.Array  # [..., S, K] log-probabilities of the distribution z was drawn from (unimix applied)
+    # The backbone's recurrent state where it is more than `deter` (parallel backbones such as Mamba: conv
+    # windows and SSM states, leaves [..., ...]); None for the GRU, whose state is deter itself.
+    core: Any = None
 
     @property
     def feat(self) -> jax.Array:
@@ -55,7 +59,9 @@ def mask_latent(latent: Latent, keep: jax.Array) -> Latent:
 def mask_loop(latent: Latent, keep: jax.Array) -> Latent:
     """`mask_latent` of a loop latent (any deter layout whose last two axes are [B, d]); keep: [B]."""
     return Latent(
-        latent.deter * keep[:, None], *(x * keep[:, None, None] for x in (latent.stoch, latent.logits))
+        latent.deter * keep[:, None],
+        *(x * keep[:, None, None] for x in (latent.stoch, latent.logits)),
+        jax.tree.map(lambda x: x * keep.reshape(-1, *[1] * (x.ndim - 1)), latent.core),
     )
 
 
@@ -71,7 +77,12 @@ class WorldModel(nn.Module):
     Observations are dicts (mbrl_jax/envs/base.py): the vector keys, concatenated, go through a symlog and an
     MLP, the image keys, concatenated along channels, through the image encoder (mbrl_jax/nets/image.py);
     the embedding is both side by side. The decoder mirrors it: an MLP head predicts the symlogged vectors
-    and the image decoder the pixels / 255."""
+    and the image decoder the pixels / 255.
+
+    A parallel backbone (`core.parallel`: Mamba, as in Drama and STORM) changes two things: the posterior reads
+    the observation's embedding alone, so every z_t of a window is known before the backbone runs, and the
+    backbone then runs over the whole window at once on inputs (z_{t-1}, a_{t-1}) (`observe_parallel`), one
+    step at a time (`core.step`) when acting and imagining. The prior reads h_t as with the GRU."""
 
     core: nn.Module  # the backbone, from `make_backbone(config.wm)`; its parameters are "core"
     obs_shapes: tuple[tuple[str, tuple[int, ...]], ...]  # (key, shape) pairs, sorted by key
@@ -105,12 +116,23 @@ class WorldModel(nn.Module):
             channels = sum(shapes[k][2] for k in self.image_keys)
             self.image_encoder = ImageEncoder(self.depth)
             self.image_decoder = ImageDecoder((height, width, channels), self.depth)
+        if self.parallel:
+            self.core_in = nn.Dense(self.deter, kernel_init=dense_init)
         self.prior_net = MLP(self.hidden, 2)  # "imglayers" = 2 in the reference
         self.prior_out = nn.Dense(self.stoch * self.classes, kernel_init=dense_init)
         self.post_net = MLP(self.hidden, 1)  # "obslayers" = 1
         self.post_out = nn.Dense(self.stoch * self.classes, kernel_init=dense_init)
         self.reward_head = Head(self.num_bins, self.units, self.head_layers, out_scale=0.0)
         self.cont_head = Head(1, self.units, self.head_layers)
+
+    @property
+    def parallel(self) -> bool:
+        return getattr(self.core, "parallel", False)
+
+    def zeros(self, batch_shape: tuple[int, ...]) -> Latent:
+        """The latent before an episode's first step (with the backbone's zero state, if it has one)."""
+        latent = zeros_latent(batch_shape, self.deter, self.stoch, self.classes)
+        return latent.replace(core=self.core.initial_state(batch_shape)) if self.parallel else latent
 
     def encode(self, obs: dict[str, jax.Array]) -> jax.Array:
         """{key: [..., *shape]} -> [..., embed]; vector observations are squashed with symlog first."""
@@ -164,19 +186,47 @@ class WorldModel(nn.Module):
             return net(rest, grouped=state)
         return net(state if rest is None else jnp.concatenate([state, rest], -1))
 
+    def _core_input(self, stoch: jax.Array, action: jax.Array) -> jax.Array:
+        """(z [..., S, K], a [..., A]) -> a parallel backbone's input [..., deter]."""
+        action = action / jax.lax.stop_gradient(jnp.maximum(1.0, jnp.abs(action)))
+        return self.core_in(jnp.concatenate([stoch.reshape(*stoch.shape[:-2], -1), action], -1))
+
+    def _advance(self, prev: Latent, action: jax.Array) -> tuple[jax.Array, Any]:
+        """h_t (in the loop layout) and the backbone's new state from (h_{t-1}, z_{t-1}, a_{t-1})."""
+        if self.parallel:
+            return self.core.step(self._core_input(prev.stoch, action), prev.core)
+        return self.core(prev.deter, prev.stoch.reshape(*prev.stoch.shape[:-2], -1), action), None
+
+    def _prior_logits(self, deter: jax.Array) -> jax.Array:
+        return self._logits(self.prior_out(self._read_state(self.prior_net, deter)))
+
+    def _post_logits(self, deter: jax.Array | None, embed: jax.Array) -> jax.Array:
+        if self.parallel:  # the observation alone (Drama, STORM)
+            return self._logits(self.post_out(self.post_net(embed)))
+        return self._logits(self.post_out(self._read_state(self.post_net, deter, embed)))
+
     def img_step_loop(self, prev: Latent, action: jax.Array, key: jax.Array) -> Latent:
         """`img_step` from and to a loop latent: the step of a loop over time."""
-        flat = prev.stoch.reshape(*prev.stoch.shape[:-2], -1)
-        deter = self.core(prev.deter, flat, action)
-        logits = self._logits(self.prior_out(self._read_state(self.prior_net, deter)))
-        return Latent(deter, straight_through_onehot_sample(key, logits), logits)
+        deter, core = self._advance(prev, action)
+        logits = self._prior_logits(deter)
+        return Latent(deter, straight_through_onehot_sample(key, logits), logits, core)
 
     def obs_step_loop(self, prev: Latent, action: jax.Array, embed: jax.Array, key: jax.Array):
-        """`obs_step` from and to a loop latent. The posterior net reads concat(h_t, e_t)."""
+        """`obs_step` from and to a loop latent. The posterior net reads concat(h_t, e_t) (GRU) or e_t."""
         prior = self.img_step_loop(prev, action, key)  # the prior's sample is unused; XLA removes it
-        logits = self._logits(self.post_out(self._read_state(self.post_net, prior.deter, embed)))
-        post = Latent(prior.deter, straight_through_onehot_sample(key, logits), logits)
+        logits = self._post_logits(prior.deter, embed)
+        post = Latent(prior.deter, straight_through_onehot_sample(key, logits), logits, prior.core)
         return post, prior.logits
+
+    def observe_parallel(self, embed, prev_action, is_first, keys, start: Latent):
+        """`observe` for a parallel backbone, the whole window at once (leaves [B, T, ...]; keys [T])."""
+        logits = self._post_logits(None, embed)  # [B, T, S, K]
+        stoch = jax.vmap(straight_through_onehot_sample, in_axes=(0, 1), out_axes=1)(keys, logits)
+        keep = (1.0 - is_first.astype(jnp.float32))[..., None]
+        prev_stoch = jnp.concatenate([start.stoch[:, None], stoch[:, :-1]], 1) * keep[..., None]
+        inputs = self._core_input(prev_stoch, prev_action * keep)
+        deter, states = self.core.sequence(inputs, is_first, start.core)
+        return Latent(deter, stoch, logits, states), self._prior_logits(deter)
 
     def heads(self, feat: jax.Array):
         """feat -> (observation predictions of `decode`, reward logits [.., bins], continue logit [..])."""
@@ -187,7 +237,7 @@ class WorldModel(nn.Module):
         return self.reward_head(feat), self.cont_head(feat)[..., 0]
 
     def init_all(self, obs, action, key):
-        latent = zeros_latent(action.shape[:1], self.deter, self.stoch, self.classes)
+        latent = self.zeros(action.shape[:1])
         post, _ = self.obs_step(latent, action, self.encode(obs), key)
         return self.heads(post.feat)
 
@@ -222,7 +272,11 @@ def observe(
     B = is_first.shape[0]
     embed = model.apply(params, obs, method=WorldModel.encode)
     if start is None:
-        start = zeros_latent((B,), model.deter, model.stoch, model.classes)
+        start = model.zeros((B,))
+    if model.parallel:
+        return model.apply(
+            params, embed, prev_action, is_first, keys, start, method=WorldModel.observe_parallel
+        )
 
     def step(prev, inputs):
         embed_t, action_t, first_t, key_t = inputs
@@ -261,11 +315,11 @@ def imagine(
         # left (the agent does not differentiate imagination, so it has no backward twin).
         action = policy(model.apply(params, latent, method=WorldModel.loop_feat), k_act)
         nxt = model.apply(params, latent, action, k_dyn, method=WorldModel.img_step_loop)
-        return nxt, (latent, action)
+        return nxt, (latent.replace(core=None), action)  # a parallel backbone's state stays in the carry
 
     keys = jax.random.split(key, horizon)
     start = model.apply(params, start, method=WorldModel.to_loop)
     last, (states, actions) = jax.lax.scan(step, start, keys)
-    states = jax.tree.map(lambda seq, x: jnp.concatenate([seq, x[None]], 0), states, last)
+    states = jax.tree.map(lambda seq, x: jnp.concatenate([seq, x[None]], 0), states, last.replace(core=None))
     # deter [H+1, <state layout>] -> [H+1, N, D], once for the whole rollout.
     return jax.vmap(lambda s: model.apply(params, s, method=WorldModel.from_loop))(states), actions

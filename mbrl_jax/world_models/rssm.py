@@ -79,8 +79,8 @@ class WorldModel(nn.Module):
     the embedding is both side by side. The decoder mirrors it: an MLP head predicts the symlogged vectors
     and the image decoder the pixels / 255.
 
-    A parallel backbone (`core.parallel`: Mamba, as in Drama and STORM) changes two things: the posterior reads
-    the observation's embedding alone, so every z_t of a window is known before the backbone runs, and the
+    A parallel backbone (`core.parallel`: Mamba, as in Drama and STORM) changes two things: the posterior
+    reads the observation's embedding alone, so every z_t of a window is known before the backbone runs, and the
     backbone then runs over the whole window at once on inputs (z_{t-1}, a_{t-1}) (`observe_parallel`), one
     step at a time (`core.step`) when acting and imagining. The prior reads h_t as with the GRU."""
 

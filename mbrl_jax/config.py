@@ -130,6 +130,18 @@ class MambaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    layers: int = setting(2, "Transformer layers", POSITIVE)
+    heads: int = setting(
+        4, "attention heads (wm.deter / heads must be even, for rotary embeddings)", POSITIVE
+    )
+    context: int = setting(
+        64, "steps a step attends to, itself included (the key/value cache's length)", POSITIVE
+    )
+    mlp_ratio: int = setting(2, "gated MLP width / wm.deter", POSITIVE)
+
+
+@dataclasses.dataclass(frozen=True)
 class WorldModelConfig:
     backbone: str = setting("gru", "sequence backbone of the world model (mbrl_jax.world_models.BACKBONES)")
     deter: int = setting(512, "deterministic state size (the backbone's output)", POSITIVE)
@@ -153,6 +165,7 @@ class WorldModelConfig:
     loss_rep: float = setting(0.1, "scale of the representation KL (trains the posterior)", NON_NEGATIVE)
     gru: GRUConfig = group(GRUConfig, "block GRU backbone")
     mamba: MambaConfig = group(MambaConfig, "Mamba-2 backbone (Drama)")
+    transformer: TransformerConfig = group(TransformerConfig, "causal Transformer backbone")
 
     def check(self, path: str) -> None:
         if self.backbone == "gru" and self.deter % self.gru.blocks:
@@ -163,6 +176,12 @@ class WorldModelConfig:
             raise ConfigError(
                 f"{path}.deter * {path}.mamba.expand = {self.deter * self.mamba.expand} must be divisible by "
                 f"{path}.mamba.head_dim={self.mamba.head_dim}"
+            )
+        heads = self.transformer.heads
+        if self.backbone == "transformer" and (self.deter % heads or (self.deter // heads) % 2):
+            raise ConfigError(
+                f"{path}.deter={self.deter} must split into {path}.transformer.heads={heads} heads of an "
+                "even size (rotary embeddings rotate pairs of channels)"
             )
 
 

@@ -61,3 +61,13 @@ def _make_mamba(wm_config: Any) -> nn.Module:
 
 
 register_backbone("mamba", _make_mamba)
+
+
+def _make_transformer(wm_config: Any) -> nn.Module:
+    from mbrl_jax.world_models.transformer import Transformer
+
+    m = wm_config.transformer
+    return Transformer(wm_config.deter, m.layers, m.heads, m.context, m.mlp_ratio)
+
+
+register_backbone("transformer", _make_transformer)

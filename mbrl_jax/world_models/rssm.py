@@ -80,9 +80,10 @@ class WorldModel(nn.Module):
     and the image decoder the pixels / 255.
 
     A parallel backbone (`core.parallel`: Mamba, as in Drama and STORM) changes two things: the posterior
-    reads the observation's embedding alone, so every z_t of a window is known before the backbone runs, and the
-    backbone then runs over the whole window at once on inputs (z_{t-1}, a_{t-1}) (`observe_parallel`), one
-    step at a time (`core.step`) when acting and imagining. The prior reads h_t as with the GRU."""
+    reads the observation's embedding alone, so every z_t of a window is known before the backbone runs,
+    and the backbone then runs over the whole window at once on inputs (z_{t-1}, a_{t-1})
+    (`observe_parallel`), one step at a time (`core.step`) when acting and imagining. The prior reads h_t
+    as with the GRU."""
 
     core: nn.Module  # the backbone, from `make_backbone(config.wm)`; its parameters are "core"
     obs_shapes: tuple[tuple[str, tuple[int, ...]], ...]  # (key, shape) pairs, sorted by key

@@ -1,0 +1,139 @@
+"""Causal Transformer sequence backbone with a key/value cache (the sequence model of STORM-like models).
+
+Each layer is pre-norm residual multi-head self-attention with rotary position embeddings (RoPE) followed by a
+pre-norm residual gated MLP. A step attends to itself and the `context - 1` steps before it, never across an
+episode start. Training runs a whole window at once (one masked attention over [cache, window]); acting and
+imagination run `step` with a cache of the last `context` keys and values, O(context) per step.
+
+The state is the cache: per layer keys and values [context, heads, head_dim] (RoPE already applied), plus
+`valid` [context] (1 where a cached step belongs to the current episode) and `pos` (steps since the episode
+started, the next step's RoPE position). Zeroing it, as the world model does at an episode start, empties it.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mbrl_jax.nets.layers import dense_init
+
+
+def rope(x: jax.Array, pos: jax.Array) -> jax.Array:
+    """Rotary embedding of x [..., H, d] at positions pos [...]: pair i turns by pos / 10000^(2i/d)."""
+    half = x.shape[-1] // 2
+    freq = 10000.0 ** (-jnp.arange(half) / half)
+    angle = pos[..., None, None] * freq  # [..., 1, half]
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """q [..., Q, H, d], k, v [..., K, H, d], mask [..., Q, K] -> [..., Q, H, d]."""
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    logits = jnp.where(mask[..., None, :, :], logits, -1e30)
+    return jnp.einsum("...hqk,...khd->...qhd", jax.nn.softmax(logits, -1), v)
+
+
+class TransformerLayer(nn.Module):
+    width: int
+    heads: int
+    mlp_ratio: int
+
+    def setup(self):
+        self.attn_norm = nn.RMSNorm(epsilon=1e-5)
+        self.qkv = nn.Dense(3 * self.width, use_bias=False, kernel_init=dense_init)
+        self.attn_out = nn.Dense(self.width, use_bias=False, kernel_init=dense_init)
+        self.mlp_norm = nn.RMSNorm(epsilon=1e-5)
+        self.mlp_in = nn.Dense(2 * self.mlp_ratio * self.width, use_bias=False, kernel_init=dense_init)
+        self.mlp_out = nn.Dense(self.width, use_bias=False, kernel_init=dense_init)
+
+    def qkv_heads(self, u: jax.Array, pos: jax.Array):
+        q, k, v = jnp.split(self.qkv(self.attn_norm(u)), 3, -1)
+        q, k, v = (x.reshape(*x.shape[:-1], self.heads, self.width // self.heads) for x in (q, k, v))
+        return rope(q, pos), rope(k, pos), v
+
+    def finish(self, u: jax.Array, attended: jax.Array) -> jax.Array:
+        u = u + self.attn_out(attended.reshape(*attended.shape[:-2], self.width))
+        gate, value = jnp.split(self.mlp_in(self.mlp_norm(u)), 2, -1)
+        return u + self.mlp_out(jax.nn.silu(gate) * value)
+
+
+class Transformer(nn.Module):
+    """`layers` causal Transformer layers of width `width` and a final RMSNorm (backbone interface for
+    parallel cores, see mbrl_jax/world_models/backbone.py)."""
+
+    width: int
+    layers: int
+    heads: int
+    context: int
+    mlp_ratio: int = 2
+    parallel = True
+    grouped = False
+
+    def setup(self):
+        self.blocks = [TransformerLayer(self.width, self.heads, self.mlp_ratio) for _ in range(self.layers)]
+        self.norm = nn.RMSNorm(epsilon=1e-5)
+
+    def to_state(self, deter: jax.Array) -> jax.Array:
+        return deter
+
+    def to_deter(self, state: jax.Array) -> jax.Array:
+        return state
+
+    def initial_state(self, batch_shape: tuple[int, ...]) -> dict:
+        cache = (*batch_shape, self.context, self.heads, self.width // self.heads)
+        return {
+            "k": tuple(jnp.zeros(cache) for _ in range(self.layers)),
+            "v": tuple(jnp.zeros(cache) for _ in range(self.layers)),
+            "valid": jnp.zeros((*batch_shape, self.context)),
+            "pos": jnp.zeros(batch_shape),
+        }
+
+    def step(self, u: jax.Array, state: dict) -> tuple[jax.Array, dict]:
+        """u [B, W] -> (output [B, W], state): the cache drops its oldest step and appends this one."""
+        pos = state["pos"]
+        valid = jnp.concatenate([state["valid"][:, 1:], jnp.ones_like(pos)[:, None]], 1)
+        keys, values = [], []
+        for block, k_cache, v_cache in zip(self.blocks, state["k"], state["v"], strict=True):
+            q, k, v = block.qkv_heads(u, pos)
+            k = jnp.concatenate([k_cache[:, 1:], k[:, None]], 1) * valid[..., None, None]
+            v = jnp.concatenate([v_cache[:, 1:], v[:, None]], 1) * valid[..., None, None]
+            attended = attend(q[:, None], k, v, valid[:, None, :] > 0)[:, 0]
+            u = block.finish(u, attended)
+            keys.append(k)
+            values.append(v)
+        return self.norm(u), {"k": tuple(keys), "v": tuple(values), "valid": valid, "pos": pos + 1}
+
+    def sequence(self, u: jax.Array, reset: jax.Array, state: dict) -> tuple[jax.Array, dict]:
+        """u [B, T, W], reset [B, T] (True: nothing before t reaches t), state: the cache before the window.
+        Returns outputs [B, T, W] and the cache after every step (leaves [B, T, ...])."""
+        B, T = reset.shape
+        C = self.context
+        t = jnp.arange(T)
+        last_reset = jax.lax.cummax(jnp.where(reset, t, -1), axis=1)  # [B, T]
+        pos = jnp.where(last_reset >= 0, t - last_reset, state["pos"][:, None] + t)
+        # Keys are [cache (C steps), window (T steps)]; query t sits at key index C + t.
+        segment = jnp.cumsum(reset.astype(jnp.int32), 1)
+        key_segment = jnp.concatenate([jnp.zeros((B, C), jnp.int32), segment], 1)
+        key_valid = jnp.concatenate([state["valid"], jnp.ones((B, T))], 1) > 0
+        j = jnp.arange(C + T)
+        in_window = (j[None, :] <= C + t[:, None]) & (j[None, :] > t[:, None])  # the last C steps up to t
+        mask = in_window & key_valid[:, None, :] & (key_segment[:, None, :] == segment[:, :, None])
+        # The cache after step t is key indices t+1 .. t+C, kept where they share t's episode.
+        window = t[:, None] + 1 + jnp.arange(C)[None, :]  # [T, C]
+        after_valid = jnp.take_along_axis(mask, jnp.broadcast_to(window, (B, T, C)), 2).astype(jnp.float32)
+        keys, values = [], []
+        for block, k_cache, v_cache in zip(self.blocks, state["k"], state["v"], strict=True):
+            q, k, v = block.qkv_heads(u, pos)
+            k_all = jnp.concatenate([k_cache, k], 1)  # [B, C+T, H, d]
+            v_all = jnp.concatenate([v_cache, v], 1)
+            u = block.finish(u, attend(q, k_all, v_all, mask))
+            keys.append(k_all[:, window] * after_valid[..., None, None])
+            values.append(v_all[:, window] * after_valid[..., None, None])
+        states = {"k": tuple(keys), "v": tuple(values), "valid": after_valid, "pos": pos + 1.0}
+        return self.norm(u), states
+
+    def __call__(self, u: jax.Array, reset: jax.Array, state: dict):
+        return self.sequence(u, reset, state)

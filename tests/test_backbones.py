@@ -1,0 +1,167 @@
+"""Parallel sequence backbones (#11): the form that trains on a whole window equals the one-step form that acts
+and imagines, outputs and gradients, with episode resets inside the window and a carried start state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mbrl_jax.agents.dreamer import make_dreamer
+from mbrl_jax.config import ConfigError, make_config
+from mbrl_jax.envs import env_spec
+from mbrl_jax.world_models.backbone import make_backbone
+from mbrl_jax.world_models.rssm import WorldModel, mask_loop, observe
+
+BACKBONES = {
+    "mamba": {"wm.mamba.head_dim": 8, "wm.mamba.state": 4},
+    "transformer": {"wm.transformer.heads": 4, "wm.transformer.context": 6},
+}
+
+
+def small_config(backbone: str, **extra):
+    return make_config(
+        "debug",
+        **{"wm.backbone": backbone, "replay.context": False, "wm.deter": 32, **BACKBONES[backbone], **extra},
+    )
+
+
+def random_state(core, batch: int, key):
+    """A state as one from earlier steps: random caches and SSM states; a transformer's `valid` flags 0/1 and
+    its positions whole numbers."""
+    zeros = core.initial_state((batch,))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(zeros)
+    leaves = []
+    for (path, x), k in zip(paths, jax.random.split(key, len(paths)), strict=True):
+        name = jax.tree_util.keystr(path)
+        if "valid" in name:
+            leaves.append(jax.random.bernoulli(k, 0.7, x.shape).astype(x.dtype))
+        elif "pos" in name:
+            leaves.append(jax.random.randint(k, x.shape, 0, 20).astype(x.dtype))
+        else:
+            leaves.append(jax.random.normal(k, x.shape))
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def stepwise(core, params, inputs, reset, state):
+    """The one-step form over a window: the state is zeroed where an episode starts, as the world model does."""
+    outputs, states = [], []
+    for t in range(inputs.shape[1]):
+        keep = 1.0 - reset[:, t].astype(jnp.float32)
+        state = jax.tree.map(lambda x: x * keep.reshape(-1, *[1] * (x.ndim - 1)), state)
+        out, state = core.apply(params, inputs[:, t], state, method=type(core).step)
+        outputs.append(out)
+        states.append(state)
+    return jnp.stack(outputs, 1), jax.tree.map(lambda *xs: jnp.stack(xs, 1), *states)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("length", [1, 9, 37])
+def test_parallel_form_equals_steps(backbone, length):
+    core = make_backbone(small_config(backbone).wm)
+    B, W = 3, 32
+    k_in, k_reset, k_state, k_init = jax.random.split(jax.random.PRNGKey(length), 4)
+    inputs = jax.random.normal(k_in, (B, length, W))
+    reset = jax.random.bernoulli(k_reset, 0.15, (B, length)).at[0, 0].set(True)
+    state = random_state(core, B, k_state)
+    params = core.init(k_init, inputs, reset, state)
+    out, states = jax.jit(lambda *a: core.apply(*a, method=type(core).sequence))(params, inputs, reset, state)
+    ref_out, ref_states = jax.jit(lambda *a: stepwise(core, *a))(params, inputs, reset, state)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(states), jax.tree.leaves(ref_states), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    # The carried start state matters where no reset cuts it off (row 1 starts mid-episode unless drawn).
+    if not bool(reset[1, 0]):
+        fresh = core.apply(params, inputs, reset, core.initial_state((B,)), method=type(core).sequence)[0]
+        assert np.abs(np.asarray(fresh[1, 0] - out[1, 0])).max() > 1e-4
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_parallel_form_gradients_equal_steps(backbone):
+    core = make_backbone(small_config(backbone).wm)
+    B, T, W = 2, 13, 32
+    k_in, k_state, k_init = jax.random.split(jax.random.PRNGKey(7), 3)
+    inputs = jax.random.normal(k_in, (B, T, W))
+    reset = jnp.zeros((B, T), bool).at[1, 5].set(True)
+    state = random_state(core, B, k_state)
+    params = core.init(k_init, inputs, reset, state)
+    weights = jax.random.normal(jax.random.PRNGKey(8), (B, T, W))
+
+    def loss(params, inputs, state, form):
+        if form == "parallel":
+            out, _ = core.apply(params, inputs, reset, state, method=type(core).sequence)
+        else:
+            out, _ = stepwise(core, params, inputs, reset, state)
+        return jnp.sum(jnp.tanh(out) * weights)
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(params, inputs, state, "parallel")
+    ref = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(params, inputs, state, "steps")
+    paths = jax.tree_util.tree_flatten_with_path(grads)[0]
+    for (path, got), want in zip(paths, jax.tree.leaves(ref), strict=True):
+        if "valid" in jax.tree_util.keystr(path):  # 0/1 flags: masks in one form, factors in the other
+            continue
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_world_model_observes_a_window_as_acting_steps_through_it(backbone):
+    """`observe` (one parallel pass) equals the posterior steps `act` takes one env step at a time."""
+    config = small_config(backbone)
+    agent = make_dreamer(config, env_spec(config.env.name))
+    wm = agent.world_model
+    params = agent.init(jax.random.PRNGKey(0)).params.wm
+    B, T = 2, 9
+    obs = {"vector": jax.random.normal(jax.random.PRNGKey(1), (B, T, 4))}
+    action = jax.nn.one_hot(jax.random.randint(jax.random.PRNGKey(2), (B, T), 0, 2), 2)
+    is_first = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 4].set(True)
+    keys = jax.random.split(jax.random.PRNGKey(3), T)
+    posts, prior_logits = observe(wm, params, obs, action, is_first, keys)
+
+    latent = wm.zeros((B,))
+    embed = wm.apply(params, obs, method=WorldModel.encode)
+    for t in range(T):
+        keep = 1.0 - is_first[:, t].astype(jnp.float32)
+        latent = mask_loop(latent, keep)
+        latent, prior_t = wm.apply(
+            params,
+            latent,
+            action[:, t] * keep[:, None],
+            embed[:, t],
+            keys[t],
+            method=WorldModel.obs_step_loop,
+        )
+        np.testing.assert_allclose(posts.deter[:, t], latent.deter, atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(posts.stoch[:, t], latent.stoch)
+        np.testing.assert_allclose(prior_logits[:, t], prior_t, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_dreamer_learns_with_the_backbone(backbone):
+    """One learner update on a replayed batch is finite, changes the backbone's parameters, and imagination
+    starts from every posterior state (its state included)."""
+    config = small_config(backbone)
+    agent = make_dreamer(config, env_spec(config.env.name))
+    state = agent.init(jax.random.PRNGKey(0))
+    B, T = config.replay.batch_size, config.replay.batch_length
+    batch = {
+        "obs": {"vector": jax.random.normal(jax.random.PRNGKey(1), (B, T, 4))},
+        "action": jax.nn.one_hot(jax.random.randint(jax.random.PRNGKey(2), (B, T), 0, 2), 2),
+        "reward": jnp.ones((B, T)),
+        "is_first": jnp.zeros((B, T), bool).at[:, 0].set(True),
+        "is_last": jnp.zeros((B, T), bool),
+        "is_terminal": jnp.zeros((B, T), bool),
+    }
+    learn = jax.jit(agent.learn)
+    new, metrics, writes = learn(state, batch, jax.random.PRNGKey(4))
+    new, metrics, writes = learn(new, batch, jax.random.PRNGKey(5))  # the first update's lr is 0 (warm-up)
+    assert writes == {}
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    before = jax.tree.leaves(state.params.wm["params"]["core"])
+    after = jax.tree.leaves(new.params.wm["params"]["core"])
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_parallel_backbone_refuses_the_replay_context():
+    with pytest.raises(ConfigError, match="replay.context=false"):
+        make_config("debug", **{"wm.backbone": "mamba", "wm.mamba.head_dim": 8})
+    with pytest.raises(ConfigError, match="head_dim=48"):
+        make_config("debug", **{"wm.backbone": "mamba", "replay.context": False, "wm.mamba.head_dim": 48})

@@ -1,8 +1,9 @@
-"""DreamSmooth: gaussian and uniform smoothing equal scipy's 'nearest' filters on each episode alone, EMA equals
-a hand loop, and the windows the trainer samples get the whole-episode values from the replay."""
+"""DreamSmooth: gaussian and uniform smoothing equal scipy's 'nearest' filters on each episode alone, EMA
+equals a hand loop, and the windows the trainer samples get the whole-episode values from the replay."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from mbrl_jax.replay import replay_add, replay_init, replay_sample
 from mbrl_jax.returns import smooth_rewards
 from mbrl_jax.trainer import smoothed_window_rewards
 
-# Episode lengths of two rows, 1- and 2-step episodes included, so that every filter reaches across a boundary.
+# Episode lengths of two rows, 1- and 2-step episodes included: every filter reaches across a boundary.
 ROWS = [[5, 1, 13, 2, 19, 8], [30, 3, 1, 14]]
 
 
@@ -29,7 +30,9 @@ def episodes(lengths: list[int], rng: np.random.Generator) -> tuple[np.ndarray, 
 def per_episode(reward: np.ndarray, is_first: np.ndarray, filter_one) -> np.ndarray:
     """`filter_one` applied to each episode (from one is_first to the step before the next) on its own."""
     bounds = [*np.flatnonzero(is_first), len(reward)]
-    return np.concatenate([filter_one(reward[a:b].astype(np.float64)) for a, b in zip(bounds, bounds[1:])])
+    return np.concatenate(
+        [filter_one(reward[a:b].astype(np.float64)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    )
 
 
 def ema_loop(reward: np.ndarray, is_first: np.ndarray, alpha: float) -> np.ndarray:
@@ -114,9 +117,7 @@ def test_sampled_windows_get_the_whole_episode_values(method):
         want.append(
             ema_loop(r, f, config.smooth_alpha) if method == "ema" else per_episode(r, f, filters[method])
         )
-    from jax import random
-
-    batch_, index, replay = replay_sample(replay, random.PRNGKey(0), 64, length)
+    _, index, replay = replay_sample(replay, jax.random.PRNGKey(0), 64, length)
     got = np.asarray(smoothed_window_rewards(replay, index, config))
     for b in range(64):
         logical = np.asarray(index.start[b]) - oldest + np.arange(length)

@@ -113,6 +113,40 @@ class ReplayConfig:
         "largest replay allowed, in GiB (all seeds of a sweep together); checked before allocating",
         POSITIVE,
     )
+    # Drama's dynamic frequency-based sampling (replay.py); the defaults are the authors' (config train.yaml).
+    sampler: str = setting(
+        "uniform",
+        "window starts: 'uniform', or Drama's 'frequency' (softmax of per-start use counts, for world-model "
+        "windows and for imagination starts)",
+        one_of("uniform", "frequency"),
+    )
+    dfs_tau: float = setting(10.0, "frequency sampler: temperature of the world-model softmax", POSITIVE)
+    dfs_imag_tau: float = setting(10.0, "frequency sampler: temperature of the imagination softmax", POSITIVE)
+    dfs_alpha: float = setting(1.0, "frequency sampler: weight of the imagination count", NON_NEGATIVE)
+    dfs_beta: float = setting(
+        1.0, "frequency sampler: weight of max(0, train count - imagination count)", NON_NEGATIVE
+    )
+    imag_batch: int = setting(
+        1024,
+        "frequency sampler: imagination starts per update, each the last step of its own window",
+        POSITIVE,
+    )
+    imag_context: int = setting(
+        8, "frequency sampler: steps observed before each imagination start", POSITIVE
+    )
+    # DreamSmooth: applied to the sampled reward column, so any agent that reads batch["reward"] gets it.
+    reward_smoothing: str = setting(
+        "none",
+        "DreamSmooth: smooth each episode's rewards (the learner's reward target; raw kept as reward_raw)",
+        one_of("none", "gaussian", "uniform", "ema"),
+    )
+    smooth_sigma: float = setting(3.0, "DreamSmooth gaussian: standard deviation in steps", POSITIVE)
+    smooth_delta: int = setting(9, "DreamSmooth uniform: window in steps", AT_LEAST_ONE)
+    smooth_alpha: float = setting(
+        0.33,
+        "DreamSmooth ema: s_t = alpha s_(t-1) + (1 - alpha) r_t",
+        Rule(lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +324,11 @@ class Config:
         return self.replay.batch_length + int(self.replay.context)
 
     @property
+    def imag_sample_length(self) -> int:
+        """Steps per sampled imagination window (frequency sampler): imag_context, plus one of context."""
+        return self.replay.imag_context + int(self.replay.context)
+
+    @property
     def capacity_per_env(self) -> int:
         return math.ceil(self.replay.capacity / self.env.num_envs)
 
@@ -321,7 +360,23 @@ class Config:
                 "must be "
                 f"<= replay.batch_size={r.batch_size}; or set replay.online=false"
             )
+        if r.sampler == "frequency":
+            if self.agent == "dreamer" and self.dreamer.loss_repval > 0:
+                raise ConfigError(
+                    f"replay.sampler='frequency' imagines from separately sampled starts, but "
+                    f"dreamer.loss_repval={self.dreamer.loss_repval} bootstraps from imagination started at "
+                    "every replayed step; set dreamer.loss_repval=0 (Drama has no replay value loss) or "
+                    "replay.sampler='uniform'"
+                )
+            if self.prefill_steps_per_env < self.imag_sample_length:
+                raise ConfigError(
+                    f"replay.imag_context={r.imag_context} (+1 with replay.context) is longer than the "
+                    f"{self.prefill_steps_per_env} prefill steps per env; allowed: replay.imag_context <= "
+                    f"{self.prefill_steps_per_env - int(r.context)}"
+                )
         d = self.run.devices
+        if d > 1 and r.sampler == "frequency" and r.imag_batch % d:
+            raise ConfigError(f"run.devices={d} must divide replay.imag_batch={r.imag_batch}")
         if d > 1 and (n % d or r.batch_size % d):
             raise ConfigError(
                 f"run.devices={d} must divide env.num_envs={n} and replay.batch_size={r.batch_size} "

@@ -9,6 +9,14 @@ Two mechanisms of the DreamerV3 reference's replay live here:
   uniform. Windows of one queue entry come from every env at once (envs are written in lockstep).
 - **Write-back** (`replay_update`): the learner writes fields it computed for sampled steps (the posterior
   latents that the replay context starts from) back to the slots they were read from.
+
+And Drama's **dynamic frequency-based sampling** (Wang et al., "Drama: Mamba-Enabled Model-Based
+Reinforcement Learning Is Sample and Parameter Efficient", ICLR 2025; `sampler="frequency"`): per window start
+the replay counts how often it was trained on (v_wm) and imagined from (v_ac); world-model windows are drawn
+with p = softmax(-v_wm / tau), imagination windows with p = softmax((v_wm - alpha v_ac' - beta max(0,
+v_wm - v_ac')) / tau_imag), v_ac' = v_ac / (imagination batch / world-model batch), as the authors' code does
+(replay_buffer.py of realwenlongwang/drama). `reward_context` reads rewards around sampled windows for
+DreamSmooth (mbrl_jax.returns.smooth_rewards).
 """
 
 from __future__ import annotations
@@ -16,6 +24,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+
+@struct.dataclass
+class UseCounts:
+    """Drama's per-index use counts, by window start: [num_envs, capacity] int32 each, zeroed when a slot is
+    overwritten (a new step has not been used yet)."""
+
+    train: jax.Array  # windows starting here that the world model trained on (v_wm)
+    imagine: jax.Array  # windows starting here that imagination started from (v_ac)
 
 
 @struct.dataclass
@@ -27,6 +44,7 @@ class Replay:
     count: jax.Array  # int32 scalar, number of valid slots (<= capacity)
     written: jax.Array  # int32 scalar, steps ever written per env; step s (absolute) is at slot s % capacity
     online_next: jax.Array  # int32 scalar, absolute start of the next window of the online queue
+    counts: UseCounts | None = None  # frequency sampler only (None: the uniform sampler's state is unchanged)
 
 
 @struct.dataclass
@@ -35,16 +53,21 @@ class ReplayIndex:
 
     env: jax.Array  # [B] int32
     slot: jax.Array  # [B, L] int32
+    start: jax.Array  # [B] int32, absolute index of each window's first step
 
 
-def replay_init(example: dict[str, jax.Array], capacity: int) -> Replay:
+def replay_init(example: dict[str, jax.Array], capacity: int, counts: bool = False) -> Replay:
     """Empty buffer shaped after one step. example leaves: [num_envs, ...]; buffers [num_envs, capacity, ...]
-    of zeros with the example's dtypes."""
+    of zeros with the example's dtypes. `counts`: keep Drama's use counts (the frequency sampler)."""
     if capacity < 1:
         raise ValueError(f"capacity must be >= 1, got {capacity!r}")
     data = jax.tree.map(lambda x: jnp.zeros((x.shape[0], capacity, *x.shape[1:]), x.dtype), example)
     zero = jnp.zeros((), jnp.int32)
-    return Replay(data=data, cursor=zero, count=zero, written=zero, online_next=zero)
+    use = None
+    if counts:
+        num_envs = jax.tree.leaves(example)[0].shape[0]
+        use = UseCounts(*(jnp.zeros((num_envs, capacity), jnp.int32) for _ in range(2)))
+    return Replay(data=data, cursor=zero, count=zero, written=zero, online_next=zero, counts=use)
 
 
 def _capacity(replay: Replay) -> int:
@@ -60,8 +83,12 @@ def replay_add(replay: Replay, step: dict[str, jax.Array]) -> Replay:
         replay.data,
         step,
     )
+    counts = replay.counts
+    if counts is not None:
+        counts = jax.tree.map(lambda c: c.at[:, replay.cursor].set(0), counts)
     return replay.replace(
         data=data,
+        counts=counts,
         cursor=(replay.cursor + 1) % capacity,
         count=jnp.minimum(replay.count + 1, capacity),
         written=replay.written + 1,
@@ -75,6 +102,8 @@ def replay_sample(
     length: int,
     online: bool = False,
     stride: int | None = None,
+    sampler: str = "uniform",
+    tau: float = 10.0,
 ) -> tuple[dict[str, jax.Array], ReplayIndex, Replay]:
     """`batch_size` windows of `length` consecutive steps; leaves [batch_size, length, ...].
 
@@ -88,11 +117,17 @@ def replay_sample(
     batch_size. Returns the batch, where it was read from, and the replay with the queue advanced.
     """
     num_envs, capacity = jax.tree.leaves(replay.data)[0].shape[:2]
-    k_env, k_start = jax.random.split(key)
-    env = jax.random.randint(k_env, (batch_size,), 0, num_envs)
-    start = jax.random.randint(k_start, (batch_size,), 0, jnp.maximum(replay.count - length + 1, 1))
     oldest = replay.written - replay.count  # absolute index of the oldest valid step
-    absolute = oldest + start
+    if sampler == "uniform":
+        k_env, k_start = jax.random.split(key)
+        env = jax.random.randint(k_env, (batch_size,), 0, num_envs)
+        start = jax.random.randint(k_start, (batch_size,), 0, jnp.maximum(replay.count - length + 1, 1))
+        absolute = oldest + start
+    elif sampler == "frequency":
+        scores = world_model_scores(replay.counts, tau)
+        env, absolute = _frequency_starts(replay, key, batch_size, length, scores)
+    else:
+        raise ValueError(f"unknown sampler {sampler!r}; allowed: 'uniform', 'frequency'")
     if online:
         if num_envs > batch_size:
             raise ValueError(f"the online queue needs num_envs={num_envs} <= batch_size={batch_size}")
@@ -106,7 +141,79 @@ def replay_sample(
         replay = replay.replace(online_next=jnp.where(ready, queue_start + advance, replay.online_next))
     slot = (absolute[:, None] + jnp.arange(length)) % capacity  # [batch_size, length]
     batch = jax.tree.map(lambda buf: buf[env[:, None], slot], replay.data)
-    return batch, ReplayIndex(env=env, slot=slot), replay
+    if sampler == "frequency":
+        counts = replay.counts.replace(train=replay.counts.train.at[env, slot[:, 0]].add(1))
+        replay = replay.replace(counts=counts)
+    return batch, ReplayIndex(env=env, slot=slot, start=absolute), replay
+
+
+def _valid_starts(replay: Replay, length: int) -> jax.Array:
+    """[num_envs, capacity] bool: slots where a window of `length` steps can start (inside the valid steps,
+    in time order)."""
+    num_envs, capacity = jax.tree.leaves(replay.data)[0].shape[:2]
+    logical = (jnp.arange(capacity) - (replay.cursor - replay.count)) % capacity  # 0 = oldest
+    return jnp.broadcast_to(logical <= replay.count - length, (num_envs, capacity))
+
+
+def frequency_logits(replay: Replay, length: int, scores: jax.Array) -> jax.Array:
+    """[num_envs, capacity] scores with invalid window starts at -inf: softmax over all of it is the
+    sampling distribution."""
+    return jnp.where(_valid_starts(replay, length), scores, -jnp.inf)
+
+
+def world_model_scores(counts: UseCounts, tau: float) -> jax.Array:
+    """Drama's world-model sampling scores -v_wm / tau: the less a start was trained on, the likelier."""
+    return -counts.train / tau
+
+
+def imagination_scores(counts: UseCounts, tau: float, alpha: float, beta: float, scale: float) -> jax.Array:
+    """Drama's imagination scores (v_wm - alpha v_ac' - beta max(0, v_wm - v_ac')) / tau, v_ac' = v_ac /
+    scale (scale: imagination batch / world-model batch, so both counts grow at the same rate): starts the
+    world model has learnt well and that were seldom imagined from are favoured."""
+    imagine = counts.imagine / scale
+    train = counts.train.astype(imagine.dtype)
+    return (train - alpha * imagine - beta * jnp.maximum(0.0, train - imagine)) / tau
+
+
+def _frequency_starts(replay: Replay, key: jax.Array, n: int, length: int, scores: jax.Array):
+    """n (env [n], absolute start [n]) drawn with p = softmax(scores) over the valid starts."""
+    capacity = scores.shape[1]
+    flat = jax.random.categorical(key, frequency_logits(replay, length, scores).reshape(-1), shape=(n,))
+    env, slot = flat // capacity, flat % capacity
+    oldest = replay.written - replay.count
+    absolute = oldest + (slot - (replay.cursor - replay.count)) % capacity
+    return env.astype(jnp.int32), absolute.astype(jnp.int32)
+
+
+def replay_sample_imagination(
+    replay: Replay, key: jax.Array, n: int, length: int, tau: float, alpha: float, beta: float, scale: float
+) -> tuple[dict[str, jax.Array], Replay]:
+    """n windows of `length` steps whose last step starts imagination (Drama), drawn by
+    `imagination_scores`; each drawn start's v_ac grows by one. Returns leaves [n, length, ...] and the
+    replay with the counts updated."""
+    capacity = jax.tree.leaves(replay.data)[0].shape[1]
+    scores = imagination_scores(replay.counts, tau, alpha, beta, scale)
+    env, absolute = _frequency_starts(replay, key, n, length, scores)
+    slot = (absolute[:, None] + jnp.arange(length)) % capacity
+    batch = jax.tree.map(lambda buf: buf[env[:, None], slot], replay.data)
+    counts = replay.counts.replace(imagine=replay.counts.imagine.at[env, slot[:, 0]].add(1))
+    return batch, replay.replace(counts=counts)
+
+
+def reward_context(replay: Replay, index: ReplayIndex, left: int, right: int) -> tuple[jax.Array, jax.Array]:
+    """Rewards and episode starts around sampled windows, for smoothing that reads neighbouring steps:
+    [B, left + L + right] each. Steps outside the valid data repeat the nearest valid one, and the oldest
+    valid step counts as an episode start, so smoothing treats the data's edges as 'nearest' boundaries."""
+    capacity = jax.tree.leaves(replay.data)[0].shape[1]
+    length = index.slot.shape[1]
+    oldest = replay.written - replay.count
+    absolute = index.start[:, None] + jnp.arange(-left, length + right)
+    clamped = jnp.clip(absolute, oldest, replay.written - 1)
+    slot = clamped % capacity
+    env = index.env[:, None]
+    reward = replay.data["reward"][env, slot]
+    starts = replay.data["is_first"][env, slot].astype(bool) | (absolute == oldest)
+    return reward, starts
 
 
 def replay_update(replay: Replay, index: ReplayIndex, values: dict[str, jax.Array]) -> Replay:

@@ -1,7 +1,10 @@
 """Lambda returns and return normalisation of DreamerV3 (Hafner et al., "Mastering diverse control tasks
-through world models", Nature 2025; arXiv:2301.04104). All arrays are time-major."""
+through world models", Nature 2025; arXiv:2301.04104), time-major; and DreamSmooth's reward smoothing,
+batch-major ([N, L]) as the replay's windows are."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -70,3 +73,86 @@ def update_return_norm(
 def return_scale(norm: ReturnNorm) -> Array:
     """Advantage divisor `[]`: max(1, high - low); never amplifies small returns (DreamerV3)."""
     return jnp.maximum(1.0, norm.high - norm.low)
+
+
+# ---- DreamSmooth (Lee, Abbeel & Lee, "DreamSmooth: Improving Model-based Reinforcement Learning via Reward
+# Smoothing", ICLR 2024) ----------------------------------------------------------------------------------
+
+SMOOTHINGS = ("none", "gaussian", "uniform", "ema")
+
+
+def gaussian_kernel(sigma: float) -> tuple[int, list[float]]:
+    """(radius, weights [2 * radius + 1]) of scipy.ndimage.gaussian_filter1d with its default truncate=4."""
+    radius = int(4.0 * sigma + 0.5)
+    weights = [math.exp(-0.5 * (x / sigma) ** 2) for x in range(-radius, radius + 1)]
+    total = sum(weights)
+    return radius, [w / total for w in weights]
+
+
+def smoothing_margins(method: str, sigma: float, delta: int, alpha: float) -> tuple[int, int]:
+    """Steps of history (left) and future (right) that smoothing one step reads. For EMA, which reads the
+    whole episode so far, the left margin is where alpha**margin < 1e-7: older rewards change nothing
+    visible in float32."""
+    if method == "gaussian":
+        radius, _ = gaussian_kernel(sigma)
+        return radius, radius
+    if method == "uniform":
+        return delta // 2, delta - 1 - delta // 2
+    if method == "ema":
+        return (0 if alpha == 0.0 else math.ceil(math.log(1e-7) / math.log(alpha))), 0
+    return 0, 0
+
+
+def episode_bounds(starts: Array) -> tuple[Array, Array]:
+    """starts: [N, L] bool, True where an episode starts (position 0 counts as a start) -> (lo, hi) [N, L]
+    int32: the first and last position of the episode that holds each position."""
+    L = starts.shape[-1]
+    idx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), starts.shape)
+    starts = starts.at[..., 0].set(True)
+    lo = jax.lax.cummax(jnp.where(starts, idx, 0), axis=starts.ndim - 1)
+    next_start = jax.lax.cummin(jnp.where(starts, idx, L), axis=starts.ndim - 1, reverse=True)
+    # hi[i] = (first start after i) - 1: shift next_start left by one.
+    after = jnp.concatenate([next_start[..., 1:], jnp.full(starts.shape[:-1] + (1,), L, jnp.int32)], -1)
+    return lo, after - 1
+
+
+def smooth_rewards(
+    reward: Array, starts: Array, method: str, sigma: float = 3.0, delta: int = 9, alpha: float = 0.33
+) -> Array:
+    """DreamSmooth's smoothed rewards, each episode on its own (section 3 of the paper).
+
+    reward: [N, L] float, starts: [N, L] bool (is_first; position 0 always starts a segment).
+    method: 'gaussian' (scipy.ndimage.gaussian_filter1d(r, sigma, mode='nearest') per episode), 'uniform'
+    (scipy.ndimage.uniform_filter1d(r, delta, mode='nearest') per episode), 'ema' (s_0 = r_0,
+    s_t = alpha * s_{t-1} + (1 - alpha) * r_t, as the authors' code), or 'none'.
+    Returns [N, L] float32; no value crosses an episode start.
+    """
+    reward = reward.astype(jnp.float32)
+    if method == "none":
+        return reward
+    starts = starts.astype(bool)
+    if method == "ema":
+
+        def step(prev, xs):
+            r, first = xs
+            s = jnp.where(first, r, alpha * prev + (1.0 - alpha) * r)
+            return s, s
+
+        first = starts.at[:, 0].set(True)
+        _, out = jax.lax.scan(step, reward[:, 0], (reward.T, first.T))
+        return out.T
+    if method == "gaussian":
+        radius, weights = gaussian_kernel(sigma)
+        offsets = range(-radius, radius + 1)
+    elif method == "uniform":
+        offsets = range(-(delta // 2), delta - delta // 2)
+        weights = [1.0 / delta] * delta
+    else:
+        raise ValueError(f"unknown reward smoothing {method!r}; allowed: {', '.join(SMOOTHINGS)}")
+    lo, hi = episode_bounds(starts)
+    idx = jnp.arange(reward.shape[1], dtype=jnp.int32)
+    out = jnp.zeros_like(reward)
+    # 'nearest' inside the episode: each neighbour's index is clipped to the episode's bounds.
+    for offset, weight in zip(offsets, weights, strict=True):
+        out = out + weight * jnp.take_along_axis(reward, jnp.clip(idx + offset, lo, hi), axis=1)
+    return out

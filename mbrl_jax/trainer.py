@@ -21,9 +21,19 @@ import numpy as np
 from flax import struct
 
 from mbrl_jax.agents import env_action, make_agent, random_action
-from mbrl_jax.config import Config
+from mbrl_jax.config import Config, ReplayConfig
 from mbrl_jax.envs import TimeStep, VecEnv, make_env
-from mbrl_jax.replay import Replay, replay_add, replay_init, replay_sample, replay_update
+from mbrl_jax.replay import (
+    Replay,
+    ReplayIndex,
+    replay_add,
+    replay_init,
+    replay_sample,
+    replay_sample_imagination,
+    replay_update,
+    reward_context,
+)
+from mbrl_jax.returns import smooth_rewards, smoothing_margins
 
 
 @struct.dataclass
@@ -99,6 +109,23 @@ def episode_returns(
     return jnp.where(finished, ret, ts.episode_return)
 
 
+def smoothed_window_rewards(replay: Replay, index: ReplayIndex, r: ReplayConfig) -> jax.Array:
+    """DreamSmooth's reward target [B, L] for the windows `index` points at (`r.reward_smoothing`).
+
+    DreamSmooth smooths a whole episode when it ends and stores the result in the replay. Here each window is
+    smoothed when sampled, from the rewards around it (the filter's reach on each side, read from the
+    replay): a finished episode's steps get exactly the whole-episode value, and the ring buffer needs no
+    second reward column kept in step with overwrites. Where the reach leaves the valid data (the oldest
+    step, or the newest step of an episode still running) the boundary is 'nearest', as at an episode's
+    ends; an EMA reads back until alpha**n < 1e-7.
+    """
+    left, right = smoothing_margins(r.reward_smoothing, r.smooth_sigma, r.smooth_delta, r.smooth_alpha)
+    reward, starts = reward_context(replay, index, left, right)
+    method = r.reward_smoothing
+    smooth = smooth_rewards(reward, starts, method, r.smooth_sigma, r.smooth_delta, r.smooth_alpha)
+    return smooth[:, left : smooth.shape[1] - right]
+
+
 def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer:
     """The whole training loop of `config` as pure functions of arrays (the static work happens here:
     env, networks, optimiser, shapes).
@@ -170,7 +197,11 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
             timestep=timestep,
             prev_action=no_action,
             policy=agent.initial_carry(n),
-            replay=replay_init(replay_row(timestep, no_action, no_context), c.capacity_per_env),
+            replay=replay_init(
+                replay_row(timestep, no_action, no_context),
+                c.capacity_per_env,
+                counts=r.sampler == "frequency",
+            ),
             agent=agent.init(k_agent),
         )
         state, _ = jax.lax.scan(random_step, state, None, length=c.prefill_steps_per_env)
@@ -181,8 +212,31 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
     def learn_step(state: TrainState, _):
         key, k_sample, k_learn = jax.random.split(state.key, 3)
         batch, index, replay = replay_sample(
-            state.replay, k_sample, r.batch_size, c.sample_length, r.online, stride=r.batch_length
+            state.replay,
+            k_sample,
+            r.batch_size,
+            c.sample_length,
+            r.online,
+            stride=r.batch_length,
+            sampler=r.sampler,
+            tau=r.dfs_tau,
         )
+        if r.reward_smoothing != "none":
+            smooth = smoothed_window_rewards(replay, index, r)
+            batch = {**batch, "reward": smooth, "reward_raw": batch["reward"]}
+        if r.sampler == "frequency":
+            # Imagination starts come from their own windows (Drama); fold_in keeps the uniform path's keys.
+            imag, replay = replay_sample_imagination(
+                replay,
+                jax.random.fold_in(k_sample, 1),
+                r.imag_batch,
+                c.imag_sample_length,
+                r.dfs_imag_tau,
+                r.dfs_alpha,
+                r.dfs_beta,
+                r.imag_batch / r.batch_size,
+            )
+            batch = {**batch, "imag": imag}
         if mesh is not None:
             split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
             batch = jax.lax.with_sharding_constraint(batch, jax.tree.map(lambda _: split, batch))

@@ -301,3 +301,29 @@ def test_changing_the_evaluation_policy_on_resume_leaves_training_exact(tmp_path
     train(config.replace(**{"run.eval_policy": "mode"}), tmp_path, progress=False, stop_after_chunks=3)
     state, _ = train(config, tmp_path, progress=False)
     _assert_same(_params(state), straight_params)
+
+
+@pytest.mark.slow  # three runs, each compiling its own program
+def test_frequency_sampler_and_reward_smoothing_resume_exactly(tmp_path):
+    """Drama's sampler and DreamSmooth on together: the use counts live in the train state, so a run stopped
+    after a checkpoint and resumed ends where an uninterrupted one does; every update counted its windows."""
+    overrides = {
+        **SMALL,
+        "run.steps": 400,
+        "replay.sampler": "frequency",
+        "replay.imag_batch": 16,
+        "replay.imag_context": 4,
+        "dreamer.loss_repval": 0.0,
+        "replay.reward_smoothing": "gaussian",
+    }
+    config = make_config("debug", **overrides)
+    straight, _ = train(config, tmp_path / "straight", progress=False)
+    counts = jax.device_get(straight.replay.counts)
+    updates = int(straight.updates)
+    assert counts.train.sum() == updates * config.replay.batch_size  # capacity > steps: nothing overwritten
+    assert counts.imagine.sum() == updates * config.replay.imag_batch
+    train(config, tmp_path / "resumed", progress=False, stop_after_chunks=2)
+    resumed, _ = train(config, tmp_path / "resumed", progress=False)
+    _assert_same(_params(resumed), _params(straight))
+    _assert_same(jax.tree.leaves(jax.device_get(resumed.replay.counts)), jax.tree.leaves(counts))
+    assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "straight")

@@ -361,23 +361,39 @@ def make_dreamer(config: Config, spec: EnvSpec) -> Dreamer:
             metrics = {**metrics, "loss_repval": repval}
         return loss, (norm, metrics)
 
+    def split_context(windows: dict) -> tuple[Latent | None, dict]:
+        """Sampled windows -> (latent before the first trained step, the trained steps): with the replay
+        context the first step only carries the stored latent."""
+        if not c.replay.context:
+            return None, windows
+        first = Latent(windows["deter"][:, 0], windows["stoch"][:, 0], jnp.zeros_like(windows["stoch"][:, 0]))
+        return first, jax.tree.map(lambda x: x[:, 1:], windows)
+
     def learn(state: AgentState, batch: dict, key) -> tuple[AgentState, dict, dict]:
         """One update of world model, actor and critic on batch leaves [B, L, ...] (L = batch_length, plus
         one leading context step with the replay context). Returns the new state, metrics, and the fields
         to write back to the replay for the last batch_length steps (fresh posteriors; {} without context)."""
         k_wm, k_imag = jax.random.split(key)
         params = state.params
-        if c.replay.context:
-            start = Latent(batch["deter"][:, 0], batch["stoch"][:, 0], jnp.zeros_like(batch["stoch"][:, 0]))
-            rows = jax.tree.map(lambda x: x[:, 1:], batch)
-        else:
-            start, rows = None, batch
+        batch = dict(batch)
+        imag_windows = batch.pop("imag", None)
+        start, rows = split_context(batch)
         keys = jax.random.split(k_wm, rows["is_first"].shape[1])
         (wm_loss, (posts, wm_metrics)), wm_grads = jax.value_and_grad(
             world_model_loss, argnums=1, has_aux=True
         )(nets, params.wm, rows, keys, start)
-        # Imagine from every posterior state of the batch (B*T starts); nothing here is differentiated.
-        starts = jax.tree.map(lambda x: sg(x.reshape(-1, *x.shape[2:])), posts)
+        if imag_windows is None:
+            # Imagine from every posterior state of the batch (B*T starts); nothing here is differentiated.
+            starts = jax.tree.map(lambda x: sg(x.reshape(-1, *x.shape[2:])), posts)
+        else:
+            # Drama: imagination starts at the last step of windows sampled for it (replay.sampler=frequency),
+            # after the world model (parameters before this update) observes the context before it.
+            ctx_start, ctx = split_context(imag_windows)
+            ctx_keys = jax.random.split(jax.random.fold_in(k_imag, 1), ctx["is_first"].shape[1])
+            ctx_posts, _ = observe(
+                wm, params.wm, ctx["obs"], ctx["action"], ctx["is_first"], ctx_keys, ctx_start
+            )
+            starts = jax.tree.map(lambda x: sg(x[:, -1]), ctx_posts)
         traj = imagine_trajectory(nets, params, starts, k_imag)
         (_, (return_norm, ac_metrics)), (actor_grads, critic_grads) = jax.value_and_grad(
             behaviour_loss, argnums=(0, 1), has_aux=True

@@ -1,5 +1,5 @@
-"""Parallel sequence backbones (#11): the form that trains on a whole window equals the one-step form that acts
-and imagines, outputs and gradients, with episode resets inside the window and a carried start state."""
+"""Parallel sequence backbones (#11): the form that trains on a whole window equals the one-step form that
+acts and imagines, outputs and gradients, with episode resets inside the window and a carried start state."""
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +43,7 @@ def random_state(core, batch: int, key):
 
 
 def stepwise(core, params, inputs, reset, state):
-    """The one-step form over a window: the state is zeroed where an episode starts, as the world model does."""
+    """The one-step form over a window, the state zeroed where an episode starts (as the world model does)."""
     outputs, states = [], []
     for t in range(inputs.shape[1]):
         keep = 1.0 - reset[:, t].astype(jnp.float32)

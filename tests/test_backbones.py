@@ -47,7 +47,7 @@ def stepwise(core, params, inputs, reset, state):
     outputs, states = [], []
     for t in range(inputs.shape[1]):
         keep = 1.0 - reset[:, t].astype(jnp.float32)
-        state = jax.tree.map(lambda x: x * keep.reshape(-1, *[1] * (x.ndim - 1)), state)
+        state = jax.tree.map(lambda x, keep=keep: x * keep.reshape(-1, *[1] * (x.ndim - 1)), state)
         out, state = core.apply(params, inputs[:, t], state, method=type(core).step)
         outputs.append(out)
         states.append(state)

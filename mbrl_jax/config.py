@@ -487,6 +487,24 @@ CLASSIC: dict[str, Any] = {
     "optim.warmup": 100,
 }
 
+# Sequence backbones (#11), combined with a task preset (`--preset cartpole,mamba`). A parallel backbone starts
+# every window from zeros (replay.context=false: the replay stores only the GRU's latent).
+BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
+    "mamba": {"wm.backbone": "mamba", "replay.context": False},
+    "transformer": {"wm.backbone": "transformer", "replay.context": False},
+    # Drama's world model (Wang et al., 2025): Mamba-2, 2 layers of width 512, batch 16 x 128, imagination
+    # horizon 16. Drama imagines from 1,024 sampled starts; add replay.sampler=frequency for its sampler.
+    "drama": {
+        "wm.backbone": "mamba",
+        "replay.context": False,
+        "wm.deter": 512,
+        "wm.mamba.layers": 2,
+        "replay.batch_size": 16,
+        "replay.batch_length": 128,
+        "dreamer.imag_horizon": 16,
+    },
+}
+
 TASK_PRESETS: dict[str, dict[str, Any]] = {
     "classic": CLASSIC,
     "cartpole": {**CLASSIC, "env.name": "CartPole-v1"},
@@ -533,7 +551,7 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-PRESETS: dict[str, dict[str, Any]] = {**TASK_PRESETS, **SIZE_PRESETS}
+PRESETS: dict[str, dict[str, Any]] = {**TASK_PRESETS, **SIZE_PRESETS, **BACKBONE_PRESETS}
 
 
 # ---- construction and validation -------------------------------------------------------------------------

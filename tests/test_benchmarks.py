@@ -176,3 +176,35 @@ def test_scaling_bad_input_exits_2_before_compiling(argv, words, capsys, monkeyp
 def test_scaling_ratios_are_relative_to_the_first_row():
     rows = scaling.with_ratios([{"chunk_s": 2.0}, {"chunk_s": 5.0}, {"chunk_s": 1.0}])
     assert [r["wall_ratio"] for r in rows] == [1.0, 2.5, 0.5]
+
+
+backbones_spec = importlib.util.spec_from_file_location(
+    "backbones_bench", ROOT / "benchmarks" / "backbones.py"
+)
+backbones_bench = importlib.util.module_from_spec(backbones_spec)
+backbones_spec.loader.exec_module(backbones_bench)
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--backbones", "gru,lstm"], ["lstm", "allowed"]),
+        (["--lengths", "64,x"], ["--lengths"]),
+        (["--batch", "0"], ["positive"]),
+        (["wm.mamba.head_dim=48", "--backbones", "mamba"], ["head_dim=48"]),
+    ],
+)
+def test_backbones_bad_input_exits_2_before_compiling(argv, words, capsys, monkeypatch):
+    monkeypatch.setattr(backbones_bench, "measure_update", lambda *a: pytest.fail("compiled on bad input"))
+    assert backbones_bench.main(argv) == 2
+    err = capsys.readouterr().err
+    assert all(word in err for word in words), err
+
+
+def test_backbones_mamba_memory_grows_with_the_window():
+    """A Mamba update keeps every step's activations for the backward pass: 4x the window, more memory."""
+    rows = [
+        backbones_bench.measure_update("debug", "mamba", t, 2, 1, {"wm.mamba.head_dim": 16}) for t in (8, 32)
+    ]
+    assert rows[0]["update_s"] > 0 and rows[1]["steps_per_s"] > 0
+    assert rows[1]["temp_mib"] > 2 * rows[0]["temp_mib"], rows

@@ -134,9 +134,14 @@ class ModelParams:
 
 
 @struct.dataclass
-class AgentState:
+class TDMPC2Params:
     model: ModelParams
     pi: Any  # policy prior parameters
+
+
+@struct.dataclass
+class AgentState:
+    params: TDMPC2Params
     target_q: Any  # EMA of model.q (tau = tdmpc2.tau)
     model_opt: optax.OptState
     pi_opt: optax.OptState
@@ -372,12 +377,12 @@ def plan_settings(config: Config, discount: float) -> PlanSettings:
 
 def latent_model(nets: Networks, state: AgentState) -> LatentModel:
     """The learned model as `LatentModel` functions (terminal value: mean of two random Q members)."""
-    p = state.model
+    p = state.params.model
     return LatentModel(
         next=lambda z, a: nets.next(p.dynamics, z, a),
         reward=lambda z, a: twohot_mean(nets.reward_logits(p.reward, z, a), nets.bins),
         value=lambda z, a, k: nets.q_pair(p.q, z, a, k, jnp.mean),
-        policy=lambda z, k: nets.policy(state.pi, z, k)[0],
+        policy=lambda z, k: nets.policy(state.params.pi, z, k)[0],
     )
 
 
@@ -494,8 +499,7 @@ def make_tdmpc2(config: Config, spec: EnvSpec) -> TDMPC2:
         )
         pi = nets.pi.init(k_pi, z)
         return AgentState(
-            model=model,
-            pi=pi,
+            params=TDMPC2Params(model, pi),
             target_q=model.q,
             model_opt=model_optimizer.init(model),
             pi_opt=pi_optimizer.init(pi),
@@ -513,7 +517,7 @@ def make_tdmpc2(config: Config, spec: EnvSpec) -> TDMPC2:
         Training (mode=False): an elite's first action plus Gaussian noise of the plan's first-step std
         (the paper's exploration). mode=True: the plan mean's first action, no noise."""
         n = is_first.shape[0]
-        z = nets.encode(state.model.encoder, obs)
+        z = nets.encode(state.params.model.encoder, obs)
         warm = shift_plan(carry.mean, is_first)
         model = latent_model(nets, state)
         k_plan, k_noise = jax.random.split(key)
@@ -530,19 +534,20 @@ def make_tdmpc2(config: Config, spec: EnvSpec) -> TDMPC2:
         on the (detached) latent rollout, then the EMA of the target Q."""
         k_model, k_pi = jax.random.split(key)
         rows = window_rows(batch)
+        params = state.params
         (loss, (zs, metrics)), grads = jax.value_and_grad(model_loss, argnums=1, has_aux=True)(
-            nets, state.model, state.pi, state.target_q, rows, k_model
+            nets, params.model, params.pi, state.target_q, rows, k_model
         )
-        updates, model_opt = model_optimizer.update(grads, state.model_opt, state.model)
+        updates, model_opt = model_optimizer.update(grads, state.model_opt, params.model)
         # The encoder learns at enc_lr_scale x lr: with Adam, scaling its updates is the same thing.
         updates = updates.replace(encoder=jax.tree.map(lambda u: u * t.enc_lr_scale, updates.encoder))
-        model = optax.apply_updates(state.model, updates)
+        model = optax.apply_updates(params.model, updates)
         valid = jnp.concatenate([jnp.ones_like(rows["valid"][:1]), rows["valid"]], 0)
         (_, (q_scale, pi_metrics)), pi_grads = jax.value_and_grad(policy_loss, argnums=1, has_aux=True)(
-            nets, state.pi, model.q, zs, valid, state.q_scale, k_pi
+            nets, params.pi, model.q, zs, valid, state.q_scale, k_pi
         )
-        pi_updates, pi_opt = pi_optimizer.update(pi_grads, state.pi_opt, state.pi)
-        pi = optax.apply_updates(state.pi, pi_updates)
+        pi_updates, pi_opt = pi_optimizer.update(pi_grads, state.pi_opt, params.pi)
+        pi = optax.apply_updates(params.pi, pi_updates)
         target_q = optax.incremental_update(model.q, state.target_q, t.tau)
         metrics = {
             "loss_model": loss,
@@ -551,7 +556,7 @@ def make_tdmpc2(config: Config, spec: EnvSpec) -> TDMPC2:
             "grad_norm": optax.tree.norm(grads),
             "pi_grad_norm": optax.tree.norm(pi_grads),
         }
-        new = AgentState(model, pi, target_q, model_opt, pi_opt, q_scale)
+        new = AgentState(TDMPC2Params(model, pi), target_q, model_opt, pi_opt, q_scale)
         return new, metrics, {}
 
     return TDMPC2(
@@ -573,6 +578,7 @@ __all__ = [
     "PlanCarry",
     "PlanSettings",
     "TDMPC2",
+    "TDMPC2Params",
     "check_tdmpc2",
     "make_networks",
     "make_tdmpc2",

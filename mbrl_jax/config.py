@@ -193,7 +193,9 @@ class TDMPC2Config:
 
     latent_dim: int = setting(512, "latent state size (SimNorm groups of simnorm_dim)", POSITIVE)
     enc_dim: int = setting(256, "encoder hidden width", POSITIVE)
-    num_enc_layers: int = setting(2, "encoder layers, the SimNorm output layer included", AT_LEAST_ONE)
+    num_enc_layers: int = setting(
+        2, "encoder layers, the SimNorm output layer included (at least 1 hidden)", AT_LEAST_ONE
+    )
     mlp_dim: int = setting(
         512, "hidden width of dynamics, reward, Q and policy MLPs (2 hidden layers)", POSITIVE
     )

@@ -247,7 +247,8 @@ def make_networks(config: Config, spec: EnvSpec) -> Networks:
     return Networks(
         config=config,
         spec=spec,
-        encoder=SimNormMLP((t.enc_dim,) * (t.num_enc_layers - 1), t.latent_dim, t.simnorm_dim),
+        # At least one hidden layer, as the reference builds it.
+        encoder=SimNormMLP((t.enc_dim,) * max(t.num_enc_layers - 1, 1), t.latent_dim, t.simnorm_dim),
         dynamics=SimNormMLP(mlp, t.latent_dim, t.simnorm_dim),
         reward=LinearHeadMLP(mlp, t.num_bins, zero_out=True),
         q=QEnsemble(**q_args, deterministic=True),

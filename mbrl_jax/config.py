@@ -1,6 +1,6 @@
 """Every setting of a run: nested frozen dataclasses grouped by component; presets; validated overrides.
 
-    Config(agent, run, env, replay, wm=(..., gru), dreamer, tdmpc2, optim)
+    Config(agent, run, env, replay, wm=(..., gru), dreamer, optim, tdmpc2)
 
 A setting is named by its dotted path: `replay.batch_size`, `wm.gru.blocks`, `dreamer.imag_horizon`.
 `make_config("cartpole", "size1m", **{"run.seed": 3, "replay.batch_size": 32})` (or
@@ -333,8 +333,8 @@ class Config:
     replay: ReplayConfig = group(ReplayConfig, "the on-device replay and how it is sampled")
     wm: WorldModelConfig = group(WorldModelConfig, "the world model and its sequence backbone")
     dreamer: DreamerConfig = group(DreamerConfig, "DreamerV3's actor-critic in imagination")
-    tdmpc2: TDMPC2Config = group(TDMPC2Config, "TD-MPC2's latent model, Q ensemble, policy prior and MPPI")
     optim: OptimConfig = group(OptimConfig, "the optimiser")
+    tdmpc2: TDMPC2Config = group(TDMPC2Config, "TD-MPC2's latent model, Q ensemble, policy prior and MPPI")
 
     # ---- derived ----
     @property
@@ -582,12 +582,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     """The hint " (did you mean 'X'?)", X the option closest to `name` (case ignored), or "" when none is
     close; for error messages about a mistyped key, preset or env name. A dotted option whose last part is
-    the last part of `name` counts as closest (a key given without its group, or in the wrong one)."""
+    the last part of `name` counts as closest (a key given without its group, or in the wrong one); when
+    several groups have that name, all are named ("'optim.lr' or 'tdmpc2.lr'")."""
     options = [str(option) for option in options]
     leaf = str(name).rsplit(".", 1)[-1].lower()
     by_leaf = [o for o in options if o != name and o.rsplit(".", 1)[-1].lower() == leaf]
-    if len(by_leaf) == 1:
-        return f" (did you mean {by_leaf[0]!r}?)"
+    if by_leaf:  # the same name in several groups: all of them
+        return f" (did you mean {' or '.join(map(repr, by_leaf))}?)"
     by_lower = {option.lower(): option for option in options}
     close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1)
     return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
@@ -734,6 +735,7 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
         p.rsplit(".", 1)[1]: (p,)
         for p in FIELDS
         if p.count(".") == 1
+        and not p.startswith("tdmpc2.")  # added after 0.1; its names repeat other groups' (lr, horizon)
         and p not in ADDED_FIELDS_BEFORE
         and all(p not in paths for paths in _RENAMED.values())
     },

@@ -1,6 +1,6 @@
 """Every setting of a run: nested frozen dataclasses grouped by component; presets; validated overrides.
 
-    Config(agent, run, env, replay, wm=(..., gru), dreamer, optim)
+    Config(agent, run, env, replay, wm=(..., gru), dreamer, optim, tdmpc2)
 
 A setting is named by its dotted path: `replay.batch_size`, `wm.gru.blocks`, `dreamer.imag_horizon`.
 `make_config("cartpole", "size1m", **{"run.seed": 3, "replay.batch_size": 32})` (or
@@ -252,6 +252,135 @@ class DreamerConfig:
             )
 
 
+# ---- TD-MPC2 (agent=tdmpc2): its config group and presets, kept together --------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TDMPC2Config:
+    """TD-MPC2's settings; defaults are the paper's (Hansen et al. 2024, reference config, 5M model)."""
+
+    latent_dim: int = setting(512, "latent state size (SimNorm groups of simnorm_dim)", POSITIVE)
+    enc_dim: int = setting(256, "encoder hidden width", POSITIVE)
+    num_enc_layers: int = setting(
+        2, "encoder layers, the SimNorm output layer included (at least 1 hidden)", AT_LEAST_ONE
+    )
+    mlp_dim: int = setting(
+        512, "hidden width of dynamics, reward, Q and policy MLPs (2 hidden layers)", POSITIVE
+    )
+    simnorm_dim: int = setting(8, "SimNorm group size (latent_dim must divide by it)", POSITIVE)
+    num_q: int = setting(5, "Q functions in the ensemble (two drawn at random for targets)", POSITIVE)
+    dropout: float = setting(0.01, "dropout in the first layer of each Q function", UNIT_INTERVAL)
+    num_bins: int = setting(101, "two-hot bins of reward and Q heads", POSITIVE)
+    vmin: float = setting(-10.0, "lowest bin, in symlog space")
+    vmax: float = setting(10.0, "highest bin, in symlog space")
+    horizon: int = setting(
+        3, "planning and training horizon (replay windows are horizon + 1 steps)", POSITIVE
+    )
+    iterations: int = setting(6, "MPPI iterations per plan", POSITIVE)
+    num_samples: int = setting(
+        512, "action sequences per MPPI iteration, policy trajectories included", POSITIVE
+    )
+    num_elites: int = setting(64, "best sequences the MPPI mean and std are refit to", POSITIVE)
+    num_pi_trajs: int = setting(24, "sequences drawn from the policy prior per plan", NON_NEGATIVE)
+    temperature: float = setting(0.5, "MPPI weight exp(temperature * (value - max value))", POSITIVE)
+    min_std: float = setting(0.05, "smallest MPPI std (also the exploration noise floor)", POSITIVE)
+    max_std: float = setting(2.0, "MPPI std at the start of each plan", POSITIVE)
+    lr: float = setting(3e-4, "learning rate of model, Q and policy (Adam)", POSITIVE)
+    enc_lr_scale: float = setting(0.3, "encoder learning rate = enc_lr_scale x lr", POSITIVE)
+    grad_clip_norm: float = setting(20.0, "global gradient norm clip (model and policy separately)", POSITIVE)
+    rho: float = setting(0.5, "weight rho^t of horizon step t in every loss", UNIT_INTERVAL)
+    consistency_coef: float = setting(20.0, "scale of the latent consistency loss", NON_NEGATIVE)
+    reward_coef: float = setting(0.1, "scale of the reward loss", NON_NEGATIVE)
+    value_coef: float = setting(0.1, "scale of the value loss", NON_NEGATIVE)
+    entropy_coef: float = setting(1e-4, "policy prior entropy bonus", NON_NEGATIVE)
+    log_std_min: float = setting(-10.0, "smallest log std of the policy prior")
+    log_std_max: float = setting(2.0, "largest log std of the policy prior")
+    tau: float = setting(0.01, "EMA rate of the target Q functions and of the Q scale", UNIT_INTERVAL)
+    discount_denom: float = setting(
+        5.0, "discount = (L/denom - 1) / (L/denom), L the episode length", POSITIVE
+    )
+    discount_min: float = setting(0.95, "lower clip of the heuristic discount", UNIT_INTERVAL)
+    discount_max: float = setting(0.995, "upper clip of the heuristic discount", UNIT_INTERVAL)
+
+    def check(self, path: str) -> None:
+        pairs = [
+            (
+                self.latent_dim % self.simnorm_dim == 0,
+                f"latent_dim={self.latent_dim} must be divisible by {path}.simnorm_dim={self.simnorm_dim}",
+            ),
+            (
+                self.num_elites <= self.num_samples,
+                f"num_elites={self.num_elites} must be <= {path}.num_samples={self.num_samples}",
+            ),
+            (
+                self.num_pi_trajs < self.num_samples,
+                f"num_pi_trajs={self.num_pi_trajs} must be < {path}.num_samples={self.num_samples}",
+            ),
+            (self.num_q >= 2, f"num_q={self.num_q} must be >= 2 (two members are drawn for targets)"),
+            (
+                self.min_std <= self.max_std,
+                f"min_std={self.min_std} must be <= {path}.max_std={self.max_std}",
+            ),
+            (
+                self.log_std_min < self.log_std_max,
+                f"log_std_min={self.log_std_min} must be < {path}.log_std_max={self.log_std_max}",
+            ),
+            (self.vmin < self.vmax, f"vmin={self.vmin} must be < {path}.vmax={self.vmax}"),
+            (self.num_bins >= 2, f"num_bins={self.num_bins} must be >= 2"),
+            (
+                self.discount_min <= self.discount_max,
+                f"discount_min={self.discount_min} must be <= {path}.discount_max={self.discount_max}",
+            ),
+        ]
+        for ok, message in pairs:
+            if not ok:
+                raise ConfigError(f"{path}.{message}")
+
+
+# The paper's model sizes (its table of sizes; the reference's presets): 1M and 5M (the default).
+TDMPC2_SIZE_PRESETS: dict[str, dict[str, Any]] = {
+    "tdmpc2-1m": {
+        "tdmpc2.enc_dim": 256,
+        "tdmpc2.mlp_dim": 384,
+        "tdmpc2.latent_dim": 128,
+        "tdmpc2.num_enc_layers": 2,
+        "tdmpc2.num_q": 2,
+    },
+    "tdmpc2-5m": {
+        "tdmpc2.enc_dim": 256,
+        "tdmpc2.mlp_dim": 512,
+        "tdmpc2.latent_dim": 512,
+        "tdmpc2.num_enc_layers": 2,
+        "tdmpc2.num_q": 5,
+    },
+}
+
+# TD-MPC2 on Pendulum-v1 with the paper's settings: one env, batch 256, windows of horizon + 1 = 4 steps with
+# no replay context, and one update per env step (UTD 1: train_ratio = 256 x 4 replayed steps per env step),
+# windows sampled uniformly (no online queue). Seed steps: the reference's max(1000, 5 x episode length)
+# = 1,000 for Pendulum's 200-step episodes, 5% of this 20k budget; the replay holds the whole run as the
+# reference's 1M buffer does. Evaluation: the plan mean without noise, every 2,000 env steps (an evaluation
+# of 8 episodes plans as many times as 1,600 training steps).
+TDMPC2_TASK_PRESETS: dict[str, dict[str, Any]] = {
+    "tdmpc2": {
+        "agent": "tdmpc2",
+        "env.name": "Pendulum-v1",
+        "env.num_envs": 1,
+        "run.steps": 20_000,
+        "run.chunk_steps": 1_000,
+        "run.eval_every": 2_000,
+        "run.eval_policy": "mode",
+        "replay.capacity": 100_000,
+        "replay.prefill": 1_000,
+        "replay.batch_size": 256,
+        "replay.batch_length": 4,
+        "replay.context": False,
+        "replay.online": False,
+        "replay.train_ratio": 1024.0,
+    },
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """DreamerV3's optimiser: adaptive gradient clipping + LaProp, one for all networks."""
@@ -273,6 +402,7 @@ class Config:
     wm: WorldModelConfig = group(WorldModelConfig, "the world model and its sequence backbone")
     dreamer: DreamerConfig = group(DreamerConfig, "DreamerV3's actor-critic in imagination")
     optim: OptimConfig = group(OptimConfig, "the optimiser")
+    tdmpc2: TDMPC2Config = group(TDMPC2Config, "TD-MPC2's latent model, Q ensemble, policy prior and MPPI")
 
     # ---- derived ----
     @property
@@ -551,7 +681,13 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-PRESETS: dict[str, dict[str, Any]] = {**TASK_PRESETS, **SIZE_PRESETS, **BACKBONE_PRESETS}
+PRESETS: dict[str, dict[str, Any]] = {
+    **TASK_PRESETS,
+    **SIZE_PRESETS,
+    **BACKBONE_PRESETS,
+    **TDMPC2_TASK_PRESETS,
+    **TDMPC2_SIZE_PRESETS,
+}
 
 
 # ---- construction and validation -------------------------------------------------------------------------
@@ -560,12 +696,13 @@ PRESETS: dict[str, dict[str, Any]] = {**TASK_PRESETS, **SIZE_PRESETS, **BACKBONE
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     """The hint " (did you mean 'X'?)", X the option closest to `name` (case ignored), or "" when none is
     close; for error messages about a mistyped key, preset or env name. A dotted option whose last part is
-    the last part of `name` counts as closest (a key given without its group, or in the wrong one)."""
+    the last part of `name` counts as closest (a key given without its group, or in the wrong one); when
+    several groups have that name, all are named ("'optim.lr' or 'tdmpc2.lr'")."""
     options = [str(option) for option in options]
     leaf = str(name).rsplit(".", 1)[-1].lower()
     by_leaf = [o for o in options if o != name and o.rsplit(".", 1)[-1].lower() == leaf]
-    if len(by_leaf) == 1:
-        return f" (did you mean {by_leaf[0]!r}?)"
+    if by_leaf:  # the same name in several groups: all of them
+        return f" (did you mean {' or '.join(map(repr, by_leaf))}?)"
     by_lower = {option.lower(): option for option in options}
     close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1)
     return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
@@ -712,6 +849,7 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
         p.rsplit(".", 1)[1]: (p,)
         for p in FIELDS
         if p.count(".") == 1
+        and not p.startswith("tdmpc2.")  # added after 0.1; its names repeat other groups' (lr, horizon)
         and p not in ADDED_FIELDS_BEFORE
         and all(p not in paths for paths in _RENAMED.values())
     },

@@ -57,6 +57,12 @@ def _nbytes(tree) -> int:
 def activation_floats_per_start(config: Config) -> int:
     """float32 values kept per replayed start for the backward pass: one world-model step and
     `imag_horizon + 1` imagined steps (actor, critic, slow critic, reward and continue heads)."""
+    if config.agent == "tdmpc2":
+        t = config.tdmpc2
+        # per replayed step: encoder, dynamics, reward, policy and (online and target) Q layers, about three
+        # values per unit (dense, norm, activation), latents and two-hot distributions
+        units = t.enc_dim * (t.num_enc_layers - 1) + 2 * t.mlp_dim * (3 + 2 * t.num_q)
+        return 3 * units + 6 * t.latent_dim + (2 + 2 * t.num_q) * t.num_bins
     w, d = config.wm, config.dreamer
     # latent state, prior/posterior layers and logits, two-hot distributions over num_bins
     step = 6 * w.deter + 3 * w.hidden + 4 * w.stoch * w.classes + 6 * w.num_bins

@@ -1,0 +1,225 @@
+"""TD-MPC2: SimNorm, the MPPI planner on a hand-made latent model, the two-hot value head, determinism of
+planning, masking of episode starts in the losses, the refusal of discrete envs, and exact resume."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import run as run_cli
+from mbrl_jax.agents import make_agent
+from mbrl_jax.agents.tdmpc2 import (
+    LatentModel,
+    PlanSettings,
+    make_networks,
+    model_loss,
+    mppi_plan,
+    shift_plan,
+    simnorm,
+    window_rows,
+)
+from mbrl_jax.config import make_config
+from mbrl_jax.envs import env_spec
+from mbrl_jax.logging import read_metrics
+from mbrl_jax.nets.distributions import symlog, twohot_bins, twohot_encode, twohot_mean
+from mbrl_jax.runner import train
+
+# A model small enough to compile in seconds; one update per env step (16 x 4 replayed steps per env step).
+TINY = {
+    "tdmpc2.latent_dim": 16,
+    "tdmpc2.enc_dim": 32,
+    "tdmpc2.mlp_dim": 32,
+    "tdmpc2.num_samples": 32,
+    "tdmpc2.num_elites": 8,
+    "tdmpc2.num_pi_trajs": 4,
+    "tdmpc2.num_bins": 21,
+    "replay.batch_size": 16,
+    "replay.train_ratio": 64.0,
+    "replay.prefill": 100,
+    "run.steps": 400,
+    "run.chunk_steps": 100,
+    "run.checkpoint_every": 200,
+    "run.eval_every": 200,
+    "run.eval_episodes": 2,
+    "run.eval_steps": 20,
+}
+
+
+def test_simnorm_is_a_softmax_per_group():
+    x = np.random.default_rng(0).normal(size=(3, 5, 32)).astype(np.float32) * 4
+    y = np.asarray(simnorm(jnp.asarray(x), 8))
+    groups = y.reshape(3, 5, 4, 8)
+    np.testing.assert_allclose(groups.sum(-1), 1.0, rtol=1e-5)
+    xg = x.reshape(3, 5, 4, 8)
+    expected = np.exp(xg - xg.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(groups, expected, rtol=1e-5, atol=1e-7)
+
+
+def toy_model(goal: float) -> LatentModel:
+    """z' = z + a (1-d), reward -(z' - goal)^2, terminal value -(z - goal)^2: from z the best plan moves to
+    the goal in the first step (a_0 = goal - z) and then stays (a_t = 0)."""
+    return LatentModel(
+        next=lambda z, a: z + a,
+        reward=lambda z, a: -jnp.sum((z + a - goal) ** 2, -1),
+        value=lambda z, a, k: -jnp.sum((z - goal) ** 2, -1),
+        policy=lambda z, k: jnp.zeros(z.shape),
+    )
+
+
+def test_mppi_finds_the_optimum_of_a_quadratic_cost():
+    settings = PlanSettings(discount=0.9)
+    z0 = jnp.array([0.2])
+    elite, std, mean, first = mppi_plan(
+        toy_model(0.7), settings, z0, jnp.zeros((3, 1)), jax.random.PRNGKey(0)
+    )
+    np.testing.assert_allclose(first, [0.5], atol=0.05)
+    np.testing.assert_allclose(mean[1:], 0.0, atol=0.1)
+    np.testing.assert_allclose(elite, [0.5], atol=0.1)
+    assert std.shape == (1,) and float(std[0]) < 0.5
+    # The optimum moves with the cost: another goal, another first action.
+    _, _, _, first = mppi_plan(toy_model(-0.6), settings, z0, jnp.zeros((3, 1)), jax.random.PRNGKey(0))
+    np.testing.assert_allclose(first, [-0.8], atol=0.05)
+
+
+def test_warm_start_shifts_the_plan_and_resets_at_episode_starts():
+    mean = jnp.arange(12.0).reshape(2, 3, 2)
+    warm = shift_plan(mean, jnp.array([False, True]))
+    np.testing.assert_array_equal(warm[0], [[2, 3], [4, 5], [0, 0]])
+    np.testing.assert_array_equal(warm[1], np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("value", [-750.0, -3.2, 0.0, 0.7, 42.0, 1000.0])
+def test_twohot_value_head_round_trips(value):
+    bins = twohot_bins(101, -10.0, 10.0)
+    probs = twohot_encode(symlog(jnp.float32(value)), bins)
+    assert int((probs > 0).sum()) <= 2 and np.isclose(float(probs.sum()), 1.0)
+    decoded = twohot_mean(jnp.log(probs + 1e-30), bins)
+    np.testing.assert_allclose(float(decoded), value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_agent():
+    config = make_config("tdmpc2", **TINY)
+    spec = env_spec(config.env.name)
+    agent = make_agent(config, spec)
+    return config, spec, agent, jax.jit(agent.init)(jax.random.PRNGKey(0))
+
+
+def test_planning_is_deterministic_for_a_fixed_key(tiny_agent):
+    _, spec, agent, state = tiny_agent
+    n = 3
+    obs = {"vector": jax.random.normal(jax.random.PRNGKey(1), (n, 3))}
+    args = (state, agent.initial_carry(n), obs, jnp.zeros((n, spec.action_dim)), jnp.ones(n, bool))
+    act = jax.jit(agent.act, static_argnames="mode")
+    a1, c1 = act(*args, jax.random.PRNGKey(5))
+    a2, c2 = act(*args, jax.random.PRNGKey(5))
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_array_equal(c1.mean, c2.mean)
+    a3, _ = act(*args, jax.random.PRNGKey(6))
+    assert not np.array_equal(a1, a3)
+    assert a1.shape == (n, spec.action_dim) and np.all(np.abs(a1) <= 1)
+    m1, _ = act(*args, jax.random.PRNGKey(5), mode=True)
+    np.testing.assert_array_equal(m1, c1.mean[:, 0])  # evaluation: the plan mean's first action
+
+
+def _window(key, B=4, T=4):
+    k = jax.random.split(key, 3)
+    return {
+        "obs": {"vector": jax.random.normal(k[0], (B, T, 3))},
+        "action": jax.random.uniform(k[1], (B, T, 1), minval=-1, maxval=1),
+        "reward": jax.random.normal(k[2], (B, T)),
+        "is_first": jnp.zeros((B, T), bool).at[:, 0].set(True),
+        "is_last": jnp.zeros((B, T), bool),
+        "is_terminal": jnp.zeros((B, T), bool),
+    }
+
+
+def test_steps_after_an_episode_start_do_not_count(tiny_agent):
+    config, spec, _, state = tiny_agent
+    nets = make_networks(config, spec)
+    batch = _window(jax.random.PRNGKey(0))
+    batch["is_first"] = batch["is_first"].at[0, 2].set(True)  # row 0: a new episode starts at obs_2
+    rows = window_rows(batch)
+    np.testing.assert_array_equal(rows["valid"][:, 0], [1, 0, 0])
+    np.testing.assert_array_equal(rows["valid"][:, 1], [1, 1, 1])
+
+    def loss(b):
+        p = state.params
+        return model_loss(nets, p.model, p.pi, state.target_q, window_rows(b), jax.random.PRNGKey(1))[0]
+
+    other = dict(batch)
+    other["obs"] = {"vector": batch["obs"]["vector"].at[0, 2:].set(9.0)}  # another episode's data
+    other["reward"] = batch["reward"].at[0, 2:].set(-50.0)
+    np.testing.assert_allclose(loss(batch), loss(other), rtol=1e-6)
+    # inside the valid part it counts (fresh reward and Q heads are uniform: the consistency loss shows it)
+    other["obs"] = {"vector": batch["obs"]["vector"].at[0, 1].set(9.0)}
+    assert abs(float(loss(batch)) - float(loss(other))) > 1e-4
+
+
+def test_a_terminal_step_bootstraps_nothing(tiny_agent):
+    config, spec, _, state = tiny_agent
+    nets = make_networks(config, spec)
+    batch = _window(jax.random.PRNGKey(2))
+    p = state.params
+    # fresh heads predict exactly 0: move them
+    leaves, treedef = jax.tree.flatten(state.target_q)
+    keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+    noisy = [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    target_q = jax.tree.unflatten(treedef, noisy)
+
+    def td_target(b):
+        rows = window_rows(b)
+        return model_loss(nets, p.model, p.pi, target_q, rows, jax.random.PRNGKey(1))[1][1]["td_target"]
+
+    rewards = batch["reward"][:, 1:].mean()
+    assert abs(float(td_target(batch) - rewards)) > 1e-3
+    batch["is_terminal"] = batch["is_terminal"].at[:, 1:].set(True)
+    np.testing.assert_allclose(td_target(batch), rewards, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["agent=tdmpc2", "--env", "CartPole-v1"], ["CartPole-v1", "tdmpc2", "continuous actions"]),
+        (["--preset", "tdmpc2", "--env", "Acrobot-v1"], ["Acrobot-v1", "tdmpc2", "continuous actions"]),
+        (["agent=tdmpc2", "--env", "Pendulum-v1"], ["replay.batch_length", "tdmpc2.horizon + 1 = 4"]),
+    ],
+)
+def test_an_env_tdmpc2_cannot_take_is_refused_before_compiling(argv, words, tmp_path, capsys, monkeypatch):
+    import mbrl_jax.runner
+
+    for name in ("train", "train_sweep"):
+        monkeypatch.setattr(mbrl_jax.runner, name, lambda *a, **k: pytest.fail("training started"))
+    assert run_cli.main([*argv, "--logdir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_the_tdmpc2_presets_are_accepted():
+    for presets in (["tdmpc2"], ["tdmpc2", "tdmpc2-1m"], ["tdmpc2", "tdmpc2-5m"]):
+        config = make_config(*presets)
+        assert config.agent == "tdmpc2" and config.sample_length == config.tdmpc2.horizon + 1
+        assert config.updates_per_iteration == config.env_steps_per_iteration  # UTD 1
+
+
+def _params(state):
+    return jax.tree.leaves(jax.device_get(state.agent))
+
+
+def test_a_tdmpc2_run_resumes_bit_for_bit(tmp_path: Path):
+    config = make_config("tdmpc2", **TINY)
+    straight, _ = train(config, tmp_path / "straight", progress=False)
+    train(config, tmp_path / "resumed", progress=False, stop_after_chunks=2)  # saved after chunk 1
+    resumed, _ = train(config, tmp_path / "resumed", progress=False)
+    for x, y in zip(_params(straight), _params(resumed), strict=True):
+        np.testing.assert_array_equal(x, y)
+    records = read_metrics(tmp_path / "straight")
+    assert records == read_metrics(tmp_path / "resumed")
+    assert [r["env_steps"] for r in records] == [200, 300, 400]
+    assert all(np.isfinite(r["loss_model"]) for r in records)
+    assert "eval_return" in records[1] and "eval_return" not in records[0]

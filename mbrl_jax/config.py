@@ -617,8 +617,8 @@ CLASSIC: dict[str, Any] = {
     "optim.warmup": 100,
 }
 
-# Sequence backbones (#11), combined with a task preset (`--preset cartpole,mamba`). A parallel backbone starts
-# every window from zeros (replay.context=false: the replay stores only the GRU's latent).
+# Sequence backbones (#11), combined with a task preset (`--preset cartpole,mamba`). A parallel backbone
+# starts every window from zeros (replay.context=false: the replay stores only the GRU's latent).
 BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
     "mamba": {"wm.backbone": "mamba", "replay.context": False},
     "transformer": {"wm.backbone": "transformer", "replay.context": False},

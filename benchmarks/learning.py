@@ -282,6 +282,7 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
         ]
     lines += throughput_section(out)
     lines += scaling_section(out, results_md)
+    lines += backbones_section(out, results_md)
     lines += ab_section(out)
     results_md.write_text("\n".join(lines))
 
@@ -414,6 +415,43 @@ def scaling_section(out: Path, results_md: Path) -> list[str]:
             lines.append("")
         if r.get("note"):
             lines += [r["note"], ""]
+        plot = path.with_suffix(".png")
+        if plot.exists():
+            lines += [f"![{path.stem}]({os.path.relpath(plot, results_md.parent)})", ""]
+    return lines
+
+
+def backbones_section(out: Path, results_md: Path) -> list[str]:
+    """Tables from the JSON files `benchmarks/backbones.py --out <out>/backbones-*.json` wrote, and PNGs."""
+    lines = []
+    for path in sorted(out.glob("backbones-*.json")):
+        r = json.loads(path.read_text())
+        m = r["machine"]
+        lines += [
+            f"## Sequence backbones: `{path.name}`",
+            "",
+            f"World-model update (loss and gradient) of the `{r['preset']}` model on {r['batch']} random "
+            f"windows of T steps, best of 3; XLA temporary memory of that program. Machine: "
+            f"{m['device_kind']} ({m['platform']}), {m['cpu_count']} CPUs, jax {m['jax_version']}.",
+            "",
+            "| backbone | T | s / update | steps / s | temp MiB | time × first T |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        first: dict[str, float] = {}
+        for x in r["updates"]:
+            base = first.setdefault(x["backbone"], x["update_s"])
+            lines.append(
+                f"| {x['backbone']} | {x['length']} | {x['update_s']:.3f} | {x['steps_per_s']:.0f} | "
+                f"{x['temp_mib']:.0f} | {x['update_s'] / base:.2f} |"
+            )
+        lines += ["", "| backbone | imagination starts × horizon | s / rollout | imagined steps / s |"]
+        lines.append("| --- | --- | --- | --- |")
+        lines += [
+            f"| {x['backbone']} | {x['starts']} × {x['horizon']} | {x['rollout_s']:.3f} | "
+            f"{x['imagination_steps_per_s']:.0f} |"
+            for x in r["imagination"]
+        ]
+        lines.append("")
         plot = path.with_suffix(".png")
         if plot.exists():
             lines += [f"![{path.stem}]({os.path.relpath(plot, results_md.parent)})", ""]

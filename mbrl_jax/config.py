@@ -478,12 +478,6 @@ class Config:
                 "replay.context); "
                 f"allowed: replay.prefill >= {self.sample_length * n}"
             )
-        if r.context and self.wm.backbone != "gru":
-            raise ConfigError(
-                f"replay.context=true stores the GRU's latent with each step; wm.backbone="
-                f"{self.wm.backbone!r} keeps a larger recurrent state, so its windows start from zeros: "
-                "set replay.context=false"
-            )
         if r.online and n > r.batch_size:
             raise ConfigError(
                 f"replay.online=True puts one fresh window per env in each batch, so env.num_envs={n} "
@@ -771,6 +765,7 @@ def validate(config: Config) -> Config:
     from mbrl_jax.agents import AGENTS, check_agent  # late imports: these pull in jax and gymnax
     from mbrl_jax.envs import env_spec, list_envs
     from mbrl_jax.world_models import BACKBONES
+    from mbrl_jax.world_models.backbone import make_backbone
 
     if config.agent not in AGENTS:
         raise ConfigError(
@@ -781,6 +776,12 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             f"wm.backbone={config.wm.backbone!r} is not known{did_you_mean(config.wm.backbone, BACKBONES)}; "
             f"allowed: {', '.join(map(repr, BACKBONES))}"
+        )
+    if config.replay.context and getattr(make_backbone(config.wm), "parallel", False):
+        raise ConfigError(
+            f"replay.context=true stores the latent h with each step; wm.backbone={config.wm.backbone!r} "
+            "keeps a larger recurrent state (a parallel backbone), so its windows start from zeros: set "
+            "replay.context=false"
         )
     if config.env.name not in list_envs():
         hint = did_you_mean(config.env.name, list_envs())

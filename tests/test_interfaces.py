@@ -123,8 +123,8 @@ def test_a_second_backbone_registers_from_a_test_file_and_trains_a_chunk(tanh_ba
 
 
 def test_an_unknown_backbone_is_refused_with_the_registered_ones():
-    with pytest.raises(ConfigError, match=r"wm.backbone='mamba' is not known.*allowed: 'gru'"):
-        make_config("debug", **{"wm.backbone": "mamba"})
+    with pytest.raises(ConfigError, match=r"backbone='mamab' is not known.*'mamba'.*allowed: 'gru', 'mamba'"):
+        make_config("debug", **{"wm.backbone": "mamab"})
 
 
 # ---- the grouped config ---------------------------------------------------------------------------------
@@ -145,8 +145,8 @@ def test_a_flat_config_of_version_0_1_reads_to_the_same_config():
     flat = {legacy: config.flat()[paths[0]] for legacy, paths in LEGACY_KEYS.items()}
     flat["agent"] = "dreamer"
     added = set(ADDED_FIELDS_BEFORE)
-    tdmpc2 = {p for p in FIELDS if p.startswith("tdmpc2.")}  # added after 0.1
-    assert {p for paths in LEGACY_KEYS.values() for p in paths} | {"agent"} | added | tdmpc2 == set(FIELDS)
+    later = {p for p in FIELDS if p.startswith(("tdmpc2.", "wm.mamba.", "wm.transformer."))}  # after 0.1
+    assert {p for paths in LEGACY_KEYS.values() for p in paths} | {"agent"} | added | later == set(FIELDS)
     assert config_from_dict(flat) == config
 
 

@@ -11,6 +11,7 @@ import pytest
 from mbrl_jax.config import ConfigError, make_config
 from mbrl_jax.envs import env_spec, make_host_env
 from mbrl_jax.logging import read_metrics
+from mbrl_jax.memory import check_memory
 from mbrl_jax.parallel import check_devices
 from mbrl_jax.runner import train
 
@@ -112,6 +113,7 @@ def test_bad_host_env_names_fail_before_compiling():
         make_config("debug", **{"env.name": CARTPOLE, "run.devices": 2})
     config = make_config("debug", **{"env.name": CARTPOLE})  # the healthy name passes
     check_devices(config)
+    assert check_memory(config).replay > 0  # the CLI's memory check reads the host loop's state shapes
     with pytest.raises(ConfigError, match="sweep of seeds"):
         check_devices(config, [0, 1])
     check_devices(make_config("debug"), [0, 1])  # a gymnax sweep is fine

@@ -96,7 +96,7 @@ class RunConfig:
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
     name: str = setting(
-        "CartPole-v1", "gymnax env id (on device), or 'gymnasium:<id>' for a Gymnasium env (host loop)"
+        "CartPole-v1", "gymnax env id (on device), or 'gymnasium:<id>' / 'envpool:<task_id>' (host loop)"
     )
     num_envs: int = setting(4, "envs stepped in parallel on the device", POSITIVE)
 
@@ -793,8 +793,8 @@ def validate(config: Config) -> Config:
     elif config.env.name not in list_envs():
         hint = did_you_mean(config.env.name, list_envs())
         raise ConfigError(
-            f"env.name={config.env.name!r} is not a known gymnax env{hint} (Gymnasium envs: "
-            "'gymnasium:<id>', e.g. 'gymnasium:CartPole-v1')"
+            f"env.name={config.env.name!r} is not a known gymnax env{hint} (host envs: "
+            "'gymnasium:<id>', e.g. 'gymnasium:CartPole-v1', or 'envpool:<task_id>')"
         )
     check_agent(config, env_spec(config.env.name))
     return config

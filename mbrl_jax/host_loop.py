@@ -1,6 +1,6 @@
-"""The host loop: training with envs that step on the host (Gymnasium), from jitted pieces of `trainer.py`.
+"""The host loop: training with envs stepped on the host (Gymnasium, envpool) by jitted pieces of trainer.py.
 
-    trainer = make_host_train(config)          # config.env.name = "gymnasium:CartPole-v1"
+    trainer = make_host_train(config)          # env.name "gymnasium:CartPole-v1", "envpool:Pong-v5"
     state = trainer.init(key)                  # resets the envs, prefills the replay with random steps
     state, metrics = trainer.run_chunk(state)  # same chunk, same metrics as the compiled loop's
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from mbrl_jax.agents import env_action, make_agent, random_action
 from mbrl_jax.config import Config
-from mbrl_jax.envs import GymnasiumVecEnv, TimeStep, make_host_env
+from mbrl_jax.envs import HostVecEnv, TimeStep, make_host_env
 from mbrl_jax.envs.base import obs_dtype
 from mbrl_jax.trainer import (
     TrainState,
@@ -62,8 +62,8 @@ class HostTrainer:
     checkpoint restore needs)."""
 
     config: Config
-    env: GymnasiumVecEnv
-    eval_env: GymnasiumVecEnv
+    env: HostVecEnv
+    eval_env: HostVecEnv
     init: Callable  # key -> TrainState
     run_chunk: Callable  # TrainState -> (TrainState, metrics)
     evaluate: Callable  # (agent state, key) -> mean return of eval_episodes episodes, a Python float

@@ -1,6 +1,7 @@
 """Host envs: the Gymnasium adapter against hand-stepped Gymnasium envs, and the host loop's runs, errors and
 resume (mbrl_jax.envs.gymnasium_env, mbrl_jax.host_loop)."""
 
+import dataclasses
 import shutil
 
 import gymnasium
@@ -174,3 +175,54 @@ def test_host_resume_is_deterministic_and_exact_up_to_the_checkpoint(tmp_path, s
     data = jax.device_get(state_a.replay.data)
     resumed_at = 264 // 2
     assert data["is_first"][:, resumed_at].all() and (data["action"][:, resumed_at] == 0).all()
+
+
+def test_envpool_names_need_envpool(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "envpool", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"envpool names need the envpool package \(>= 1.2\)"):
+        make_config("debug", **{"env.name": "envpool:CartPole-v1"})
+
+
+def test_envpool_timesteps_match_a_hand_stepped_pool():
+    envpool = pytest.importorskip("envpool", minversion="1.2")
+    with pytest.raises(ConfigError, match="'CartPol-v1' is not an envpool task.*CartPole-v1"):
+        make_config("debug", **{"env.name": "envpool:CartPol-v1"})
+    n, steps = 3, 60
+    env = make_host_env("envpool:CartPole-v1", n)
+    assert env.spec == dataclasses.replace(env_spec(CARTPOLE), name="envpool:CartPole-v1")
+    first = env.reset(seed=5)
+    raw = envpool.make("CartPole-v1", env_type="gymnasium", num_envs=n, batch_size=n, seed=5)
+    obs, _ = raw.reset()
+    np.testing.assert_array_equal(first.obs["vector"], obs)
+    actions = np.random.default_rng(1).integers(0, 2, (steps, n))
+    last, ret, firsts = np.zeros(n, bool), np.zeros(n, np.float32), 0
+    for action in actions:
+        ts = env.step(action)
+        obs, reward, term, trunc, _ = raw.step(action)
+        np.testing.assert_array_equal(ts.obs["vector"], obs)
+        np.testing.assert_array_equal(ts.is_first, last)  # the call after an episode's end starts the next
+        np.testing.assert_array_equal(ts.reward, np.where(last, 0.0, reward))
+        ret = np.where(last, 0.0, ret + reward)
+        np.testing.assert_array_equal(ts.episode_return, ret)
+        np.testing.assert_array_equal(ts.is_last, (term | trunc) & ~last)
+        np.testing.assert_array_equal(ts.is_terminal, term & ~last)
+        last, firsts = ts.is_last, firsts + ts.is_first.sum()
+    assert firsts >= n
+    pong = make_host_env("envpool:Pong-v5", 2)  # DreamerV3's Atari frames: 64 x 64 RGB, channels last
+    assert pong.spec.obs_shapes == {"image": (64, 64, 3)} and pong.spec.action_dim == 6
+    image = pong.reset(seed=0).obs["image"]
+    assert image.shape == (2, 64, 64, 3) and image.dtype == np.uint8 and image.max() > 0
+
+
+def test_envpool_cartpole_host_loop_run(tmp_path):
+    pytest.importorskip("envpool", minversion="1.2")
+    config = make_config("debug", **{**SMALL, "env.name": "envpool:CartPole-v1", "run.steps": 264})
+    state, records = train(config, tmp_path, progress=False)
+    assert [r["env_steps"] for r in records] == [164, 264]
+    assert all(np.isfinite(v) for r in records for k, v in r.items() if k.startswith("loss"))
+    data = jax.device_get(state.replay.data)
+    first, action = data["is_first"][:, :132], data["action"][:, :132]
+    assert first.sum() > 2 and (action[first] == 0).all()
+    np.testing.assert_array_equal(action[~first].sum(-1), 1.0)

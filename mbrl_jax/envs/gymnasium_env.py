@@ -46,9 +46,15 @@ def _gym_id(name: str) -> str:
 
 def _spec(name: str, env: Any) -> EnvSpec:
     """EnvSpec of one (unbatched) Gymnasium env; ConfigError for spaces the agents cannot take."""
+    steps = env.spec.max_episode_steps if env.spec is not None else None
+    return spaces_spec(name, env.observation_space, env.action_space, steps)
+
+
+def spaces_spec(name: str, obs_space: Any, act_space: Any, steps: int | None) -> EnvSpec:
+    """EnvSpec from Gymnasium spaces of one env (images as H x W x C) and its time limit; ConfigError for
+    spaces the agents cannot take."""
     from gymnasium import spaces
 
-    obs_space, act_space = env.observation_space, env.action_space
     if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) not in (1, 3):
         raise ConfigError(
             f"env.name={name!r} has observation space {obs_space}; the adapter takes a Box vector (rank 1) "
@@ -68,7 +74,6 @@ def _spec(name: str, env: Any) -> EnvSpec:
         raise ConfigError(
             f"env.name={name!r} has action space {act_space}; the adapter takes Discrete or a bounded Box"
         )
-    steps = env.spec.max_episode_steps if env.spec is not None else None
     if steps is None:
         raise ConfigError(
             f"env.name={name!r} has no time limit (spec.max_episode_steps is None); register it with "
@@ -90,43 +95,46 @@ def env_spec(name: str) -> EnvSpec:
         env.close()
 
 
-class GymnasiumVecEnv:
-    """`num_envs` Gymnasium envs in a `SyncVectorEnv`, on the host. Same reset convention and `TimeStep`
-    fields as `VecEnv`, but impure: `reset(seed)` and `step(action)` change the envs and return numpy arrays.
+class HostVecEnv:
+    """N envs on the host behind the `VecEnv` conventions (reset rule, `TimeStep` fields), but impure:
+    `reset(seed)` and `step(action)` change the envs and return numpy arrays. A backend that auto-resets
+    in the NEXT_STEP way (Gymnasium's vector envs, envpool) implements `_reset(seed) -> obs` and
+    `_step(env_action) -> (obs, reward, terminated, truncated)`; this class keeps the episode counters.
 
     Actions in the env format of `VecEnv`: discrete -> int [N]; continuous -> float [N, action_dim] in
-    [-1, 1], rescaled to the Box's bounds here.
+    [-1, 1], rescaled to the Box's bounds (`_low`, `_high`, `_shape`, set by the backend).
     """
 
-    def __init__(self, name: str, num_envs: int):
-        import gymnasium
-        from gymnasium.vector import AutoresetMode, SyncVectorEnv
+    name: str
+    num_envs: int
+    spec: EnvSpec
 
+    def _start(self, name: str, num_envs: int, spec: EnvSpec, action_space: Any) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        env_id = _gym_id(name)
-        self.name, self.num_envs = name, num_envs
-        self.envs = SyncVectorEnv(
-            [lambda: gymnasium.make(env_id) for _ in range(num_envs)], autoreset_mode=AutoresetMode.NEXT_STEP
-        )
-        self.spec = _spec(name, self.envs.envs[0])
-        space = self.envs.single_action_space
-        if not self.spec.discrete:
-            self._low = np.asarray(space.low, np.float32).reshape(-1)
-            self._high = np.asarray(space.high, np.float32).reshape(-1)
-            self._shape = space.shape
-        self._key = next(iter(self.spec.obs_shapes))
+        self.name, self.num_envs, self.spec = name, num_envs, spec
+        if not spec.discrete:
+            self._low = np.asarray(action_space.low, np.float32).reshape(-1)
+            self._high = np.asarray(action_space.high, np.float32).reshape(-1)
+            self._shape = action_space.shape
+        self._key = next(iter(spec.obs_shapes))
         self._is_last = np.zeros(num_envs, bool)
         self._return = np.zeros(num_envs, np.float32)
         self._length = np.zeros(num_envs, np.int32)
+
+    def _reset(self, seed: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _step(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
 
     def _obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         dtype = np.uint8 if self._key == "image" else np.float32
         return {self._key: np.asarray(obs, dtype)}
 
     def reset(self, seed: int) -> TimeStep:
-        """Start all N envs (env i seeded with `seed + i`). Returns a TimeStep with is_first all True."""
-        obs, _ = self.envs.reset(seed=int(seed))
+        """Start all N envs from `seed`. Returns a TimeStep with is_first all True."""
+        obs = self._reset(int(seed))
         n = self.num_envs
         self._is_last[:] = False
         self._return[:] = 0.0
@@ -151,9 +159,9 @@ class GymnasiumVecEnv:
 
     def step(self, action: np.ndarray) -> TimeStep:
         """One call for all envs. Envs whose last TimeStep had is_last=True ignore their action and start a
-        new episode (is_first=True, reward 0): Gymnasium's NEXT_STEP auto-reset."""
+        new episode (is_first=True, reward 0): the backends' NEXT_STEP auto-reset."""
         reset = self._is_last.copy()
-        obs, reward, terminated, truncated, _ = self.envs.step(self._env_action(action))
+        obs, reward, terminated, truncated = self._step(self._env_action(action))
         terminated = np.asarray(terminated, bool) & ~reset
         is_last = (terminated | np.asarray(truncated, bool)) & ~reset
         reward = np.where(reset, 0.0, np.asarray(reward, np.float32)).astype(np.float32)
@@ -169,6 +177,33 @@ class GymnasiumVecEnv:
             episode_return=self._return.copy(),
             episode_length=self._length.copy(),
         )
+
+    def close(self) -> None:
+        pass
+
+
+class GymnasiumVecEnv(HostVecEnv):
+    """`num_envs` Gymnasium envs in a `SyncVectorEnv` (auto-reset NEXT_STEP); env i is seeded with
+    `seed + i` (Gymnasium's rule)."""
+
+    def __init__(self, name: str, num_envs: int):
+        import gymnasium
+        from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        env_id = _gym_id(name)
+        self.envs = SyncVectorEnv(
+            [lambda: gymnasium.make(env_id) for _ in range(num_envs)], autoreset_mode=AutoresetMode.NEXT_STEP
+        )
+        self._start(name, num_envs, _spec(name, self.envs.envs[0]), self.envs.single_action_space)
+
+    def _reset(self, seed: int) -> np.ndarray:
+        return self.envs.reset(seed=seed)[0]
+
+    def _step(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        obs, reward, terminated, truncated, _ = self.envs.step(action)
+        return obs, reward, terminated, truncated
 
     def close(self) -> None:
         self.envs.close()

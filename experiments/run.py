@@ -81,7 +81,11 @@ class _Once(argparse.Action):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(fields=None)
-    parser.add_argument("--env", action=_Field, help="gymnax env id, e.g. CartPole-v1 (the field env.name)")
+    parser.add_argument(
+        "--env",
+        action=_Field,
+        help="gymnax env id, e.g. CartPole-v1, or gymnasium:<id> for a Gymnasium env (the field env.name)",
+    )
     parser.add_argument(
         "--preset",
         action=_Once,

@@ -95,7 +95,9 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
-    name: str = setting("CartPole-v1", "gymnax env id")
+    name: str = setting(
+        "CartPole-v1", "gymnax env id (on device), or 'gymnasium:<id>' / 'envpool:<task_id>' (host loop)"
+    )
     num_envs: int = setting(4, "envs stepped in parallel on the device", POSITIVE)
 
 
@@ -763,7 +765,7 @@ def validate(config: Config) -> Config:
             group_value.check(path)
     config.check()
     from mbrl_jax.agents import AGENTS, check_agent  # late imports: these pull in jax and gymnax
-    from mbrl_jax.envs import env_spec, list_envs
+    from mbrl_jax.envs import env_spec, is_host_env, list_envs
     from mbrl_jax.world_models import BACKBONES
     from mbrl_jax.world_models.backbone import make_backbone
 
@@ -783,9 +785,18 @@ def validate(config: Config) -> Config:
             "keeps a larger recurrent state (a parallel backbone), so its windows start from zeros: set "
             "replay.context=false"
         )
-    if config.env.name not in list_envs():
+    if is_host_env(config.env.name):
+        if config.run.devices != 1:
+            raise ConfigError(
+                f"run.devices={config.run.devices} with env.name={config.env.name!r}: a host env runs the "
+                "host loop, which uses one device; allowed: run.devices=1"
+            )
+    elif config.env.name not in list_envs():
         hint = did_you_mean(config.env.name, list_envs())
-        raise ConfigError(f"env.name={config.env.name!r} is not a known gymnax env{hint}")
+        raise ConfigError(
+            f"env.name={config.env.name!r} is not a known gymnax env{hint} (host envs: "
+            "'gymnasium:<id>', e.g. 'gymnasium:CartPole-v1', or 'envpool:<task_id>')"
+        )
     check_agent(config, env_spec(config.env.name))
     return config
 

@@ -89,12 +89,22 @@ def image_floats_per_step(config: Config, obs_shapes: dict[str, tuple[int, ...]]
     return 2 * 3 * maps + 4 * pixels
 
 
+def abstract_state(config: Config):
+    """The shapes of a run's train state (`jax.ShapeDtypeStruct` leaves); allocates nothing."""
+    from mbrl_jax.envs import is_host_env  # late imports: these pull in the agent and the envs
+
+    if is_host_env(config.env.name):
+        from mbrl_jax.host_loop import make_host_train
+
+        return make_host_train(config).abstract_state(jax.random.PRNGKey(0))
+    from mbrl_jax.trainer import make_train
+
+    return jax.eval_shape(make_train(config).init, jax.random.PRNGKey(0))
+
+
 def estimate_memory(config: Config) -> MemoryEstimate:
     """Device memory of a run of `config`; allocates nothing (shapes come from `jax.eval_shape`)."""
-    from mbrl_jax.trainer import make_train  # late import: pulls in the agent and the envs
-
-    trainer = make_train(config)
-    state = jax.eval_shape(trainer.init, jax.random.PRNGKey(0))
+    state = abstract_state(config)
     replay, params = _nbytes(state.replay), _nbytes(state.agent.params)
     agent = _nbytes(state.agent)
     starts = config.replay.batch_size * config.replay.batch_length
@@ -125,9 +135,7 @@ def device_memory(device: jax.Device | None = None) -> int | None:
 
 def replay_step_bytes(config: Config) -> dict[str, int]:
     """Bytes one stored env step takes in the replay, per field ("obs/image", "action", ...), from shapes."""
-    from mbrl_jax.trainer import make_train  # late import: pulls in the agent and the envs
-
-    state = jax.eval_shape(make_train(config).init, jax.random.PRNGKey(0))
+    state = abstract_state(config)
     leaves = jax.tree_util.tree_flatten_with_path(state.replay.data)[0]
     return {
         "/".join(str(getattr(k, "key", k)) for k in path): int(

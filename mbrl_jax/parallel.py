@@ -166,10 +166,18 @@ def wait_for_all_processes(name: str) -> None:
 
 
 def check_devices(config: Config, seeds: Sequence[int] | None = None) -> None:
-    """ConfigError when `run.devices` exceeds the devices JAX sees, does not divide a sweep's seeds, or (with
-    several processes) leaves out another process's devices."""
+    """ConfigError for a sweep of a host env (the host loop runs one seed), or when `run.devices` exceeds
+    the devices JAX sees, does not divide a sweep's seeds, or (with several processes) leaves out another
+    process's devices."""
     import jax
 
+    from mbrl_jax.envs import is_host_env
+
+    if seeds is not None and is_host_env(config.env.name):
+        raise ConfigError(
+            f"env.name={config.env.name!r} is a host env: a sweep of seeds in one program needs an "
+            "on-device (gymnax) env; run each seed on its own (--seed S)"
+        )
     wanted, present = config.run.devices, jax.devices()
     if jax.process_count() > 1 and wanted != len(present):
         raise ConfigError(

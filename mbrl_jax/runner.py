@@ -32,6 +32,7 @@ from mbrl_jax.config import (
     config_from_dict,
     make_config,
 )
+from mbrl_jax.envs import is_host_env
 from mbrl_jax.logging import MetricLogger, Progress
 from mbrl_jax.parallel import (
     DIVERGED_FILE,
@@ -300,12 +301,16 @@ class Programs:
     chunk: Callable  # state -> (state, metrics, finite flags); donates its argument
     key: jax.Array  # init's key: PRNGKey(run.seed), or one per seed stacked
     shardings: Any  # the state's NamedShardings on the mesh, None on one device
+    target: Any = None  # the state's shapes where `init` cannot be traced (host loop); else from init
+    host: bool = False  # the host loop: init and chunk are Python loops over jitted pieces, compiled lazily
 
 
 def make_programs(config: Config, seeds: Sequence[int] | None = None) -> Programs:
     """`make_train`'s init and run_chunk (plus the finite flags of `finite_flags`), vmapped over a leading
     seed axis for a sweep, and jitted: plainly on one device, else with in/out shardings on
     `make_mesh(config, seeds)` so XLA partitions the single-device program (see mbrl_jax.parallel)."""
+    if is_host_env(config.env.name):
+        return _host_programs(config, seeds)
     mesh = make_mesh(config, seeds)
     trainer = make_train(config, mesh if seeds is None else None)
 
@@ -330,6 +335,22 @@ def make_programs(config: Config, seeds: Sequence[int] | None = None) -> Program
         donate_argnums=0,
     )
     return Programs(jax.jit(init, out_shardings=shardings), chunk_fn, key, shardings)
+
+
+def _host_programs(config: Config, seeds: Sequence[int] | None) -> Programs:
+    """The host loop's init and chunk (`mbrl_jax.host_loop`); one run on one device only."""
+    check_devices(config, seeds)  # refuses a sweep
+    from mbrl_jax.host_loop import make_host_train
+
+    trainer = make_host_train(config)
+    flags = jax.jit(finite_flags)
+
+    def chunk_and_check(state):
+        state, metrics = trainer.run_chunk(state)
+        return state, metrics, flags(state, metrics)
+
+    key = jax.random.PRNGKey(config.run.seed)
+    return Programs(trainer.init, chunk_and_check, key, None, target=trainer.abstract_state(key), host=True)
 
 
 def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
@@ -374,7 +395,7 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
         raise NonFiniteError(
             f"every seed of the sweep in {path} turned non-finite before its last checkpoint"
         )
-    target = jax.eval_shape(init, key)
+    target = programs.target if programs.target is not None else jax.eval_shape(init, key)
     if shardings is not None:  # restored arrays land where the compiled chunk expects them
         target = jax.tree.map(
             lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
@@ -384,7 +405,10 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
     if latest is not None:
         ckpt.check_compatible(latest, target)
         state = ckpt.restore(latest, target)
-        (chunk_fn,) = _compile([chunk_fn.lower(target)], say)
+        if not programs.host:
+            (chunk_fn,) = _compile([chunk_fn.lower(target)], say)
+    elif programs.host:
+        state = init(key)
     else:
         init, chunk_fn = _compile([init.lower(key), chunk_fn.lower(target)], say)
         state = init(key)

@@ -126,90 +126,13 @@ def smoothed_window_rewards(replay: Replay, index: ReplayIndex, r: ReplayConfig)
     return smooth[:, left : smooth.shape[1] - right]
 
 
-def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer:
-    """The whole training loop of `config` as pure functions of arrays (the static work happens here:
-    env, networks, optimiser, shapes).
-
-    Returns a `Trainer` with
-      init: `key -> TrainState`. Builds the agent, resets `num_envs` envs and prefills the replay with
-        `prefill` random steps, all on device.
-      run_chunk: `TrainState -> (TrainState, metrics)`. One `lax.scan` of `iterations_per_chunk` iterations
-        (`env_steps_per_iteration` env steps with the policy, then `updates_per_iteration` learner updates),
-        then one evaluation. `metrics` is a dict of scalar arrays: the learner's losses and statistics
-        averaged over the chunk, `env_steps` and `updates` (totals so far), `episodes` (episodes ended in
-        the chunk) with `episode_return_sum` and `episode_length_sum` over them, `eval_return` and
-        `evaluated` (whether this chunk ended with an evaluation: every `chunks_per_eval`-th chunk);
-        `summarize_chunk` turns it into plain numbers.
-      evaluate: `(AgentState, key) -> []` float32, the mean return of `eval_episodes` episodes with the
-        policy's mode (`run.eval_policy="mode"`) or sampled actions ("sample", as the reference evaluates).
-    All three work under `jax.jit` and `jax.vmap`: with a leading seed axis on the key (and so on the state,
-    [S, ...] on every leaf, and on metrics, [S]) one program trains S seeds.
-
-    `mesh`: a mesh with a 'data' axis (`mbrl_jax.parallel.make_mesh`) on which the caller lays the state out
-    (`state_shardings`); each update's sampled batch is then split along that axis, so the learner runs
-    data-parallel. The functions compute the same with or without it.
-    """
-    c = config
-    n, r = c.env.num_envs, c.replay
-    env = make_env(c.env.name, n)
-    eval_env = make_env(c.env.name, c.run.eval_episodes)
-    spec = env.spec
-    agent = make_agent(c, spec)
-    steps_per_env = c.env_steps_per_iteration // n
-    no_context = agent.replay_context(agent.initial_carry(n))  # zeros: random steps have no latent
-
-    def env_step(state: TrainState, action: jax.Array, key, context: dict) -> TrainState:
-        """Stores the current step with the action that led to it, then steps the envs with `action`."""
-        row = replay_row(state.timestep, state.prev_action, context)
-        replay = replay_add(state.replay, row)
-        env_state, timestep = env.step(state.env_state, env_action(spec, action), key)
-        return state.replace(
-            env_state=env_state,
-            timestep=timestep,
-            prev_action=action,
-            replay=replay,
-            env_steps=state.env_steps + n,
-        )
-
-    def policy_step(state: TrainState, _):
-        key, k_act, k_env = jax.random.split(state.key, 3)
-        ts = state.timestep
-        action, policy = agent.act(state.agent, state.policy, ts.obs, state.prev_action, ts.is_first, k_act)
-        done = ts.is_last
-        state = env_step(state.replace(key=key), action, k_env, agent.replay_context(policy))
-        state = state.replace(policy=policy)
-        return state, (done, ts.episode_return, ts.episode_length)
-
-    def random_step(state: TrainState, _):
-        key, k_act, k_env = jax.random.split(state.key, 3)
-        action = random_action(spec, n, k_act)
-        return env_step(state.replace(key=key), action, k_env, no_context), None
-
-    def init(key) -> TrainState:
-        k_agent, k_env, k_loop = jax.random.split(key, 3)
-        env_state, timestep = env.reset(k_env)
-        no_action = jnp.zeros((n, spec.action_dim))
-        state = TrainState(
-            key=k_loop,
-            env_steps=jnp.int32(0),
-            updates=jnp.int32(0),
-            env_state=env_state,
-            timestep=timestep,
-            prev_action=no_action,
-            policy=agent.initial_carry(n),
-            replay=replay_init(
-                replay_row(timestep, no_action, no_context),
-                c.capacity_per_env,
-                counts=r.sampler == "frequency",
-            ),
-            agent=agent.init(k_agent),
-        )
-        state, _ = jax.lax.scan(random_step, state, None, length=c.prefill_steps_per_env)
-        # The policy's carry has not seen the prefill steps, so it starts afresh; the last random action is
-        # kept: it led to the current observation, and the replay stores it with that step.
-        return state
+def make_learn_step(c: Config, agent: Any, mesh: jax.sharding.Mesh | None = None) -> Callable:
+    """`learn_step(state, _) -> (state, metrics)`: one learner update of `agent` on windows sampled from the
+    state's replay (shared by the compiled loop and the host loop)."""
+    r = c.replay
 
     def learn_step(state: TrainState, _):
+        """One learner update on a sampled batch: `lax.scan`-shaped (carry, None) -> (carry, metrics)."""
         key, k_sample, k_learn = jax.random.split(state.key, 3)
         batch, index, replay = replay_sample(
             state.replay,
@@ -245,6 +168,137 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
             replay = replay_update(replay, index, writes)
         return state.replace(key=key, agent=agent_state, replay=replay, updates=state.updates + 1), metrics
 
+    return learn_step
+
+
+def initial_state(
+    c: Config, agent: Any, action_dim: int, key_agent, key_loop, env_state, timestep: TimeStep
+) -> TrainState:
+    """The train state right after the envs' reset, before any step: an empty replay shaped by `timestep`,
+    a fresh agent (from `key_agent`) and policy carry, no previous action."""
+    n = timestep.is_first.shape[0]
+    no_action = jnp.zeros((n, action_dim))
+    no_context = agent.replay_context(agent.initial_carry(n))
+    return TrainState(
+        key=key_loop,
+        env_steps=jnp.int32(0),
+        updates=jnp.int32(0),
+        env_state=env_state,
+        timestep=timestep,
+        prev_action=no_action,
+        policy=agent.initial_carry(n),
+        replay=replay_init(
+            replay_row(timestep, no_action, no_context),
+            c.capacity_per_env,
+            counts=c.replay.sampler == "frequency",
+        ),
+        agent=agent.init(key_agent),
+    )
+
+
+def store_step(state: TrainState, action: jax.Array, context: dict) -> TrainState:
+    """Stores the current step with the action that led to it and counts `action` as taken: what both loops
+    do just before the envs step with `action`. The caller then sets the envs' new timestep."""
+    row = replay_row(state.timestep, state.prev_action, context)
+    n = state.timestep.is_first.shape[0]
+    replay = replay_add(state.replay, row)
+    return state.replace(prev_action=action, replay=replay, env_steps=state.env_steps + n)
+
+
+def policy_action(agent: Any, state: TrainState) -> tuple[TrainState, jax.Array, Any, jax.Array]:
+    """The agent's action for the current timestep of every env. Returns the state with its key advanced,
+    the action [N, A] (agent format), the new policy carry and a key for the env step."""
+    key, k_act, k_env = jax.random.split(state.key, 3)
+    ts = state.timestep
+    action, policy = agent.act(state.agent, state.policy, ts.obs, state.prev_action, ts.is_first, k_act)
+    return state.replace(key=key), action, policy, k_env
+
+
+def chunk_metrics(
+    c: Config, state: TrainState, metrics: dict, episodes: tuple, eval_return, evaluated
+) -> dict:
+    """A chunk's metrics dict (see `make_train`) from per-iteration learner metrics [I] and episode
+    statistics (count, return sum, length sum)."""
+    count, ret_sum, len_sum = episodes
+    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics.update(
+        env_steps=state.env_steps,
+        updates=state.updates,
+        episodes=count.sum(),
+        episode_return_sum=ret_sum.sum(),
+        episode_length_sum=len_sum.sum().astype(jnp.float32),
+        eval_return=eval_return,
+        evaluated=evaluated,
+    )
+    return metrics
+
+
+def eval_due(c: Config, state: TrainState) -> jax.Array:
+    """Whether the chunk that just ended is one that evaluates (every `chunks_per_eval`-th chunk)."""
+    chunks_done = (state.env_steps - c.prefill_steps_per_env * c.env.num_envs) // c.env_steps_per_chunk
+    return chunks_done % c.chunks_per_eval == 0
+
+
+def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer:
+    """The whole training loop of `config` as pure functions of arrays (the static work happens here:
+    env, networks, optimiser, shapes).
+
+    Returns a `Trainer` with
+      init: `key -> TrainState`. Builds the agent, resets `num_envs` envs and prefills the replay with
+        `prefill` random steps, all on device.
+      run_chunk: `TrainState -> (TrainState, metrics)`. One `lax.scan` of `iterations_per_chunk` iterations
+        (`env_steps_per_iteration` env steps with the policy, then `updates_per_iteration` learner updates),
+        then one evaluation. `metrics` is a dict of scalar arrays: the learner's losses and statistics
+        averaged over the chunk, `env_steps` and `updates` (totals so far), `episodes` (episodes ended in
+        the chunk) with `episode_return_sum` and `episode_length_sum` over them, `eval_return` and
+        `evaluated` (whether this chunk ended with an evaluation: every `chunks_per_eval`-th chunk);
+        `summarize_chunk` turns it into plain numbers.
+      evaluate: `(AgentState, key) -> []` float32, the mean return of `eval_episodes` episodes with the
+        policy's mode (`run.eval_policy="mode"`) or sampled actions ("sample", as the reference evaluates).
+    All three work under `jax.jit` and `jax.vmap`: with a leading seed axis on the key (and so on the state,
+    [S, ...] on every leaf, and on metrics, [S]) one program trains S seeds.
+
+    `mesh`: a mesh with a 'data' axis (`mbrl_jax.parallel.make_mesh`) on which the caller lays the state out
+    (`state_shardings`); each update's sampled batch is then split along that axis, so the learner runs
+    data-parallel. The functions compute the same with or without it.
+    """
+    c = config
+    n = c.env.num_envs
+    env = make_env(c.env.name, n)
+    eval_env = make_env(c.env.name, c.run.eval_episodes)
+    spec = env.spec
+    agent = make_agent(c, spec)
+    steps_per_env = c.env_steps_per_iteration // n
+    no_context = agent.replay_context(agent.initial_carry(n))  # zeros: random steps have no latent
+
+    def env_step(state: TrainState, action: jax.Array, key, context: dict) -> TrainState:
+        """Stores the current step with the action that led to it, then steps the envs with `action`."""
+        env_state, timestep = env.step(state.env_state, env_action(spec, action), key)
+        return store_step(state, action, context).replace(env_state=env_state, timestep=timestep)
+
+    def policy_step(state: TrainState, _):
+        ts = state.timestep
+        state, action, policy, k_env = policy_action(agent, state)
+        state = env_step(state, action, k_env, agent.replay_context(policy))
+        state = state.replace(policy=policy)
+        return state, (ts.is_last, ts.episode_return, ts.episode_length)
+
+    def random_step(state: TrainState, _):
+        key, k_act, k_env = jax.random.split(state.key, 3)
+        action = random_action(spec, n, k_act)
+        return env_step(state.replace(key=key), action, k_env, no_context), None
+
+    def init(key) -> TrainState:
+        k_agent, k_env, k_loop = jax.random.split(key, 3)
+        env_state, timestep = env.reset(k_env)
+        state = initial_state(c, agent, spec.action_dim, k_agent, k_loop, env_state, timestep)
+        state, _ = jax.lax.scan(random_step, state, None, length=c.prefill_steps_per_env)
+        # The policy's carry has not seen the prefill steps, so it starts afresh; the last random action is
+        # kept: it led to the current observation, and the replay stores it with that step.
+        return state
+
+    learn_step = make_learn_step(c, agent, mesh)
+
     def iteration(state: TrainState, _):
         state, (done, ep_return, ep_length) = jax.lax.scan(policy_step, state, None, length=steps_per_env)
         state, metrics = jax.lax.scan(learn_step, state, None, length=c.updates_per_iteration)
@@ -262,26 +316,12 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
         return episode_returns(eval_env, act, agent.initial_carry(c.run.eval_episodes), key, max_steps).mean()
 
     def run_chunk(state: TrainState) -> tuple[TrainState, dict]:
-        state, (metrics, (count, ret_sum, len_sum)) = jax.lax.scan(
-            iteration, state, None, length=c.iterations_per_chunk
-        )
+        state, (metrics, episodes) = jax.lax.scan(iteration, state, None, length=c.iterations_per_chunk)
         key, k_eval = jax.random.split(state.key)
         state = state.replace(key=key)
-        chunks_done = (state.env_steps - c.prefill_steps_per_env * n) // c.env_steps_per_chunk
-        evaluated = chunks_done % c.chunks_per_eval == 0
+        evaluated = eval_due(c, state)
         eval_return = jax.lax.cond(evaluated, evaluate, lambda *_: jnp.float32(0.0), state.agent, k_eval)
-        count = count.sum()
-        metrics = jax.tree.map(jnp.mean, metrics)
-        metrics.update(
-            env_steps=state.env_steps,
-            updates=state.updates,
-            episodes=count,
-            episode_return_sum=ret_sum.sum(),
-            episode_length_sum=len_sum.sum().astype(jnp.float32),
-            eval_return=eval_return,
-            evaluated=evaluated,
-        )
-        return state, metrics
+        return state, chunk_metrics(c, state, metrics, episodes, eval_return, evaluated)
 
     return Trainer(config=c, init=init, run_chunk=run_chunk, evaluate=evaluate)
 

@@ -1,0 +1,209 @@
+"""Gymnasium adapter: N Gymnasium envs stepped on the host, with the same `EnvSpec` and `TimeStep` (numpy
+arrays) and the same DreamerV3 reset convention as the on-device adapters.
+
+Names: `gymnasium:<id>`, e.g. "gymnasium:CartPole-v1", makes `gymnasium.make(<id>)` N times inside a
+`gymnasium.vector.SyncVectorEnv`. Such envs run in Python, so training drives them from the host loop
+(`mbrl_jax.host_loop`), never inside a compiled program.
+
+Gymnasium >= 1.0 vector envs auto-reset in `AutoresetMode.NEXT_STEP` (set explicitly here): the step that
+ends an episode returns the terminal observation, and the next `step` ignores that env's action and returns
+the first observation of a new episode with reward 0 and terminated = truncated = False. That is exactly the
+convention of `mbrl_jax.envs.base`; the adapter only marks that step `is_first` and restarts its episode
+counters. Seeding: `reset(seed)` seeds env i with `seed + i` (Gymnasium's rule); later auto-resets draw from
+each env's own generator, so a run is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from mbrl_jax.config import ConfigError, did_you_mean
+from mbrl_jax.envs.base import EnvSpec, TimeStep
+
+PREFIX = "gymnasium:"
+
+
+def is_gymnasium(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def _gym_id(name: str) -> str:
+    import gymnasium
+
+    env_id = name.removeprefix(PREFIX)
+    if env_id not in gymnasium.registry:
+        ids = list(gymnasium.registry)
+        raise ConfigError(
+            f"env.name={name!r}: {env_id!r} is not a registered Gymnasium env"
+            f"{did_you_mean(env_id, ids)} (names are '{PREFIX}' followed by a Gymnasium id, e.g. "
+            f"'{PREFIX}CartPole-v1'; an env from another package needs that package imported)"
+        )
+    return env_id
+
+
+def _spec(name: str, env: Any) -> EnvSpec:
+    """EnvSpec of one (unbatched) Gymnasium env; ConfigError for spaces the agents cannot take."""
+    steps = env.spec.max_episode_steps if env.spec is not None else None
+    return spaces_spec(name, env.observation_space, env.action_space, steps)
+
+
+def spaces_spec(name: str, obs_space: Any, act_space: Any, steps: int | None) -> EnvSpec:
+    """EnvSpec from Gymnasium spaces of one env (images as H x W x C) and its time limit; ConfigError for
+    spaces the agents cannot take."""
+    from gymnasium import spaces
+
+    if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) not in (1, 3):
+        raise ConfigError(
+            f"env.name={name!r} has observation space {obs_space}; the adapter takes a Box vector (rank 1) "
+            "or a Box image (H, W, C)"
+        )
+    if len(obs_space.shape) == 3 and obs_space.dtype != np.uint8:
+        raise ConfigError(f"env.name={name!r} has {obs_space.dtype} images; the adapter takes uint8 images")
+    if isinstance(act_space, spaces.Discrete):
+        discrete, action_dim = True, int(act_space.n)
+    elif (
+        isinstance(act_space, spaces.Box)
+        and np.all(np.isfinite(act_space.low))
+        and np.all(np.isfinite(act_space.high))
+    ):
+        discrete, action_dim = False, math.prod(act_space.shape)
+    else:
+        raise ConfigError(
+            f"env.name={name!r} has action space {act_space}; the adapter takes Discrete or a bounded Box"
+        )
+    if steps is None:
+        raise ConfigError(
+            f"env.name={name!r} has no time limit (spec.max_episode_steps is None); register it with "
+            "max_episode_steps: evaluation needs episodes that end"
+        )
+    key = "vector" if len(obs_space.shape) == 1 else "image"
+    return EnvSpec(name, {key: tuple(obs_space.shape)}, discrete, action_dim, int(steps))
+
+
+def env_spec(name: str) -> EnvSpec:
+    """Spec of the Gymnasium env `name` ("gymnasium:<id>"); ConfigError for an unknown id or a space the
+    adapter cannot take."""
+    import gymnasium
+
+    env = gymnasium.make(_gym_id(name))
+    try:
+        return _spec(name, env)
+    finally:
+        env.close()
+
+
+class HostVecEnv:
+    """N envs on the host behind the `VecEnv` conventions (reset rule, `TimeStep` fields), but impure:
+    `reset(seed)` and `step(action)` change the envs and return numpy arrays. A backend that auto-resets
+    in the NEXT_STEP way (Gymnasium's vector envs, envpool) implements `_reset(seed) -> obs` and
+    `_step(env_action) -> (obs, reward, terminated, truncated)`; this class keeps the episode counters.
+
+    Actions in the env format of `VecEnv`: discrete -> int [N]; continuous -> float [N, action_dim] in
+    [-1, 1], rescaled to the Box's bounds (`_low`, `_high`, `_shape`, set by the backend).
+    """
+
+    name: str
+    num_envs: int
+    spec: EnvSpec
+
+    def _start(self, name: str, num_envs: int, spec: EnvSpec, action_space: Any) -> None:
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        self.name, self.num_envs, self.spec = name, num_envs, spec
+        if not spec.discrete:
+            self._low = np.asarray(action_space.low, np.float32).reshape(-1)
+            self._high = np.asarray(action_space.high, np.float32).reshape(-1)
+            self._shape = action_space.shape
+        self._key = next(iter(spec.obs_shapes))
+        self._is_last = np.zeros(num_envs, bool)
+        self._return = np.zeros(num_envs, np.float32)
+        self._length = np.zeros(num_envs, np.int32)
+
+    def _reset(self, seed: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _step(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        dtype = np.uint8 if self._key == "image" else np.float32
+        return {self._key: np.asarray(obs, dtype)}
+
+    def reset(self, seed: int) -> TimeStep:
+        """Start all N envs from `seed`. Returns a TimeStep with is_first all True."""
+        obs = self._reset(int(seed))
+        n = self.num_envs
+        self._is_last[:] = False
+        self._return[:] = 0.0
+        self._length[:] = 0
+        false = np.zeros(n, bool)
+        return TimeStep(
+            obs=self._obs(obs),
+            reward=np.zeros(n, np.float32),
+            is_first=np.ones(n, bool),
+            is_last=false,
+            is_terminal=false.copy(),
+            episode_return=self._return.copy(),
+            episode_length=self._length.copy(),
+        )
+
+    def _env_action(self, action: np.ndarray) -> np.ndarray:
+        if self.spec.discrete:
+            return np.asarray(action).astype(np.int64).reshape(self.num_envs)
+        action = np.clip(np.asarray(action, np.float32).reshape(self.num_envs, -1), -1.0, 1.0)
+        action = self._low + (action + 1.0) * 0.5 * (self._high - self._low)
+        return action.reshape(self.num_envs, *self._shape)
+
+    def step(self, action: np.ndarray) -> TimeStep:
+        """One call for all envs. Envs whose last TimeStep had is_last=True ignore their action and start a
+        new episode (is_first=True, reward 0): the backends' NEXT_STEP auto-reset."""
+        reset = self._is_last.copy()
+        obs, reward, terminated, truncated = self._step(self._env_action(action))
+        terminated = np.asarray(terminated, bool) & ~reset
+        is_last = (terminated | np.asarray(truncated, bool)) & ~reset
+        reward = np.where(reset, 0.0, np.asarray(reward, np.float32)).astype(np.float32)
+        self._return = np.where(reset, 0.0, self._return + reward).astype(np.float32)
+        self._length = np.where(reset, 0, self._length + 1).astype(np.int32)
+        self._is_last = is_last
+        return TimeStep(
+            obs=self._obs(obs),
+            reward=reward,
+            is_first=reset,
+            is_last=is_last.copy(),
+            is_terminal=terminated,
+            episode_return=self._return.copy(),
+            episode_length=self._length.copy(),
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class GymnasiumVecEnv(HostVecEnv):
+    """`num_envs` Gymnasium envs in a `SyncVectorEnv` (auto-reset NEXT_STEP); env i is seeded with
+    `seed + i` (Gymnasium's rule)."""
+
+    def __init__(self, name: str, num_envs: int):
+        import gymnasium
+        from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        env_id = _gym_id(name)
+        self.envs = SyncVectorEnv(
+            [lambda: gymnasium.make(env_id) for _ in range(num_envs)], autoreset_mode=AutoresetMode.NEXT_STEP
+        )
+        self._start(name, num_envs, _spec(name, self.envs.envs[0]), self.envs.single_action_space)
+
+    def _reset(self, seed: int) -> np.ndarray:
+        return self.envs.reset(seed=seed)[0]
+
+    def _step(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        obs, reward, terminated, truncated, _ = self.envs.step(action)
+        return obs, reward, terminated, truncated
+
+    def close(self) -> None:
+        self.envs.close()

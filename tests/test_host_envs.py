@@ -31,6 +31,9 @@ SMALL = {
     "replay.batch_length": 16,
 }
 
+# envpool is an optional extra (about 470 MB of Atari ROMs and MuJoCo assets): `pip install -e .[envpool]`.
+ENVPOOL_MISSING = "envpool >= 1.2 is not installed (optional extra: pip install -e .[envpool])"
+
 
 def _hand_rollout(env_id: str, seed: int, n: int, actions: np.ndarray) -> list[dict]:
     """The expected TimeStep fields, from n plain Gymnasium envs stepped by hand in the DreamerV3 convention:
@@ -186,7 +189,7 @@ def test_envpool_names_need_envpool(monkeypatch):
 
 
 def test_envpool_timesteps_match_a_hand_stepped_pool():
-    envpool = pytest.importorskip("envpool", minversion="1.2")
+    envpool = pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
     with pytest.raises(ConfigError, match="'CartPol-v1' is not an envpool task.*CartPole-v1"):
         make_config("debug", **{"env.name": "envpool:CartPol-v1"})
     n, steps = 3, 60
@@ -217,7 +220,7 @@ def test_envpool_timesteps_match_a_hand_stepped_pool():
 
 
 def test_envpool_cartpole_host_loop_run(tmp_path):
-    pytest.importorskip("envpool", minversion="1.2")
+    pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
     config = make_config("debug", **{**SMALL, "env.name": "envpool:CartPole-v1", "run.steps": 264})
     state, records = train(config, tmp_path, progress=False)
     assert [r["env_steps"] for r in records] == [164, 264]

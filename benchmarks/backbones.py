@@ -30,18 +30,6 @@ from benchmarks.report import emit, machine_info  # noqa: E402
 BACKBONES = ("gru", "mamba", "transformer")
 
 
-def best_time(fn, *args, repeats: int) -> float:
-    import jax
-
-    jax.block_until_ready(fn(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def random_batch(spec, batch: int, length: int, key) -> dict:
     import jax
     import jax.numpy as jnp
@@ -86,6 +74,7 @@ def make_setup(preset: str, backbone: str, length: int, overrides: dict):
 def measure_update(preset: str, backbone: str, length: int, batch: int, repeats: int, overrides) -> dict:
     import jax
 
+    from benchmarks.throughput import best_time
     from mbrl_jax.agents.dreamer import world_model_loss
 
     config, spec, agent, state = make_setup(preset, backbone, length, overrides)
@@ -116,6 +105,7 @@ def measure_update(preset: str, backbone: str, length: int, batch: int, repeats:
 def measure_imagination(preset: str, backbone: str, batch: int, repeats: int, overrides) -> dict:
     import jax
 
+    from benchmarks.throughput import best_time
     from mbrl_jax.agents.dreamer import imagine_trajectory
     from mbrl_jax.world_models.rssm import observe
 

@@ -15,6 +15,7 @@ each env's own generator, so a run is reproducible from its seed.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -95,7 +96,7 @@ def env_spec(name: str) -> EnvSpec:
         env.close()
 
 
-class HostVecEnv:
+class HostVecEnv(abc.ABC):
     """N envs on the host behind the `VecEnv` conventions (reset rule, `TimeStep` fields), but impure:
     `reset(seed)` and `step(action)` change the envs and return numpy arrays. A backend that auto-resets
     in the NEXT_STEP way (Gymnasium's vector envs, envpool) implements `_reset(seed) -> obs` and
@@ -122,11 +123,13 @@ class HostVecEnv:
         self._return = np.zeros(num_envs, np.float32)
         self._length = np.zeros(num_envs, np.int32)
 
+    @abc.abstractmethod
     def _reset(self, seed: int) -> np.ndarray:
-        raise NotImplementedError
+        """Resets every env (seeded) and returns the first observations."""
 
+    @abc.abstractmethod
     def _step(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """Steps every env with env-format actions: (obs, reward, terminated, truncated)."""
 
     def _obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         dtype = np.uint8 if self._key == "image" else np.float32
@@ -178,7 +181,7 @@ class HostVecEnv:
             episode_length=self._length.copy(),
         )
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a backend with nothing to release keeps this no-op)
         pass
 
 

@@ -165,3 +165,13 @@ def test_parallel_backbone_refuses_the_replay_context():
         make_config("debug", **{"wm.backbone": "mamba", "wm.mamba.head_dim": 8})
     with pytest.raises(ConfigError, match="head_dim=48"):
         make_config("debug", **{"wm.backbone": "mamba", "replay.context": False, "wm.mamba.head_dim": 48})
+    with pytest.raises(ConfigError, match="transformer.heads=3"):  # 64 / 3 is not a whole head
+        make_config(
+            "debug", **{"wm.backbone": "transformer", "replay.context": False, "wm.transformer.heads": 3}
+        )
+    with pytest.raises(ConfigError, match="even size"):  # 64 / 64 = 1 channel: no pair to rotate
+        make_config(
+            "debug", **{"wm.backbone": "transformer", "replay.context": False, "wm.transformer.heads": 64}
+        )
+    for backbone, extra in BACKBONES.items():  # and quiet on settings that work
+        make_config("debug", **{"wm.backbone": backbone, "replay.context": False, **extra})

@@ -52,11 +52,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def random_policy_return(env_name: str, episodes: int = 64, seed: int = 0) -> float:
-    """Mean return of uniformly random actions over `episodes` full episodes (run in parallel on device)."""
+    """Mean return of uniformly random actions over `episodes` full episodes (run in parallel on device, or
+    on the host for a host env)."""
     from mbrl_jax.agents import random_action
-    from mbrl_jax.envs import make_env
+    from mbrl_jax.envs import is_host_env, make_env, make_host_env
     from mbrl_jax.trainer import episode_returns
 
+    if is_host_env(env_name):
+        env = make_host_env(env_name, episodes)
+        rng, spec = np.random.default_rng(seed), env.spec
+        ts = env.reset(seed)
+        ret, finished = np.zeros(episodes), np.zeros(episodes, bool)
+        while not finished.all():  # discrete: an index; continuous: [-1, 1], which the env maps to its bounds
+            if spec.discrete:
+                action = rng.integers(0, spec.action_dim, episodes)
+            else:
+                action = rng.uniform(-1.0, 1.0, (episodes, spec.action_dim))
+            ts = env.step(action)
+            ret = np.where(finished, ret, ts.episode_return)
+            finished |= ts.is_last
+        env.close()
+        return float(ret.mean())
     env = make_env(env_name, episodes)
 
     def act(carry, obs, prev_action, is_first, key):
@@ -68,26 +84,47 @@ def random_policy_return(env_name: str, episodes: int = 64, seed: int = 0) -> fl
 
 def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[dict]:
     """Trains every seed of `task` as one compiled program (the train state vmapped over a seed axis) and
-    logs each seed to `<out>/runs/<task>-s<seed>/` (config.yaml, metrics.jsonl/csv, wall_time.json).
+    logs each seed to `<out>/runs/<task>-s<seed>/` (config.yaml, metrics.jsonl/csv, wall_time.json). A host
+    env (`env.name=gymnasium:...` or `envpool:...`) cannot be vmapped: its seeds run one after another through
+    the host loop (`mbrl_jax.host_loop`), each with its own wall time.
 
     A seed whose losses turn non-finite stops being logged (its run directory records where); the others go
     on. Seeds whose run directory already holds a finished run are skipped. There are no checkpoints: an
     interrupted task starts over."""
-    from mbrl_jax.checkpoint import save_config
-    from mbrl_jax.logging import MetricLogger
-    from mbrl_jax.trainer import make_train, summarize_chunk
+    from mbrl_jax.envs import is_host_env
 
     configs = {seed: make_config(task, **{**overrides, "run.seed": seed}) for seed in seeds}
     logdirs = {seed: out / "runs" / f"{task}-s{seed}" for seed in seeds}
     todo = [s for s in seeds if not _finished(logdirs[s], configs[s])]
     if not todo:
         return [{"task": task, "seed": s, "skipped": True} for s in seeds]
+    if is_host_env(configs[todo[0]].env.name):
+        return [row for s in todo for row in _run_seeds(task, [s], configs, logdirs, host=True)]
+    return _run_seeds(task, todo, configs, logdirs, host=False)
+
+
+def _run_seeds(task: str, todo: list[int], configs: dict, logdirs: dict, host: bool) -> list[dict]:
+    """`run_task`'s loop for the seeds `todo`: vmapped in one program, or one seed through the host loop."""
+    from mbrl_jax.checkpoint import save_config
+    from mbrl_jax.host_loop import make_host_train
+    from mbrl_jax.logging import MetricLogger
+    from mbrl_jax.trainer import make_train, summarize_chunk
+
     config = configs[todo[0]]
-    trainer = make_train(config)
-    keys = jnp.stack([jax.random.PRNGKey(s) for s in todo])
     start = time.perf_counter()
-    state = jax.jit(jax.vmap(trainer.init))(keys)
-    chunk = jax.jit(jax.vmap(trainer.run_chunk), donate_argnums=0)
+    if host:  # metrics get the seed axis the vmapped program has
+        trainer = make_host_train(config)
+        state = trainer.init(jax.random.PRNGKey(todo[0]))
+
+        def chunk(state):
+            state, metrics = trainer.run_chunk(state)
+            return state, jax.tree.map(lambda x: jnp.asarray(x)[None], metrics)
+
+    else:
+        trainer = make_train(config)
+        keys = jnp.stack([jax.random.PRNGKey(s) for s in todo])
+        state = jax.jit(jax.vmap(trainer.init))(keys)
+        chunk = jax.jit(jax.vmap(trainer.run_chunk), donate_argnums=0)
     loggers = {}
     # what ran where, written before the first chunk so that a run cut off early still says it
     run_info = {"commit": code_commit(), "device": jax.devices()[0].device_kind, "jax": jax.__version__}
@@ -162,7 +199,7 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         from mbrl_jax.checkpoint import load_config
 
         env = config_from_dict(load_config(logdirs[0])).env.name
-    threshold = TASK_THRESHOLDS.get(task, THRESHOLDS.get(env))
+    threshold = TASK_THRESHOLDS.get(task, THRESHOLDS.get(env.rpartition(":")[2]))  # gymnasium:, envpool:
     for logdir in logdirs:
         records = read_metrics(logdir)
         evals = [(r["env_steps"], r["eval_return"]) for r in records if "eval_return" in r]

@@ -42,7 +42,7 @@ from mbrl_jax.config import PRESETS, Config, ConfigError, make_config, parse_ove
 from mbrl_jax.envs import EnvSpec, env_spec, make_env  # noqa: E402
 from mbrl_jax.replay import replay_sample  # noqa: E402
 from mbrl_jax.trainer import make_train  # noqa: E402
-from mbrl_jax.world_models.rssm import imagine, zeros_latent  # noqa: E402
+from mbrl_jax.world_models.rssm import imagine  # noqa: E402
 
 DEFAULT_PRESET = "cartpole"
 
@@ -228,7 +228,7 @@ def measure_imagination(
     """Imagined latent steps per second: B*T starts x imag_horizon steps per rollout."""
     c = config
     starts = c.replay.batch_size * c.replay.batch_length
-    start = zeros_latent((starts,), c.wm.deter, c.wm.stoch, c.wm.classes)
+    start = agent.world_model.zeros((starts,))  # with the backbone's zero state, if it has one
 
     def rollouts(params, start, keys):
         def one(total, k):

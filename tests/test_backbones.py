@@ -102,6 +102,25 @@ def test_parallel_form_gradients_equal_steps(backbone):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
+def test_transformer_step_sees_exactly_its_context_window():
+    """Run step by step (the ring cache wraps several times): output t depends on input s exactly when s is
+    in t's episode and within the stacked layers' reach, layers x (context - 1) steps back (each layer
+    attends to the last `context` steps up to t), read off the Jacobian."""
+    core = make_backbone(small_config("transformer").wm)
+    C, T, W = core.context, 20, 32
+    reset = jnp.zeros((1, T), bool).at[0, 0].set(True).at[0, 13].set(True)
+    inputs = jax.random.normal(jax.random.PRNGKey(0), (1, T, W))
+    params = core.init(jax.random.PRNGKey(1), inputs, reset, core.initial_state((1,)))
+    outputs = lambda x: stepwise(core, params, x, reset, core.initial_state((1,)))[0][0]  # [T, W]
+    jac = jax.jit(jax.jacfwd(outputs))(inputs)[:, :, 0]  # [T, W, T, W]
+    depends = np.abs(np.asarray(jac)).max(axis=(1, 3)) > 1e-7  # [t, s]
+    assert core.layers * (C - 1) < 13  # the reach ends inside the first episode, so both limits are seen
+    episode_start = np.where(np.arange(T) >= 13, 13, 0)
+    s, t = np.meshgrid(np.arange(T), np.arange(T))
+    expected = (s <= t) & (s >= t - core.layers * (C - 1)) & (s >= episode_start[t])
+    np.testing.assert_array_equal(depends, expected)
+
+
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_world_model_observes_a_window_as_acting_steps_through_it(backbone):
     """`observe` (one parallel pass) equals the posterior steps `act` takes one env step at a time."""

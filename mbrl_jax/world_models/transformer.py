@@ -5,9 +5,13 @@ pre-norm residual gated MLP. A step attends to itself and the `context - 1` step
 episode start. Training runs a whole window at once (one masked attention over [cache, window]); acting and
 imagination run `step` with a cache of the last `context` keys and values, O(context) per step.
 
-The state is the cache: per layer keys and values [context, heads, head_dim] (RoPE already applied), plus
+The state is the cache: per layer keys and values [heads, context, head_dim] (RoPE already applied), plus
 `valid` [context] (1 where a cached step belongs to the current episode) and `pos` (steps since the episode
 started, the next step's RoPE position). Zeroing it, as the world model does at an episode start, empties it.
+The cache is a ring: the step at position p sits in slot p mod context, so a step writes one row per layer
+instead of shifting the whole cache (attention does not care about the order of its keys). Heads lead the
+cache's axes because the attention matmul batches over them: a cache stored [context, heads, ...] would be
+transposed whole at every step.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ class Transformer(nn.Module):
         return state
 
     def initial_state(self, batch_shape: tuple[int, ...]) -> dict:
-        cache = (*batch_shape, self.context, self.heads, self.width // self.heads)
+        cache = (*batch_shape, self.heads, self.context, self.width // self.heads)
         return {
             "k": tuple(jnp.zeros(cache) for _ in range(self.layers)),
             "v": tuple(jnp.zeros(cache) for _ in range(self.layers)),
@@ -92,15 +96,17 @@ class Transformer(nn.Module):
         }
 
     def step(self, u: jax.Array, state: dict) -> tuple[jax.Array, dict]:
-        """u [B, W] -> (output [B, W], state): the cache drops its oldest step and appends this one."""
+        """u [B, W] -> (output [B, W], state): this step's key and value overwrite the oldest slot."""
         pos = state["pos"]
-        valid = jnp.concatenate([state["valid"][:, 1:], jnp.ones_like(pos)[:, None]], 1)
+        rows, slot = jnp.arange(u.shape[0]), jnp.mod(pos.astype(jnp.int32), self.context)
+        valid = state["valid"].at[rows, slot].set(1.0)
         keys, values = [], []
         for block, k_cache, v_cache in zip(self.blocks, state["k"], state["v"], strict=True):
             q, k, v = block.qkv_heads(u, pos)
-            k = jnp.concatenate([k_cache[:, 1:], k[:, None]], 1) * valid[..., None, None]
-            v = jnp.concatenate([v_cache[:, 1:], v[:, None]], 1) * valid[..., None, None]
-            attended = attend(q[:, None], k, v, valid[:, None, :] > 0)[:, 0]
+            k, v = k_cache.at[rows, :, slot].set(k), v_cache.at[rows, :, slot].set(v)
+            logits = jnp.einsum("bhd,bhkd->bhk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+            logits = jnp.where(valid[:, None, :] > 0, logits, -1e30)
+            attended = jnp.einsum("bhk,bhkd->bhd", jax.nn.softmax(logits, -1), v)
             u = block.finish(u, attended)
             keys.append(k)
             values.append(v)
@@ -113,25 +119,34 @@ class Transformer(nn.Module):
         C = self.context
         t = jnp.arange(T)
         last_reset = jax.lax.cummax(jnp.where(reset, t, -1), axis=1)  # [B, T]
-        pos = jnp.where(last_reset >= 0, t - last_reset, state["pos"][:, None] + t)
-        # Keys are [cache (C steps), window (T steps)]; query t sits at key index C + t.
+        pos = jnp.where(last_reset >= 0, t - last_reset, state["pos"][:, None] + t)  # RoPE positions [B, T]
+        start, step_pos = state["pos"].astype(jnp.int32), pos.astype(jnp.int32)  # the same, as indices
+        # Keys are [cache oldest first (C steps), window (T steps)]; query t sits at key index C + t.
+        oldest_first = jnp.mod(start[:, None] - C + jnp.arange(C), C)  # [B, C]: ring slot of each cached step
+        cache_valid = jnp.take_along_axis(state["valid"], oldest_first, 1)
         segment = jnp.cumsum(reset.astype(jnp.int32), 1)
         key_segment = jnp.concatenate([jnp.zeros((B, C), jnp.int32), segment], 1)
-        key_valid = jnp.concatenate([state["valid"], jnp.ones((B, T))], 1) > 0
+        same_episode = key_segment[:, None, :] == segment[:, :, None]  # [B, T, C+T]
+        key_valid = jnp.concatenate([cache_valid, jnp.ones((B, T))], 1) > 0
         j = jnp.arange(C + T)
         in_window = (j[None, :] <= C + t[:, None]) & (j[None, :] > t[:, None])  # the last C steps up to t
-        mask = in_window & key_valid[:, None, :] & (key_segment[:, None, :] == segment[:, :, None])
-        # The cache after step t is key indices t+1 .. t+C, kept where they share t's episode.
-        window = t[:, None] + 1 + jnp.arange(C)[None, :]  # [T, C]
-        after_valid = jnp.take_along_axis(mask, jnp.broadcast_to(window, (B, T, C)), 2).astype(jnp.float32)
+        mask = in_window & key_valid[:, None, :] & same_episode
+        # After step t, ring slot s holds the step at position p = pos_t - ((pos_t - s) mod C): key index
+        # C + t - ((pos_t - s) mod C). A slot from an earlier episode is empty (zeroed at the reset).
+        slot_key = C + t[None, :, None] - jnp.mod(step_pos[..., None] - jnp.arange(C), C)  # [B, T, C]
+        kept = jnp.take_along_axis(same_episode, slot_key, 2)
+        after_valid = (kept & jnp.take_along_axis(key_valid[:, None, :], slot_key, 2)).astype(jnp.float32)
+        gather = jax.vmap(lambda x, index: x[index])  # [K, ...], [...index] -> [...index, ...] per batch row
+        cache_order = lambda cache: gather(cache.swapaxes(1, 2), oldest_first)  # [B, C, H, d], oldest first
+        ring = lambda x: jnp.where(kept[..., None, None], gather(x, slot_key), 0.0).swapaxes(2, 3)
         keys, values = [], []
         for block, k_cache, v_cache in zip(self.blocks, state["k"], state["v"], strict=True):
             q, k, v = block.qkv_heads(u, pos)
-            k_all = jnp.concatenate([k_cache, k], 1)  # [B, C+T, H, d]
-            v_all = jnp.concatenate([v_cache, v], 1)
+            k_all = jnp.concatenate([cache_order(k_cache), k], 1)  # [B, C+T, H, d]
+            v_all = jnp.concatenate([cache_order(v_cache), v], 1)
             u = block.finish(u, attend(q, k_all, v_all, mask))
-            keys.append(k_all[:, window] * after_valid[..., None, None])
-            values.append(v_all[:, window] * after_valid[..., None, None])
+            keys.append(ring(k_all))  # [B, T, H, C, d]
+            values.append(ring(v_all))
         states = {"k": tuple(keys), "v": tuple(values), "valid": after_valid, "pos": pos + 1.0}
         return self.norm(u), states
 

@@ -199,7 +199,8 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         from mbrl_jax.checkpoint import load_config
 
         env = config_from_dict(load_config(logdirs[0])).env.name
-    threshold = TASK_THRESHOLDS.get(task, THRESHOLDS.get(env.rpartition(":")[2]))  # gymnasium:, envpool:
+    plain_env = (env or "").rpartition(":")[2]  # without a host backend's "gymnasium:" or "envpool:"
+    threshold = TASK_THRESHOLDS.get(task, THRESHOLDS.get(plain_env))
     for logdir in logdirs:
         records = read_metrics(logdir)
         evals = [(r["env_steps"], r["eval_return"]) for r in records if "eval_return" in r]

@@ -99,6 +99,12 @@ class EnvConfig:
         "CartPole-v1", "gymnax env id (on device), or 'gymnasium:<id>' / 'envpool:<task_id>' (host loop)"
     )
     num_envs: int = setting(4, "envs stepped in parallel on the device", POSITIVE)
+    sticky_actions: float = setting(
+        0.25,
+        "Atari on envpool: probability that the env repeats its previous action instead of the chosen one "
+        "(Machado et al., 2018; DreamerV3's Atari setting); the atari100k preset turns it off",
+        UNIT_INTERVAL,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -653,6 +659,19 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
     # The reference's own hyperparameters (this config's defaults: lr 4e-5, B 16 x T 64, ratio 512) on
     # CartPole, for comparison with `cartpole`'s classic settings at the same env steps.
     "cartpole-reference": {"run.steps": 30_000, "env.name": "CartPole-v1"},
+    # Atari 100k (DreamerV3's atari100k settings and the standard protocol; README "Atari 100k"): 100k agent
+    # steps = 400k frames at action repeat 4, one env, train ratio 256, 64 x 64 RGB, no sticky actions,
+    # minimal action set, 30 no-op starts, no life-loss episodes, 27,000-step episode limit; evaluated once at
+    # the end on 100 episodes. Pong by default; the other games with --env envpool:<Game>-v5.
+    "atari100k": {
+        "env.name": "envpool:Pong-v5",
+        "env.num_envs": 1,
+        "env.sticky_actions": 0.0,
+        "run.steps": 100_000,
+        "run.eval_every": 100_000,
+        "run.eval_episodes": 100,
+        "replay.train_ratio": 256.0,
+    },
     # Tiny settings for tests and smoke runs: compiles fast, learns nothing in particular.
     "debug": {
         "run.steps": 2_000,
@@ -765,7 +784,7 @@ def validate(config: Config) -> Config:
             group_value.check(path)
     config.check()
     from mbrl_jax.agents import AGENTS, check_agent  # late imports: these pull in jax and gymnax
-    from mbrl_jax.envs import env_spec, is_host_env, list_envs
+    from mbrl_jax.envs import env_spec, is_envpool_atari, is_host_env, list_envs
     from mbrl_jax.world_models import BACKBONES
     from mbrl_jax.world_models.backbone import make_backbone
 
@@ -784,6 +803,12 @@ def validate(config: Config) -> Config:
             f"replay.context=true stores the latent h with each step; wm.backbone={config.wm.backbone!r} "
             "keeps a larger recurrent state (a parallel backbone), so its windows start from zeros: set "
             "replay.context=false"
+        )
+    if config.env.sticky_actions != EnvConfig.sticky_actions and not is_envpool_atari(config.env.name):
+        raise ConfigError(
+            f"env.sticky_actions={config.env.sticky_actions} applies to Atari tasks on envpool "
+            f"('envpool:Pong-v5'); env.name={config.env.name!r} is not one: leave it at "
+            f"{EnvConfig.sticky_actions}"
         )
     if is_host_env(config.env.name):
         if config.run.devices != 1:

@@ -75,8 +75,8 @@ def make_host_train(config: Config) -> HostTrainer:
     docstring. `run_chunk` returns the same metrics as the compiled loop's (`make_train`)."""
     c = config
     n = c.env.num_envs
-    env = make_host_env(c.env.name, n)
-    eval_env = make_host_env(c.env.name, c.run.eval_episodes)
+    env = make_host_env(c.env.name, n, c.env.sticky_actions)
+    eval_env = make_host_env(c.env.name, c.run.eval_episodes, c.env.sticky_actions)
     spec = env.spec
     agent = make_agent(c, spec)
     steps_per_env = c.env_steps_per_iteration // n

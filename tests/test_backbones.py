@@ -55,7 +55,7 @@ def stepwise(core, params, inputs, reset, state):
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
-@pytest.mark.parametrize("length", [1, 9, 37])
+@pytest.mark.parametrize("length", [1, 37])  # one step, and a window longer than the cache
 def test_parallel_form_equals_steps(backbone, length):
     core = make_backbone(small_config(backbone).wm)
     B, W = 3, 32

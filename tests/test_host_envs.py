@@ -229,3 +229,41 @@ def test_envpool_cartpole_host_loop_run(tmp_path):
     first, action = data["is_first"][:, :132], data["action"][:, :132]
     assert first.sum() > 2 and (action[first] == 0).all()
     np.testing.assert_array_equal(action[~first].sum(-1), 1.0)
+
+
+def test_sticky_actions_are_refused_where_they_do_not_apply():
+    with pytest.raises(ConfigError, match=r"env.sticky_actions=0.0 applies to Atari tasks on envpool"):
+        make_config("debug", **{"env.sticky_actions": 0.0})  # CartPole on gymnax
+    with pytest.raises(ConfigError, match=r"env.sticky_actions=1.5 must be in \[0, 1\]"):
+        make_config("debug", **{"env.sticky_actions": 1.5})
+
+
+def test_envpool_pong_from_pixels_through_chunks_and_resume(tmp_path):
+    """Atari from pixels on the host loop with the atari100k env settings: chunks of act, store and learn,
+    and a run cut after its first checkpoint resumes to the uninterrupted run's records up to there."""
+    pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
+    settings = {
+        **SMALL,
+        "env.name": "envpool:Pong-v5",
+        "env.sticky_actions": 0.0,
+        "run.steps": 160,
+        "run.chunk_steps": 48,
+        "run.checkpoint_every": 48,
+        "run.eval_episodes": 1,
+        "run.eval_steps": 30,
+        "replay.train_ratio": 16.0,  # an update every 4 env steps: the test checks the plumbing, not learning
+    }
+    config = make_config("atari100k", "debug", **settings)
+    env = make_host_env(config.env.name, 1, config.env.sticky_actions)
+    assert env.pool.spec.config.repeat_action_probability == 0.0 and not env.pool.spec.config.episodic_life
+    state, records = train(config, tmp_path / "straight", progress=False)
+    assert [r["env_steps"] for r in records] == [112, 160]
+    assert all(np.isfinite(v) for r in records for k, v in r.items() if k.startswith("loss"))
+    frames = jax.device_get(state.replay.data["obs"]["image"])
+    assert frames.dtype == np.uint8 and frames.shape[-3:] == (64, 64, 3) and frames[:, :80].max() > 0
+    cut = tmp_path / "cut"
+    train(config, cut, progress=False, stop_after_chunks=1)
+    resumed, _ = train(config, cut, progress=False)
+    rows = read_metrics(cut)
+    assert [r["env_steps"] for r in rows] == [112, 160] and rows[0] == records[0]
+    assert int(resumed.env_steps) == int(state.env_steps)

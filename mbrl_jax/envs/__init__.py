@@ -5,7 +5,7 @@ envs (`HostVecEnv`: `GymnasiumVecEnv`, `EnvpoolVecEnv`), driven by the host loop
 """
 
 from mbrl_jax.envs.base import EnvSpec, EnvState, TimeStep, VecEnv, first_timestep, rescale_action
-from mbrl_jax.envs.envpool_env import EnvpoolVecEnv, is_envpool
+from mbrl_jax.envs.envpool_env import EnvpoolVecEnv, is_envpool, is_envpool_atari
 from mbrl_jax.envs.gymnasium_env import GymnasiumVecEnv, HostVecEnv, is_gymnasium
 from mbrl_jax.envs.gymnax_env import GymnaxState, GymnaxVecEnv, list_envs, make_env
 from mbrl_jax.envs.gymnax_env import env_spec as gymnax_env_spec
@@ -29,10 +29,11 @@ def env_spec(name: str) -> EnvSpec:
     return gymnax_env_spec(name)
 
 
-def make_host_env(name: str, num_envs: int) -> HostVecEnv:
-    """`num_envs` host envs by name ("gymnasium:<id>" or "envpool:<task_id>")."""
+def make_host_env(name: str, num_envs: int, sticky_actions: float = 0.25) -> HostVecEnv:
+    """`num_envs` host envs by name ("gymnasium:<id>" or "envpool:<task_id>"); `sticky_actions` is for Atari
+    tasks on envpool (`EnvConfig.sticky_actions`)."""
     if is_envpool(name):
-        return EnvpoolVecEnv(name, num_envs)
+        return EnvpoolVecEnv(name, num_envs, sticky_actions)
     if not is_gymnasium(name):
         raise ValueError(
             f"{name!r} is not a host env name (host envs: 'gymnasium:<id>', 'envpool:<task_id>')"
@@ -52,6 +53,7 @@ __all__ = [
     "VecEnv",
     "env_spec",
     "first_timestep",
+    "is_envpool_atari",
     "is_host_env",
     "list_envs",
     "make_env",

@@ -6,9 +6,10 @@ reward 0 and both flags False), the convention of `mbrl_jax.envs.base`, so `Host
 bookkeeping. envpool seeds its envs at construction, so `reset(seed)` builds the pool again with that seed.
 
 Atari tasks take DreamerV3's settings: 64 x 64 RGB frames (one, no stacking), action repeat 4 (envpool's
-default frame_skip), sticky actions with probability 0.25, no reward clipping, no life-loss episodes, and
-envpool's default 30 no-op starts and 27,000-step (108k-frame) limit. Frames come channel-first from
-envpool and are transposed to H x W x C.
+default frame_skip), sticky actions with probability `env.sticky_actions` (0.25, DreamerV3's Atari setting;
+0 in its Atari 100k setting), no reward clipping, no life-loss episodes, and envpool's default minimal action
+set, 30 no-op starts and 27,000-step (108k-frame) limit. Frames come channel-first from envpool and are
+transposed to H x W x C.
 
 Requires envpool >= 1.2 (0.8.x wheels are built for NumPy 1 and return corrupted arrays under NumPy 2).
 """
@@ -29,7 +30,6 @@ ATARI_OPTIONS = {
     "img_width": 64,
     "gray_scale": False,
     "stack_num": 1,
-    "repeat_action_probability": 0.25,
     "reward_clip": False,
     "episodic_life": False,
 }
@@ -49,7 +49,7 @@ def _envpool() -> Any:
     return envpool
 
 
-def _task(name: str) -> tuple[str, dict]:
+def _task(name: str, sticky_actions: float = 0.25) -> tuple[str, dict]:
     """The envpool task id of `name` and the options it is made with."""
     envpool = _envpool()
     task = name.removeprefix(PREFIX)
@@ -59,10 +59,19 @@ def _task(name: str) -> tuple[str, dict]:
             f"env.name={name!r}: {task!r} is not an envpool task{did_you_mean(task, tasks)} "
             f"(names are '{PREFIX}' followed by an envpool task id, e.g. '{PREFIX}CartPole-v1')"
         )
-    atari = hasattr(envpool.make_spec(task).config, "img_height") and hasattr(
-        envpool.make_spec(task).config, "repeat_action_probability"
-    )
-    return task, (dict(ATARI_OPTIONS) if atari else {})
+    if not _atari(envpool, task):
+        return task, {}
+    return task, {**ATARI_OPTIONS, "repeat_action_probability": sticky_actions}
+
+
+def _atari(envpool: Any, task: str) -> bool:
+    config = envpool.make_spec(task).config
+    return hasattr(config, "img_height") and hasattr(config, "repeat_action_probability")
+
+
+def is_envpool_atari(name: str) -> bool:
+    """Whether `name` is an Atari task on envpool ("envpool:Pong-v5"); ConfigError for an unknown task."""
+    return is_envpool(name) and _atari(_envpool(), _task(name)[0])
 
 
 def _channels_last(space: Any) -> Any:
@@ -99,8 +108,8 @@ def env_spec(name: str) -> EnvSpec:
 class EnvpoolVecEnv(HostVecEnv):
     """`num_envs` envs of one envpool task, stepped all at once (synchronous: batch_size = num_envs)."""
 
-    def __init__(self, name: str, num_envs: int):
-        self._task, self._options = _task(name)
+    def __init__(self, name: str, num_envs: int, sticky_actions: float = 0.25):
+        self._task, self._options = _task(name, sticky_actions)
         self._n = num_envs
         self.pool = _make(self._task, self._options, num_envs, 0)
         self._image = len(self.pool.observation_space.shape) == 3

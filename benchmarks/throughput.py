@@ -11,6 +11,11 @@ call, with `block_until_ready` and `time.perf_counter`: training chunks as the m
 parts (learner, imagination, acting, matmul peak) as the best of a few calls, as noise on a shared machine
 only adds time.
 
+A host env (`env.name` "gymnasium:<id>" or "envpool:<task_id>", e.g. `--preset atari100k`) is measured on the
+host loop (`mbrl_jax.host_loop`) it trains with: the same figures, acting as the jitted policy step plus the
+envs stepped on the host, and `host_env_steps_per_s`, the envs alone under random actions. envpool's XLA
+path (the env step inside the compiled chunk) is not built yet, so there is no host-vs-XLA comparison.
+
 FLOPs come from XLA's cost analysis, which counts a while loop's body once whatever its trip count. A
 `lax.scan` of length n is counted as n x its body, each body costed on its own (recursively, so nested scans
 are counted too), in place of what XLA counted for the scan: one body when rolled, k bodies per loop plus
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from jax.extend import core as jcore  # noqa: E402
 
 from benchmarks.profile_ops import profile_markdown, profile_ops  # noqa: E402
@@ -39,7 +45,8 @@ from benchmarks.report import emit, machine_info  # noqa: E402
 from mbrl_jax.agents import env_action  # noqa: E402
 from mbrl_jax.agents.dreamer import make_dreamer  # noqa: E402
 from mbrl_jax.config import PRESETS, Config, ConfigError, make_config, parse_overrides  # noqa: E402
-from mbrl_jax.envs import EnvSpec, env_spec, make_env  # noqa: E402
+from mbrl_jax.envs import EnvSpec, env_spec, is_host_env, make_env, make_host_env  # noqa: E402
+from mbrl_jax.host_loop import make_host_train  # noqa: E402
 from mbrl_jax.replay import replay_sample  # noqa: E402
 from mbrl_jax.trainer import make_train  # noqa: E402
 from mbrl_jax.world_models.rssm import imagine  # noqa: E402
@@ -75,6 +82,8 @@ RESULT_FIELDS = (
     *NUMERIC_FIELDS,
     "imagination_note",
 )
+# Only for a host env (gymnasium:, envpool:), which runs the host loop: its envs stepped alone.
+HOST_FIELDS = ("host_env_steps_per_s",)
 MACHINE_FIELDS = ("device_kind", "platform", "cpu_count", "jax_version", "jaxlib_version", "python")
 
 IMAGINATION_NOTE = (
@@ -266,6 +275,66 @@ def measure_acting(config: Config, agent, agent_state, key: jax.Array, steps: in
     return steps * config.env.num_envs / seconds
 
 
+def measure_training_host(trainer, key: jax.Array, chunks: int) -> tuple[Any, dict[str, float]]:
+    """`measure_training` for the host loop (`mbrl_jax.host_loop`): its pieces compile lazily on first use, so
+    `compile_s` is the warm-up chunk's time beyond a steady chunk's."""
+    start = time.perf_counter()
+    state = jax.block_until_ready(trainer.init(key))
+    init_s = time.perf_counter() - start
+    start = time.perf_counter()
+    state, _ = trainer.run_chunk(state)
+    jax.block_until_ready(state)
+    warm_s = time.perf_counter() - start
+    steps0, updates0 = int(state.env_steps), int(state.updates)
+    start = time.perf_counter()
+    for _ in range(chunks):
+        state, _ = trainer.run_chunk(state)
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    return state, {
+        "init_s": init_s,
+        "compile_s": max(warm_s - seconds / chunks, 1e-6),
+        "chunk_s": seconds / chunks,
+        "env_steps_per_s": (int(state.env_steps) - steps0) / seconds,
+        "updates_per_s": (int(state.updates) - updates0) / seconds,
+    }
+
+
+def measure_acting_host(config: Config, agent, agent_state, key: jax.Array, steps: int) -> float:
+    """`measure_acting` for a host env: the jitted policy step, one transfer, the envs stepped on the host."""
+    env = make_host_env(config.env.name, config.env.num_envs, config.env.sticky_actions)
+    n = config.env.num_envs
+    act = jax.jit(lambda s, carry, obs, prev, first, k: agent.act(s, carry, obs, prev, first, k))
+    ts = env.reset(0)
+    carry, prev = agent.initial_carry(n), jnp.zeros((n, env.spec.action_dim))
+    keys = jax.random.split(key, steps + 1)
+    for i in range(steps + 1):  # the first step compiles
+        if i == 1:
+            start = time.perf_counter()
+        obs, first = jax.device_put((ts.obs, ts.is_first))
+        prev, carry = act(agent_state, carry, obs, prev, first, keys[i])
+        ts = env.step(np.asarray(env_action(env.spec, prev)))
+    seconds = time.perf_counter() - start
+    env.close()
+    return steps * n / seconds
+
+
+def measure_host_env(config: Config, steps: int) -> float:
+    """Env steps/s of the host envs alone (uniformly random actions; no policy, no transfer to the device)."""
+    env = make_host_env(config.env.name, config.env.num_envs, config.env.sticky_actions)
+    spec, n, rng = env.spec, config.env.num_envs, np.random.default_rng(0)
+    env.reset(0)
+    start = time.perf_counter()
+    for _ in range(steps):
+        if spec.discrete:
+            env.step(rng.integers(0, spec.action_dim, n))
+        else:
+            env.step(rng.uniform(-1.0, 1.0, (n, spec.action_dim)))
+    seconds = time.perf_counter() - start
+    env.close()
+    return steps * n / seconds
+
+
 def measure(
     config: Config,
     updates: int = 5,
@@ -281,12 +350,15 @@ def measure(
     c = config
     if peak_gflops is None:
         peak_gflops = measure_peak_gflops(peak_size)
-    trainer = make_train(c)
+    host = is_host_env(c.env.name)
     spec = env_spec(c.env.name)
     agent = make_dreamer(c, spec)
     k_train, k_batch, k_learn, k_imag, k_act = jax.random.split(jax.random.PRNGKey(c.run.seed), 5)
 
-    state, result = measure_training(trainer, k_train, chunks)
+    if host:
+        state, result = measure_training_host(make_host_train(c), k_train, chunks)
+    else:
+        state, result = measure_training(make_train(c), k_train, chunks)
     batch = jax.jit(replay_sample, static_argnums=(2, 3))(
         state.replay, k_batch, c.replay.batch_size, c.sample_length
     )[0]
@@ -294,7 +366,11 @@ def measure(
     result["imagination_steps_per_s"] = measure_imagination(
         c, spec, agent, state.agent.params, k_imag, updates
     )
-    result["act_steps_per_s"] = measure_acting(c, agent, state.agent, k_act, act_steps)
+    if host:
+        result["act_steps_per_s"] = measure_acting_host(c, agent, state.agent, k_act, act_steps)
+        result["host_env_steps_per_s"] = measure_host_env(c, act_steps)
+    else:
+        result["act_steps_per_s"] = measure_acting(c, agent, state.agent, k_act, act_steps)
     result["peak_gflops"] = peak_gflops
     result["peak_fraction"] = result["update_gflops_per_s"] / peak_gflops
     result["num_params"] = sum(x.size for x in jax.tree.leaves(state.agent.params))
@@ -309,7 +385,7 @@ def measure(
         updates_per_chunk=c.iterations_per_chunk * c.updates_per_iteration,
         imagination_note=IMAGINATION_NOTE,
     )
-    return {k: result[k] for k in RESULT_FIELDS}
+    return {k: result[k] for k in RESULT_FIELDS + (HOST_FIELDS if host else ())}
 
 
 def profile_update(config: Config, top: int = 15) -> dict[str, Any]:
@@ -333,6 +409,7 @@ ROWS = (  # (field, label, format)
     ("learner_update_ms", "learner update (ms)", "{:.1f}"),
     ("imagination_steps_per_s", "imagined steps/s", "{:,.0f}"),
     ("act_steps_per_s", "env steps/s (acting only)", "{:,.0f}"),
+    ("host_env_steps_per_s", "host env steps/s (env only)", "{:,.0f}"),
     ("update_gflop", "GFLOP per update", "{:.3f}"),
     ("update_gflops_per_s", "update GFLOP/s", "{:.2f}"),
     ("peak_gflops", "f32 matmul peak GFLOP/s", "{:.1f}"),
@@ -355,7 +432,7 @@ def print_table(report: dict[str, Any]) -> None:
     for result in report["results"]:
         table.add_column(result["preset"], justify="right")
     for field, label, fmt in ROWS:
-        table.add_row(label, *(fmt.format(r[field]) for r in report["results"]))
+        table.add_row(label, *(fmt.format(r[field]) if field in r else "–" for r in report["results"]))
     Console(stderr=True).print(table)
 
 

@@ -208,3 +208,16 @@ def test_backbones_mamba_memory_grows_with_the_window():
     ]
     assert rows[0]["update_s"] > 0 and rows[1]["steps_per_s"] > 0
     assert rows[1]["temp_mib"] > 2 * rows[0]["temp_mib"], rows
+
+
+def test_measure_on_a_host_env_has_every_field_finite_and_positive():
+    """A host env (here Gymnasium's CartPole) is measured on the host loop, with its envs' own speed too."""
+    config = make_config("debug", **{**OVERRIDES, "env.name": "gymnasium:CartPole-v1"})
+    result = throughput.measure(config, **SETTINGS, act_steps=20, peak_size=PEAK_SIZE)
+    assert set(result) == set(throughput.RESULT_FIELDS + throughput.HOST_FIELDS)
+    for field in throughput.NUMERIC_FIELDS + throughput.HOST_FIELDS:
+        value = result[field]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (field, value)
+    assert result["env"] == "gymnasium:CartPole-v1"
+    # the envs alone step faster than the policy and the envs together
+    assert result["host_env_steps_per_s"] > result["act_steps_per_s"]

@@ -60,15 +60,11 @@ def random_policy_return(env_name: str, episodes: int = 64, seed: int = 0) -> fl
 
     if is_host_env(env_name):
         env = make_host_env(env_name, episodes)
-        rng, spec = np.random.default_rng(seed), env.spec
+        rng = np.random.default_rng(seed)
         ts = env.reset(seed)
         ret, finished = np.zeros(episodes), np.zeros(episodes, bool)
-        while not finished.all():  # discrete: an index; continuous: [-1, 1], which the env maps to its bounds
-            if spec.discrete:
-                action = rng.integers(0, spec.action_dim, episodes)
-            else:
-                action = rng.uniform(-1.0, 1.0, (episodes, spec.action_dim))
-            ts = env.step(action)
+        while not finished.all():
+            ts = env.step(env.random_actions(rng))
             ret = np.where(finished, ret, ts.episode_return)
             finished |= ts.is_last
         env.close()

@@ -304,7 +304,7 @@ def measure_acting_host(config: Config, agent, agent_state, key: jax.Array, step
     """`measure_acting` for a host env: the jitted policy step, one transfer, the envs stepped on the host."""
     env = make_host_env(config.env.name, config.env.num_envs, config.env.sticky_actions)
     n = config.env.num_envs
-    act = jax.jit(lambda s, carry, obs, prev, first, k: agent.act(s, carry, obs, prev, first, k))
+    act = jax.jit(agent.act)
     ts = env.reset(0)
     carry, prev = agent.initial_carry(n), jnp.zeros((n, env.spec.action_dim))
     keys = jax.random.split(key, steps + 1)
@@ -322,17 +322,14 @@ def measure_acting_host(config: Config, agent, agent_state, key: jax.Array, step
 def measure_host_env(config: Config, steps: int) -> float:
     """Env steps/s of the host envs alone (uniformly random actions; no policy, no transfer to the device)."""
     env = make_host_env(config.env.name, config.env.num_envs, config.env.sticky_actions)
-    spec, n, rng = env.spec, config.env.num_envs, np.random.default_rng(0)
+    rng = np.random.default_rng(0)
     env.reset(0)
     start = time.perf_counter()
     for _ in range(steps):
-        if spec.discrete:
-            env.step(rng.integers(0, spec.action_dim, n))
-        else:
-            env.step(rng.uniform(-1.0, 1.0, (n, spec.action_dim)))
+        env.step(env.random_actions(rng))
     seconds = time.perf_counter() - start
     env.close()
-    return steps * n / seconds
+    return steps * env.num_envs / seconds
 
 
 def measure(

@@ -131,6 +131,12 @@ class HostVecEnv(abc.ABC):
     def _step(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Steps every env with env-format actions: (obs, reward, terminated, truncated)."""
 
+    def random_actions(self, rng: np.random.Generator) -> np.ndarray:
+        """Uniformly random actions for all N envs in the env format `step` takes."""
+        if self.spec.discrete:
+            return rng.integers(0, self.spec.action_dim, self.num_envs)
+        return rng.uniform(-1.0, 1.0, (self.num_envs, self.spec.action_dim))
+
     def _obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         dtype = np.uint8 if self._key == "image" else np.float32
         return {self._key: np.asarray(obs, dtype)}

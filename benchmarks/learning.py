@@ -81,8 +81,9 @@ def random_policy_return(env_name: str, episodes: int = 64, seed: int = 0) -> fl
 def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[dict]:
     """Trains every seed of `task` as one compiled program (the train state vmapped over a seed axis) and
     logs each seed to `<out>/runs/<task>-s<seed>/` (config.yaml, metrics.jsonl/csv, wall_time.json). A host
-    env (`env.name=gymnasium:...` or `envpool:...`) cannot be vmapped: its seeds run one after another through
-    the host loop (`mbrl_jax.host_loop`), each with its own wall time.
+    env (`env.name=gymnasium:...` or `envpool:...`) cannot be vmapped: its seeds run one after another, each
+    with its own wall time, in the loop `env.loop` picks (envpool's XLA interface in the compiled loop, or the
+    host loop, `mbrl_jax.host_loop`).
 
     A seed whose losses turn non-finite stops being logged (its run directory records where); the others go
     on. Seeds whose run directory already holds a finished run are skipped. There are no checkpoints: an
@@ -95,25 +96,32 @@ def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[di
     if not todo:
         return [{"task": task, "seed": s, "skipped": True} for s in seeds]
     if is_host_env(configs[todo[0]].env.name):
-        return [row for s in todo for row in _run_seeds(task, [s], configs, logdirs, host=True)]
-    return _run_seeds(task, todo, configs, logdirs, host=False)
+        return [row for s in todo for row in _run_seeds(task, [s], configs, logdirs)]
+    return _run_seeds(task, todo, configs, logdirs)
 
 
-def _run_seeds(task: str, todo: list[int], configs: dict, logdirs: dict, host: bool) -> list[dict]:
-    """`run_task`'s loop for the seeds `todo`: vmapped in one program, or one seed through the host loop."""
+def _run_seeds(task: str, todo: list[int], configs: dict, logdirs: dict) -> list[dict]:
+    """`run_task`'s loop for the seeds `todo`: vmapped in one program (gymnax), or one seed of a host env in
+    the loop `env.loop` picks."""
     from mbrl_jax.checkpoint import save_config
+    from mbrl_jax.envs import is_host_env, resolve_loop
     from mbrl_jax.host_loop import make_host_train
     from mbrl_jax.logging import MetricLogger
     from mbrl_jax.trainer import make_train, summarize_chunk
 
     config = configs[todo[0]]
     start = time.perf_counter()
-    if host:  # metrics get the seed axis the vmapped program has
-        trainer = make_host_train(config)
-        state = trainer.init(jax.random.PRNGKey(todo[0]))
+    if is_host_env(config.env.name):  # one seed; its metrics get the seed axis the vmapped program has
+        if resolve_loop(config.env.name, config.env.loop) == "host":
+            trainer = make_host_train(config)
+            state, run_chunk = trainer.init(jax.random.PRNGKey(todo[0])), trainer.run_chunk
+        else:
+            trainer = make_train(config)
+            state = jax.jit(trainer.init)(jax.random.PRNGKey(todo[0]))
+            run_chunk = jax.jit(trainer.run_chunk, donate_argnums=0)
 
         def chunk(state):
-            state, metrics = trainer.run_chunk(state)
+            state, metrics = run_chunk(state)
             return state, jax.tree.map(lambda x: jnp.asarray(x)[None], metrics)
 
     else:

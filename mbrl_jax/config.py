@@ -96,9 +96,16 @@ class RunConfig:
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
     name: str = setting(
-        "CartPole-v1", "gymnax env id (on device), or 'gymnasium:<id>' / 'envpool:<task_id>' (host loop)"
+        "CartPole-v1", "gymnax env id (on device), or 'gymnasium:<id>' / 'envpool:<task_id>' (host envs)"
     )
     num_envs: int = setting(4, "envs stepped in parallel on the device", POSITIVE)
+    loop: str = setting(
+        "auto",
+        "what drives the envs: 'compiled' (act, env step and learn in one compiled chunk: gymnax, envpool "
+        "through its XLA interface), 'host' (env steps in Python: Gymnasium, envpool on TPU or with 64-bit "
+        "arrays), or 'auto' (compiled wherever it works)",
+        one_of("auto", "compiled", "host"),
+    )
     sticky_actions: float = setting(
         0.25,
         "Atari on envpool: probability that the env repeats its previous action instead of the chosen one "
@@ -784,7 +791,7 @@ def validate(config: Config) -> Config:
             group_value.check(path)
     config.check()
     from mbrl_jax.agents import AGENTS, check_agent  # late imports: these pull in jax and gymnax
-    from mbrl_jax.envs import env_spec, is_envpool_atari, is_host_env, list_envs
+    from mbrl_jax.envs import env_spec, is_envpool_atari, is_host_env, list_envs, resolve_loop
     from mbrl_jax.world_models import BACKBONES
     from mbrl_jax.world_models.backbone import make_backbone
 
@@ -813,8 +820,8 @@ def validate(config: Config) -> Config:
     if is_host_env(config.env.name):
         if config.run.devices != 1:
             raise ConfigError(
-                f"run.devices={config.run.devices} with env.name={config.env.name!r}: a host env runs the "
-                "host loop, which uses one device; allowed: run.devices=1"
+                f"run.devices={config.run.devices} with env.name={config.env.name!r}: a host env is one "
+                "set of envs on the host, which feeds one device; allowed: run.devices=1"
             )
     elif config.env.name not in list_envs():
         hint = did_you_mean(config.env.name, list_envs())
@@ -822,6 +829,7 @@ def validate(config: Config) -> Config:
             f"env.name={config.env.name!r} is not a known gymnax env{hint} (host envs: "
             "'gymnasium:<id>', e.g. 'gymnasium:CartPole-v1', or 'envpool:<task_id>')"
         )
+    resolve_loop(config.env.name, config.env.loop)
     check_agent(config, env_spec(config.env.name))
     return config
 

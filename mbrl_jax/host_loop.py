@@ -38,6 +38,7 @@ from mbrl_jax.trainer import (
     TrainState,
     chunk_metrics,
     eval_due,
+    fresh_episodes,
     initial_state,
     make_learn_step,
     policy_action,
@@ -103,10 +104,7 @@ def make_host_train(config: Config) -> HostTrainer:
         return state, jax.tree.map(jnp.mean, metrics)
 
     def restart(state: TrainState, ts: TimeStep) -> TrainState:
-        """After a restore: fresh episodes, no previous action, a fresh policy carry."""
-        return state.replace(
-            timestep=ts, prev_action=jnp.zeros_like(state.prev_action), policy=agent.initial_carry(n)
-        )
+        return fresh_episodes(agent, state, state.env_state, ts)
 
     def eval_act(agent_state, carry, obs, prev_action, is_first, key):
         mode = c.run.eval_policy == "mode"

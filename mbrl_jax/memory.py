@@ -91,9 +91,9 @@ def image_floats_per_step(config: Config, obs_shapes: dict[str, tuple[int, ...]]
 
 def abstract_state(config: Config):
     """The shapes of a run's train state (`jax.ShapeDtypeStruct` leaves); allocates nothing."""
-    from mbrl_jax.envs import is_host_env  # late imports: these pull in the agent and the envs
+    from mbrl_jax.envs import resolve_loop  # late imports: these pull in the agent and the envs
 
-    if is_host_env(config.env.name):
+    if resolve_loop(config.env.name, config.env.loop) == "host":
         from mbrl_jax.host_loop import make_host_train
 
         return make_host_train(config).abstract_state(jax.random.PRNGKey(0))

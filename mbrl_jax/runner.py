@@ -32,7 +32,7 @@ from mbrl_jax.config import (
     config_from_dict,
     make_config,
 )
-from mbrl_jax.envs import is_host_env
+from mbrl_jax.envs import resolve_loop
 from mbrl_jax.logging import MetricLogger, Progress
 from mbrl_jax.parallel import (
     DIVERGED_FILE,
@@ -303,14 +303,16 @@ class Programs:
     shardings: Any  # the state's NamedShardings on the mesh, None on one device
     target: Any = None  # the state's shapes where `init` cannot be traced (host loop); else from init
     host: bool = False  # the host loop: init and chunk are Python loops over jitted pieces, compiled lazily
+    restart: Callable | None = None  # state -> state after a restore, where the envs are not in it (envpool)
 
 
 def make_programs(config: Config, seeds: Sequence[int] | None = None) -> Programs:
     """`make_train`'s init and run_chunk (plus the finite flags of `finite_flags`), vmapped over a leading
     seed axis for a sweep, and jitted: plainly on one device, else with in/out shardings on
     `make_mesh(config, seeds)` so XLA partitions the single-device program (see mbrl_jax.parallel)."""
-    if is_host_env(config.env.name):
+    if resolve_loop(config.env.name, config.env.loop) == "host":
         return _host_programs(config, seeds)
+    check_devices(config, seeds)  # refuses a sweep of envpool envs, which are not vmappable
     mesh = make_mesh(config, seeds)
     trainer = make_train(config, mesh if seeds is None else None)
 
@@ -325,7 +327,8 @@ def make_programs(config: Config, seeds: Sequence[int] | None = None) -> Program
         init, chunk = jax.vmap(trainer.init), jax.vmap(chunk_and_check)
         key = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
     if mesh is None:
-        return Programs(jax.jit(init), jax.jit(chunk, donate_argnums=0), key, None)
+        restart = jax.jit(trainer.restart, donate_argnums=0) if trainer.restart is not None else None
+        return Programs(jax.jit(init), jax.jit(chunk, donate_argnums=0), key, None, restart=restart)
     shardings = state_shardings(jax.eval_shape(init, key), mesh)
     everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # metrics: on every host
     chunk_fn = jax.jit(
@@ -405,6 +408,8 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
     if latest is not None:
         ckpt.check_compatible(latest, target)
         state = ckpt.restore(latest, target)
+        if programs.restart is not None:
+            state = programs.restart(state)
         if not programs.host:
             (chunk_fn,) = _compile([chunk_fn.lower(target)], say)
     elif programs.host:

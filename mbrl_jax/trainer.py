@@ -55,6 +55,9 @@ class Trainer:
     init: Callable  # key -> TrainState
     run_chunk: Callable  # TrainState -> (TrainState, metrics)
     evaluate: Callable  # (agent state, key) -> mean return of config.run.eval_episodes episodes
+    # TrainState -> TrainState, for a state restored from a checkpoint where the envs' state is not in it
+    # (envpool's pool): every env starts a new episode. None where the checkpoint holds the envs (gymnax).
+    restart: Callable | None = None
 
 
 def replay_row(ts: TimeStep, prev_action: jax.Array, context: dict) -> dict:
@@ -205,6 +208,20 @@ def store_step(state: TrainState, action: jax.Array, context: dict) -> TrainStat
     return state.replace(prev_action=action, replay=replay, env_steps=state.env_steps + n)
 
 
+def fresh_episodes(agent: Any, state: TrainState, env_state: Any, timestep: TimeStep) -> TrainState:
+    """`state` with envs that were just reset (`timestep` all is_first): no previous action, a fresh policy
+    carry. For a restored run whose envs' state was not in the checkpoint: the step each env was on was not
+    yet stored, so the interrupted episodes end without `is_last` in the replay, which needs only `is_first`
+    at starts. Everything else (agent, optimiser, replay, keys, counters) continues exactly."""
+    n = timestep.is_first.shape[0]
+    return state.replace(
+        env_state=env_state,
+        timestep=timestep,
+        prev_action=jnp.zeros_like(state.prev_action),
+        policy=agent.initial_carry(n),
+    )
+
+
 def policy_action(agent: Any, state: TrainState) -> tuple[TrainState, jax.Array, Any, jax.Array]:
     """The agent's action for the current timestep of every env. Returns the state with its key advanced,
     the action [N, A] (agent format), the new policy carry and a key for the env step."""
@@ -264,8 +281,10 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
     """
     c = config
     n = c.env.num_envs
-    env = make_env(c.env.name, n)
-    eval_env = make_env(c.env.name, c.run.eval_episodes)
+    # envpool's pools are seeded here (env i of the training pool with run.seed + i, the evaluation pool's
+    # after them); gymnax envs draw from the state's keys
+    env = make_env(c.env.name, n, c.run.seed, c.env.sticky_actions)
+    eval_env = make_env(c.env.name, c.run.eval_episodes, c.run.seed + n, c.env.sticky_actions)
     spec = env.spec
     agent = make_agent(c, spec)
     steps_per_env = c.env_steps_per_iteration // n
@@ -323,7 +342,17 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
         eval_return = jax.lax.cond(evaluated, evaluate, lambda *_: jnp.float32(0.0), state.agent, k_eval)
         return state, chunk_metrics(c, state, metrics, episodes, eval_return, evaluated)
 
-    return Trainer(config=c, init=init, run_chunk=run_chunk, evaluate=evaluate)
+    def restart(state: TrainState) -> TrainState:
+        env_state, timestep = env.reset(jax.random.fold_in(state.key, state.env_steps))
+        return fresh_episodes(agent, state, env_state, timestep)
+
+    return Trainer(
+        config=c,
+        init=init,
+        run_chunk=run_chunk,
+        evaluate=evaluate,
+        restart=restart if env.host_state else None,
+    )
 
 
 def summarize_chunk(raw: dict) -> dict:

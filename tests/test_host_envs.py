@@ -113,7 +113,7 @@ def test_bad_host_env_names_fail_before_compiling():
         make_config("debug", **{"env.name": "gymnasium:CartPol-v1"})
     with pytest.raises(ConfigError, match="gymnasium:<id>"):
         make_config("debug", **{"env.name": "CartPoleX-v1"})
-    with pytest.raises(ConfigError, match="host loop, which uses one device"):
+    with pytest.raises(ConfigError, match="host env is one set of envs on the host, which feeds one device"):
         make_config("debug", **{"env.name": CARTPOLE, "run.devices": 2})
     config = make_config("debug", **{"env.name": CARTPOLE})  # the healthy name passes
     check_devices(config)
@@ -221,7 +221,8 @@ def test_envpool_timesteps_match_a_hand_stepped_pool():
 
 def test_envpool_cartpole_host_loop_run(tmp_path):
     pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
-    config = make_config("debug", **{**SMALL, "env.name": "envpool:CartPole-v1", "run.steps": 264})
+    settings = {**SMALL, "env.name": "envpool:CartPole-v1", "env.loop": "host", "run.steps": 264}
+    config = make_config("debug", **settings)
     state, records = train(config, tmp_path, progress=False)
     assert [r["env_steps"] for r in records] == [164, 264]
     assert all(np.isfinite(v) for r in records for k, v in r.items() if k.startswith("loss"))
@@ -245,6 +246,7 @@ def test_envpool_pong_from_pixels_through_chunks_and_resume(tmp_path):
     settings = {
         **SMALL,
         "env.name": "envpool:Pong-v5",
+        "env.loop": "host",
         "env.sticky_actions": 0.0,
         "run.steps": 160,
         "run.chunk_steps": 48,

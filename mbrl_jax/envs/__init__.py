@@ -1,19 +1,79 @@
 """Batched envs: one interface (`VecEnv`, `TimeStep`, `EnvSpec`) and its adapters.
 
-gymnax ids ("CartPole-v1") are on-device `VecEnv`s; "gymnasium:<id>" and "envpool:<task_id>" names are host
-envs (`HostVecEnv`: `GymnasiumVecEnv`, `EnvpoolVecEnv`), driven by the host loop (`mbrl_jax.host_loop`).
+gymnax ids ("CartPole-v1") are on-device `VecEnv`s. "gymnasium:<id>" and "envpool:<task_id>" names are host
+envs: simulated on the host, so never vmapped over seeds or split over devices. Which loop drives an env is
+`env.loop` (`resolve_loop`): the compiled loop takes `VecEnv`s (gymnax, and envpool through its XLA
+interface, `EnvpoolXlaVecEnv`); the host loop (`mbrl_jax.host_loop`) takes `HostVecEnv`s (`GymnasiumVecEnv`,
+`EnvpoolVecEnv`).
 """
 
+from mbrl_jax.config import ConfigError
 from mbrl_jax.envs.base import EnvSpec, EnvState, TimeStep, VecEnv, first_timestep, rescale_action
-from mbrl_jax.envs.envpool_env import EnvpoolVecEnv, is_envpool, is_envpool_atari
+from mbrl_jax.envs.envpool_env import (
+    EnvpoolState,
+    EnvpoolVecEnv,
+    EnvpoolXlaVecEnv,
+    is_envpool,
+    is_envpool_atari,
+    xla_unsupported,
+)
 from mbrl_jax.envs.gymnasium_env import GymnasiumVecEnv, HostVecEnv, is_gymnasium
-from mbrl_jax.envs.gymnax_env import GymnaxState, GymnaxVecEnv, list_envs, make_env
+from mbrl_jax.envs.gymnax_env import GymnaxState, GymnaxVecEnv, list_envs
 from mbrl_jax.envs.gymnax_env import env_spec as gymnax_env_spec
+from mbrl_jax.envs.gymnax_env import make_env as make_gymnax_env
+
+LOOPS = ("auto", "compiled", "host")
 
 
 def is_host_env(name: str) -> bool:
     """Whether `name` is an env stepped on the host (Python), which only the host loop can drive."""
     return is_gymnasium(name) or is_envpool(name)
+
+
+def resolve_loop(name: str, loop: str = "auto") -> str:
+    """The loop that drives env `name` under `env.loop=loop`: "compiled" (act, env step and learn in one
+    compiled chunk: gymnax, envpool through its XLA interface) or "host" (env steps in Python: Gymnasium,
+    envpool where its XLA interface cannot serve). "auto" takes the compiled loop wherever it works.
+    ConfigError, naming the reason, where the loop asked for cannot drive the env."""
+    if loop not in LOOPS:
+        raise ConfigError(f"env.loop={loop!r} is not known; allowed: {', '.join(map(repr, LOOPS))}")
+    if is_gymnasium(name):
+        if loop == "compiled":
+            raise ConfigError(
+                f"env.loop=compiled with env.name={name!r}: a Gymnasium env steps in Python, so only the "
+                "host loop drives it; allowed: env.loop=auto or host"
+            )
+        return "host"
+    if is_envpool(name):
+        if loop == "host":
+            return "host"
+        reason = xla_unsupported(name)
+        if reason is None:
+            return "compiled"
+        if loop == "compiled":
+            raise ConfigError(
+                f"env.loop=compiled with env.name={name!r}: {reason}; allowed here: env.loop=auto or host"
+            )
+        return "host"
+    if loop == "host":
+        raise ConfigError(
+            f"env.loop=host with env.name={name!r}: a gymnax env runs on device, in the compiled loop; "
+            "allowed: env.loop=auto or compiled (the host loop is for 'gymnasium:' and 'envpool:' envs)"
+        )
+    return "compiled"
+
+
+def make_env(name: str, num_envs: int, seed: int = 0, sticky_actions: float = 0.25) -> VecEnv:
+    """`num_envs` envs for the compiled loop: a gymnax id ("CartPole-v1") or an envpool task on its XLA
+    interface ("envpool:CartPole-v1", seeded with `seed`; `sticky_actions` is for its Atari tasks). gymnax
+    envs take their randomness from the keys of `reset` and `step` and ignore `seed`."""
+    if is_envpool(name):
+        return EnvpoolXlaVecEnv(name, num_envs, seed, sticky_actions)
+    if is_gymnasium(name):
+        raise ConfigError(
+            f"env.name={name!r} is a Gymnasium env: only the host loop drives it (make_host_env)"
+        )
+    return make_gymnax_env(name, num_envs)
 
 
 def env_spec(name: str) -> EnvSpec:
@@ -44,7 +104,10 @@ def make_host_env(name: str, num_envs: int, sticky_actions: float = 0.25) -> Hos
 __all__ = [
     "EnvSpec",
     "EnvState",
+    "EnvpoolState",
     "EnvpoolVecEnv",
+    "EnvpoolXlaVecEnv",
+    "LOOPS",
     "GymnasiumVecEnv",
     "GymnaxState",
     "GymnaxVecEnv",
@@ -59,4 +122,6 @@ __all__ = [
     "make_env",
     "make_host_env",
     "rescale_action",
+    "resolve_loop",
+    "xla_unsupported",
 ]

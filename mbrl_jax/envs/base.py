@@ -68,6 +68,7 @@ class VecEnv(abc.ABC):
 
     spec: EnvSpec
     num_envs: int
+    host_state: bool = False  # True where the envs' state lives outside `EnvState` (envpool's C++ pool)
 
     @abc.abstractmethod
     def reset(self, key: jax.Array) -> tuple[EnvState, TimeStep]:

@@ -1,9 +1,21 @@
-"""envpool adapter on the host loop: `envpool:<task_id>` ("envpool:CartPole-v1", "envpool:Pong-v5") makes
-`envpool.make(task_id, env_type="gymnasium", num_envs=N, batch_size=N)`, stepped synchronously from Python.
+"""envpool adapters: `envpool:<task_id>` ("envpool:CartPole-v1", "envpool:Pong-v5") makes
+`envpool.make(task_id, env_type="gymnasium", num_envs=N, batch_size=N)`, stepped synchronously, in one of
+two ways (`env.loop`):
+
+- `EnvpoolXlaVecEnv` (the compiled loop): a `VecEnv` whose `step` is envpool's XLA interface (`pool.xla()`:
+  send and receive as XLA custom calls), so the pool steps inside the compiled chunk, between acting and
+  learning, with no Python per step. The pool itself lives in C++ on the host: its address is bound into
+  the compiled program, and the train state holds only a small token array that orders the calls. So the
+  env state is not in a checkpoint: a restored run restarts every env (`Trainer.restart`).
+- `EnvpoolVecEnv` (the host loop): the same pool stepped from Python (`mbrl_jax.host_loop`), for platforms
+  without the XLA interface (TPU) and tasks whose arrays are float64 (MuJoCo, DMC), which a float32 JAX
+  program cannot exchange with the pool.
 
 envpool auto-resets the NEXT_STEP way (the call after an episode's end returns the reset observation with
-reward 0 and both flags False), the convention of `mbrl_jax.envs.base`, so `HostVecEnv` does the
-bookkeeping. envpool seeds its envs at construction, so `reset(seed)` builds the pool again with that seed.
+reward 0 and both flags False), the convention of `mbrl_jax.envs.base`, so both adapters keep the same
+episode bookkeeping. envpool seeds its envs at construction (env i with seed + i): the host loop's
+`reset(seed)` builds the pool again; the XLA adapter's pool is seeded once, when it is made, and its
+`reset` starts new episodes from where each env's generator stands.
 
 Atari tasks take DreamerV3's settings: 64 x 64 RGB frames (one, no stacking), action repeat 4 (envpool's
 default frame_skip), sticky actions with probability `env.sticky_actions` (0.25, DreamerV3's Atari setting;
@@ -18,10 +30,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import struct
+from jax.experimental import io_callback
 
 from mbrl_jax.config import ConfigError, did_you_mean
-from mbrl_jax.envs.base import EnvSpec
+from mbrl_jax.envs.base import EnvSpec, TimeStep, VecEnv, first_timestep, obs_dtype, rescale_action
 from mbrl_jax.envs.gymnasium_env import HostVecEnv, spaces_spec
 
 PREFIX = "envpool:"
@@ -129,6 +145,124 @@ class EnvpoolVecEnv(HostVecEnv):
         obs, reward, terminated, truncated, info = self.pool.step(action, self._ids)
         order = np.argsort(info["env_id"])  # rows back in env order
         return self._layout(obs[order]), reward[order], terminated[order], truncated[order]
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def xla_unsupported(name: str) -> str | None:
+    """Why the envpool task `name` cannot step inside a compiled program here (None if it can): envpool has
+    no XLA interface on TPU, macOS or Windows, and a float64 array (MuJoCo and DMC observations and actions)
+    cannot cross into a JAX program without `jax_enable_x64`."""
+    import sys
+
+    if jax.default_backend() == "tpu":
+        return "envpool has no XLA interface on TPU"
+    if sys.platform != "linux":
+        return f"envpool's XLA interface is Linux-only (this is {sys.platform})"
+    if jax.config.jax_enable_x64:
+        return None
+    spec = _envpool().make_spec(_task(name)[0])
+    wide = [
+        key
+        for key, array in (*spec.state_array_spec.items(), *spec.action_array_spec.items())
+        if np.dtype(array.dtype).itemsize == 8
+    ]
+    if wide:
+        return f"its arrays {', '.join(wide)} are 64-bit, and this JAX runs without jax_enable_x64"
+    return None
+
+
+@struct.dataclass
+class EnvpoolState:
+    """`EnvpoolXlaVecEnv`'s state: the token that orders the pool's XLA calls, and the episode counters."""
+
+    token: jax.Array  # uint8 [8]: passes through every call (the pool's address is bound in the program)
+    is_last: jax.Array  # [N] bool, the last TimeStep's is_last: those envs reset on the next step
+    episode_return: jax.Array  # [N] float32
+    episode_length: jax.Array  # [N] int32
+
+
+class EnvpoolXlaVecEnv(VecEnv):
+    """`num_envs` envs of one envpool task stepped through envpool's XLA interface (module docstring).
+
+    `reset` and `step` are jittable and scannable, but not vmappable (one pool, one program), and they are
+    not pure: they advance the pool. The pool is seeded with `seed` when made (env i with seed + i); `reset`'s
+    key is unused. A program that calls them runs only in this process, with this object alive.
+    """
+
+    host_state = True  # the envs' state is in the pool, not in `EnvpoolState`: a restore must `reset`
+
+    def __init__(self, name: str, num_envs: int, seed: int = 0, sticky_actions: float = 0.25):
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        reason = xla_unsupported(name)
+        if reason is not None:
+            raise ConfigError(
+                f"env.name={name!r} cannot step inside the compiled loop: {reason}; use env.loop=host"
+            )
+        task, options = _task(name, sticky_actions)
+        self.pool = _make(task, options, num_envs, seed)
+        self.num_envs, self.spec = num_envs, _spec(name, self.pool)
+        token, self._recv, self._send, _ = self.pool.xla()
+        self._token = np.array(token)
+        self._key = next(iter(self.spec.obs_shapes))
+        self._dtype = obs_dtype(self.spec.obs_shapes[self._key])
+        self._image = len(self.pool.observation_space.shape) == 3
+        self._ids = np.arange(num_envs, dtype=np.int32)
+        space = self.pool.action_space
+        if not self.spec.discrete:
+            self._low = np.asarray(space.low, np.float32).reshape(-1)
+            self._high = np.asarray(space.high, np.float32).reshape(-1)
+            self._shape, self._action_dtype = space.shape, space.dtype
+
+    def _start_reset(self, token: np.ndarray) -> np.ndarray:
+        """Host side of `reset`: every env starts a new episode; `recv` then returns the observations."""
+        self.pool.async_reset()
+        return np.asarray(token)
+
+    def _receive(self, token: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+        token, (obs, reward, terminated, truncated, info) = self._recv(token)
+        order = jnp.argsort(info["env_id"])  # rows back in env order
+        obs = obs[order]
+        if self._image:
+            obs = jnp.transpose(obs, (0, 2, 3, 1))  # envpool's C x H x W frames as H x W x C
+        return token, obs.astype(self._dtype), reward[order], terminated[order], truncated[order]
+
+    def reset(self, key: jax.Array) -> tuple[EnvpoolState, TimeStep]:
+        token = jnp.asarray(self._token)
+        token = io_callback(self._start_reset, jax.ShapeDtypeStruct(token.shape, token.dtype), token)
+        token, obs, *_ = self._receive(token)
+        ts = first_timestep({self._key: obs})
+        return EnvpoolState(token, ts.is_last, ts.episode_return, ts.episode_length), ts
+
+    def _env_action(self, action: jax.Array) -> jax.Array:
+        if self.spec.discrete:
+            return action.astype(jnp.int32).reshape(self.num_envs)
+        action = rescale_action(action.reshape(self.num_envs, -1), self._low, self._high)
+        return action.reshape(self.num_envs, *self._shape).astype(self._action_dtype)
+
+    def step(self, state: EnvpoolState, action: jax.Array, key: jax.Array) -> tuple[EnvpoolState, TimeStep]:
+        """Envs whose last TimeStep had is_last=True ignore their action and start a new episode (envpool's
+        NEXT_STEP auto-reset): is_first=True, reward 0. Same bookkeeping as `HostVecEnv.step`."""
+        reset = state.is_last
+        token = self._send(state.token, self._env_action(action), self._ids)
+        token, obs, reward, terminated, truncated = self._receive(token)
+        terminated = terminated & ~reset
+        is_last = (terminated | truncated) & ~reset
+        reward = jnp.where(reset, 0.0, reward.astype(jnp.float32))
+        episode_return = jnp.where(reset, 0.0, state.episode_return + reward)
+        episode_length = jnp.where(reset, 0, state.episode_length + 1)
+        ts = TimeStep(
+            obs={self._key: obs},
+            reward=reward,
+            is_first=reset,
+            is_last=is_last,
+            is_terminal=terminated,
+            episode_return=episode_return,
+            episode_length=episode_length,
+        )
+        return EnvpoolState(token, is_last, episode_return, episode_length), ts
 
     def close(self) -> None:
         self.pool.close()

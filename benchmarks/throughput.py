@@ -11,10 +11,14 @@ call, with `block_until_ready` and `time.perf_counter`: training chunks as the m
 parts (learner, imagination, acting, matmul peak) as the best of a few calls, as noise on a shared machine
 only adds time.
 
-A host env (`env.name` "gymnasium:<id>" or "envpool:<task_id>", e.g. `--preset atari100k`) is measured on the
-host loop (`mbrl_jax.host_loop`) it trains with: the same figures, acting as the jitted policy step plus the
-envs stepped on the host, and `host_env_steps_per_s`, the envs alone under random actions. envpool's XLA
-path (the env step inside the compiled chunk) is not built yet, so there is no host-vs-XLA comparison.
+A host env (`env.name` "gymnasium:<id>" or "envpool:<task_id>", e.g. `--preset atari100k`) is measured in
+the loop it trains with (`env.loop`, recorded as `loop`): envpool through its XLA interface in the compiled
+loop, or the host loop (`mbrl_jax.host_loop`), where acting is the jitted policy step plus the envs stepped
+on the host. Both add `env_only_steps_per_s`, the envs alone under random actions (a jitted scan of XLA
+steps, or a Python loop). A `--preset` value may carry overrides of its own, so one command measures
+envpool's two loops side by side:
+
+    python benchmarks/throughput.py --preset atari100k,env.loop=compiled --preset atari100k,env.loop=host
 
 FLOPs come from XLA's cost analysis, which counts a while loop's body once whatever its trip count. A
 `lax.scan` of length n is counted as n x its body, each body costed on its own (recursively, so nested scans
@@ -45,7 +49,14 @@ from benchmarks.report import emit, machine_info  # noqa: E402
 from mbrl_jax.agents import env_action  # noqa: E402
 from mbrl_jax.agents.dreamer import make_dreamer  # noqa: E402
 from mbrl_jax.config import PRESETS, Config, ConfigError, make_config, parse_overrides  # noqa: E402
-from mbrl_jax.envs import EnvSpec, env_spec, is_host_env, make_env, make_host_env  # noqa: E402
+from mbrl_jax.envs import (  # noqa: E402
+    EnvSpec,
+    env_spec,
+    is_host_env,
+    make_env,
+    make_host_env,
+    resolve_loop,
+)
 from mbrl_jax.host_loop import make_host_train  # noqa: E402
 from mbrl_jax.replay import replay_sample  # noqa: E402
 from mbrl_jax.trainer import make_train  # noqa: E402
@@ -82,8 +93,8 @@ RESULT_FIELDS = (
     *NUMERIC_FIELDS,
     "imagination_note",
 )
-# Only for a host env (gymnasium:, envpool:), which runs the host loop: its envs stepped alone.
-HOST_FIELDS = ("host_env_steps_per_s",)
+# Only for a host env (gymnasium:, envpool:): the loop that drove it, and its envs stepped alone.
+HOST_FIELDS = ("loop", "env_only_steps_per_s")
 MACHINE_FIELDS = ("device_kind", "platform", "cpu_count", "jax_version", "jaxlib_version", "python")
 
 IMAGINATION_NOTE = (
@@ -254,7 +265,7 @@ def measure_imagination(
 
 def measure_acting(config: Config, agent, agent_state, key: jax.Array, steps: int) -> float:
     """Env steps per second (over num_envs envs) of policy forward + env step, no learning, no replay."""
-    env = make_env(config.env.name, config.env.num_envs)
+    env = make_env(config.env.name, config.env.num_envs, config.run.seed, config.env.sticky_actions)
     k_reset, k_loop = jax.random.split(key)
     env_state, ts = env.reset(k_reset)
 
@@ -332,6 +343,25 @@ def measure_host_env(config: Config, steps: int) -> float:
     return steps * env.num_envs / seconds
 
 
+def measure_xla_env(config: Config, steps: int) -> float:
+    """Env steps/s of envpool's envs alone on its XLA interface: a jitted scan of `steps` steps with
+    uniformly random actions (no policy)."""
+    from mbrl_jax.agents import random_action
+
+    env = make_env(config.env.name, config.env.num_envs, config.run.seed, config.env.sticky_actions)
+
+    def rollout(keys):
+        def step(env_state, k):
+            action = env_action(env.spec, random_action(env.spec, env.num_envs, k))
+            return env.step(env_state, action, k)[0], None
+
+        return jax.lax.scan(step, env.reset(keys[0])[0], keys)[0].episode_length
+
+    seconds = best_time(jax.jit(rollout), jax.random.split(jax.random.PRNGKey(0), steps))
+    env.close()
+    return steps * env.num_envs / seconds
+
+
 def measure(
     config: Config,
     updates: int = 5,
@@ -347,7 +377,8 @@ def measure(
     c = config
     if peak_gflops is None:
         peak_gflops = measure_peak_gflops(peak_size)
-    host = is_host_env(c.env.name)
+    loop = resolve_loop(c.env.name, c.env.loop)
+    host = loop == "host"
     spec = env_spec(c.env.name)
     agent = make_dreamer(c, spec)
     k_train, k_batch, k_learn, k_imag, k_act = jax.random.split(jax.random.PRNGKey(c.run.seed), 5)
@@ -365,15 +396,18 @@ def measure(
     )
     if host:
         result["act_steps_per_s"] = measure_acting_host(c, agent, state.agent, k_act, act_steps)
-        result["host_env_steps_per_s"] = measure_host_env(c, act_steps)
+        result["env_only_steps_per_s"] = measure_host_env(c, act_steps)
     else:
         result["act_steps_per_s"] = measure_acting(c, agent, state.agent, k_act, act_steps)
+        if is_host_env(c.env.name):
+            result["env_only_steps_per_s"] = measure_xla_env(c, act_steps)
     result["peak_gflops"] = peak_gflops
     result["peak_fraction"] = result["update_gflops_per_s"] / peak_gflops
     result["num_params"] = sum(x.size for x in jax.tree.leaves(state.agent.params))
     result["peak_rss_mb"] = peak_rss_mb()
     result.update(
         env=c.env.name,
+        loop=loop,
         num_envs=c.env.num_envs,
         batch_size=c.replay.batch_size,
         batch_length=c.replay.batch_length,
@@ -382,7 +416,7 @@ def measure(
         updates_per_chunk=c.iterations_per_chunk * c.updates_per_iteration,
         imagination_note=IMAGINATION_NOTE,
     )
-    return {k: result[k] for k in RESULT_FIELDS + (HOST_FIELDS if host else ())}
+    return {k: result[k] for k in RESULT_FIELDS + (HOST_FIELDS if is_host_env(c.env.name) else ())}
 
 
 def profile_update(config: Config, top: int = 15) -> dict[str, Any]:
@@ -406,7 +440,8 @@ ROWS = (  # (field, label, format)
     ("learner_update_ms", "learner update (ms)", "{:.1f}"),
     ("imagination_steps_per_s", "imagined steps/s", "{:,.0f}"),
     ("act_steps_per_s", "env steps/s (acting only)", "{:,.0f}"),
-    ("host_env_steps_per_s", "host env steps/s (env only)", "{:,.0f}"),
+    ("loop", "loop", "{}"),
+    ("env_only_steps_per_s", "env steps/s (envs only, random actions)", "{:,.0f}"),
     ("update_gflop", "GFLOP per update", "{:.3f}"),
     ("update_gflops_per_s", "update GFLOP/s", "{:.2f}"),
     ("peak_gflops", "f32 matmul peak GFLOP/s", "{:.1f}"),
@@ -433,6 +468,12 @@ def print_table(report: dict[str, Any]) -> None:
     Console(stderr=True).print(table)
 
 
+def split_preset(value: str) -> tuple[list[str], dict[str, Any]]:
+    """A `--preset` value, "atari100k,size1m,env.loop=host", as its presets and its own overrides."""
+    items = [item for item in value.split(",") if item]
+    return [i for i in items if "=" not in i], parse_overrides([i for i in items if "=" in i])
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -441,8 +482,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preset",
         action="append",
         default=None,
-        help=f"a configuration: comma-separated presets applied left to right; repeat the "
-        f"flag to measure several (default: {DEFAULT_PRESET}); known: "
+        help=f"a configuration: comma-separated presets applied left to right, then its own key=value "
+        f"overrides; repeat the flag to measure several (default: {DEFAULT_PRESET}); known: "
         f"{', '.join(PRESETS)}",
     )
     parser.add_argument(
@@ -468,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.chunks}, {args.peak_size}"
             )
         overrides = parse_overrides(args.overrides)
-        configs = [make_config(*[p for p in name.split(",") if p], **overrides) for name in names]
+        configs = [make_config(*presets, **{**overrides, **own}) for presets, own in map(split_preset, names)]
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -215,9 +215,32 @@ def test_measure_on_a_host_env_has_every_field_finite_and_positive():
     config = make_config("debug", **{**OVERRIDES, "env.name": "gymnasium:CartPole-v1"})
     result = throughput.measure(config, **SETTINGS, act_steps=20, peak_size=PEAK_SIZE)
     assert set(result) == set(throughput.RESULT_FIELDS + throughput.HOST_FIELDS)
-    for field in throughput.NUMERIC_FIELDS + throughput.HOST_FIELDS:
+    for field in throughput.NUMERIC_FIELDS + ("env_only_steps_per_s",):
         value = result[field]
         assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (field, value)
-    assert result["env"] == "gymnasium:CartPole-v1"
+    assert result["env"] == "gymnasium:CartPole-v1" and result["loop"] == "host"
     # the envs alone step faster than the policy and the envs together
-    assert result["host_env_steps_per_s"] > result["act_steps_per_s"]
+    assert result["env_only_steps_per_s"] > result["act_steps_per_s"]
+
+
+def test_a_preset_value_carries_its_own_overrides():
+    assert throughput.split_preset("atari100k,size1m,env.loop=host,replay.batch_size=8") == (
+        ["atari100k", "size1m"],
+        {"env.loop": "host", "replay.batch_size": 8},
+    )
+    assert throughput.split_preset("cartpole") == (["cartpole"], {})
+
+
+def test_measure_envpool_on_its_xla_interface_and_on_the_host_loop():
+    """envpool's two loops in one run: each measured in its own loop, every figure finite and positive, and
+    the compiled loop's acting (policy and env step in one scan) beats the host loop's per-step round trip."""
+    pytest.importorskip("envpool", minversion="1.2", reason="envpool >= 1.2 is not installed (an extra)")
+    results = {}
+    for loop in ("compiled", "host"):
+        config = make_config("debug", **{**OVERRIDES, "env.name": "envpool:CartPole-v1", "env.loop": loop})
+        results[loop] = throughput.measure(config, **SETTINGS, act_steps=50, peak_size=PEAK_SIZE)
+        assert results[loop]["loop"] == loop
+        for field in throughput.NUMERIC_FIELDS + ("env_only_steps_per_s",):
+            value = results[loop][field]
+            assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (loop, field)
+    assert results["compiled"]["act_steps_per_s"] > 2 * results["host"]["act_steps_per_s"]

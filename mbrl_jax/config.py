@@ -660,6 +660,11 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
         "run.eval_every": 5_000,
         "wm.depth": 16,
     },
+    # Proprioceptive MuJoCo on envpool (its Gymnasium v4 tasks; their float64 arrays take the host loop):
+    # `classic`'s settings, a 50k env-step budget. HalfCheetah by default; the others with --env
+    # envpool:<Task>-v4 (Hopper, Walker2d, Ant, ...). envpool's DMC tasks have Dict observations, which the
+    # adapters do not take yet.
+    "mujoco": {**CLASSIC, "env.name": "envpool:HalfCheetah-v4", "run.steps": 50_000, "run.eval_every": 5_000},
     # DreamerV3's image workload for benchmarks: 64 x 64 x 3 frames (Breakout-MinAtar rendered in colour)
     # with the reference's batch (16 x 64) and train ratio; combine with a size preset.
     "rgb64": {"env.name": "Breakout-MinAtar-rgb64"},

@@ -131,7 +131,12 @@ def _run_seeds(task: str, todo: list[int], configs: dict, logdirs: dict) -> list
         chunk = jax.jit(jax.vmap(trainer.run_chunk), donate_argnums=0)
     loggers = {}
     # what ran where, written before the first chunk so that a run cut off early still says it
-    run_info = {"commit": code_commit(), "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+    run_info = {
+        "commit": code_commit(),
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "loop": resolve_loop(config.env.name, config.env.loop),
+    }
     for seed in todo:
         shutil.rmtree(logdirs[seed], ignore_errors=True)
         logdirs[seed].mkdir(parents=True)
@@ -197,7 +202,7 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
     from mbrl_jax.stats import bootstrap_mean_ci, iqm
 
     finals, bests, solved_at, walls, steps, seeds, diverged, commits = [], [], [], [], [], [], [], []
-    finished, devices, train_finals = [], [], []
+    finished, devices, train_finals, loops = [], [], [], []
     env = None
     if logdirs and (logdirs[0] / "config.yaml").exists():
         from mbrl_jax.checkpoint import load_config
@@ -231,6 +236,8 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         info = json.loads(info.read_text()) if info.exists() else timing
         commits.append(info.get("commit"))
         devices.append(info.get("device"))
+        # runs stored before envpool's XLA path existed ran every host env on the host loop
+        loops.append(info.get("loop", "host" if ":" in (env or "") else "compiled"))
     finals, bests = np.array(finals), np.array(bests)
     # the random policy's return on this env, from whichever task's baseline file measured it
     baselines = (
@@ -239,6 +246,8 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         else []
     )
     random_return = next((b["return"] for b in baselines if b.get("env") == env), None)
+    if env and ":" in env and loops:  # a host env: which loop drove it
+        env = f"{env} ({'/'.join(sorted(set(loops)))} loop)"
     return {
         "task": task,
         "env": env,

@@ -125,33 +125,3 @@ def test_xla_run_resumes_deterministically_and_exactly_up_to_the_checkpoint(tmp_
     resumed = jax.device_get(state_a.replay.data)
     assert resumed["is_first"][:, 264 // 2].all()  # the envs restarted at the resume point
 
-
-def test_envpool_pong_from_pixels_on_the_xla_path_through_chunks_and_resume(tmp_path):
-    """Atari from pixels with the atari100k settings in the compiled loop: chunks of act, store and learn
-    with envpool's XLA step inside, and a run cut after its first checkpoint resumes to the uninterrupted
-    run's records up to there and runs to the end."""
-    pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
-    settings = {
-        **SMALL,
-        "env.name": "envpool:Pong-v5",
-        "env.loop": "compiled",
-        "env.sticky_actions": 0.0,
-        "run.steps": 160,
-        "run.chunk_steps": 48,
-        "run.checkpoint_every": 48,
-        "run.eval_episodes": 1,
-        "run.eval_steps": 30,
-        "replay.train_ratio": 16.0,  # an update every 4 env steps: the test checks the plumbing, not learning
-    }
-    config = make_config("atari100k", "debug", **settings)
-    state, records = train(config, tmp_path / "straight", progress=False)
-    assert [r["env_steps"] for r in records] == [112, 160]
-    assert all(np.isfinite(v) for r in records for k, v in r.items() if k.startswith("loss"))
-    frames = jax.device_get(state.replay.data["obs"]["image"])
-    assert frames.dtype == np.uint8 and frames.shape[-3:] == (64, 64, 3) and frames[:, :80].max() > 0
-    cut = tmp_path / "cut"
-    train(config, cut, progress=False, stop_after_chunks=1)
-    resumed, _ = train(config, cut, progress=False)
-    rows = read_metrics(cut)
-    assert [r["env_steps"] for r in rows] == [112, 160] and rows[0] == records[0]
-    assert int(resumed.env_steps) == int(state.env_steps)

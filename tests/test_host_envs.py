@@ -239,14 +239,16 @@ def test_sticky_actions_are_refused_where_they_do_not_apply():
         make_config("debug", **{"env.sticky_actions": 1.5})
 
 
-def test_envpool_pong_from_pixels_through_chunks_and_resume(tmp_path):
-    """Atari from pixels on the host loop with the atari100k env settings: chunks of act, store and learn,
-    and a run cut after its first checkpoint resumes to the uninterrupted run's records up to there."""
+@pytest.mark.parametrize("loop", ["host", "compiled"])
+def test_envpool_pong_from_pixels_through_chunks_and_resume(tmp_path, loop):
+    """Atari from pixels with the atari100k env settings, on the host loop and in the compiled loop
+    (envpool's XLA step inside the chunk): chunks of act, store and learn, and a run cut after its first
+    checkpoint resumes to the uninterrupted run's records up to there and runs to the end."""
     pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
     settings = {
         **SMALL,
         "env.name": "envpool:Pong-v5",
-        "env.loop": "host",
+        "env.loop": loop,
         "env.sticky_actions": 0.0,
         "run.steps": 160,
         "run.chunk_steps": 48,

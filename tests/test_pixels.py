@@ -9,7 +9,15 @@ import pytest
 from mbrl_jax.agents.dreamer import make_dreamer, world_model_loss
 from mbrl_jax.config import make_config
 from mbrl_jax.envs import EnvSpec, env_spec, make_env
-from mbrl_jax.nets.image import ImageDecoder, ImageEncoder, image_stages
+from mbrl_jax.nets.image import (
+    Conv,
+    ConvTranspose,
+    ImageDecoder,
+    ImageEncoder,
+    conv_same,
+    conv_transpose_same,
+    image_stages,
+)
 from mbrl_jax.replay import replay_sample
 from mbrl_jax.trainer import episode_returns, make_train
 from mbrl_jax.world_models.rssm import reconstruction_loss
@@ -37,6 +45,38 @@ def test_encoder_and_decoder_shapes(shape, depth, stages, embed):
     out = decoder.apply(decoder.init(jax.random.PRNGKey(3), feat), feat)
     assert out.shape == (2, 3, *shape)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0  # sigmoid: the range of pixels / 255
+
+
+@pytest.mark.parametrize(("side", "size"), [(64, 5), (10, 5), (5, 5), (8, 3), (6, 4)])
+def test_patch_convolutions_equal_flax_convolutions(side, size):
+    """`conv_same` (stride 2 and 1) and the sub-pixel `conv_transpose_same` against flax.linen.Conv and
+    ConvTranspose with 'SAME' padding (XLA's convolution op), values and gradients, and with the same
+    parameter tree, so that either module loads the other's parameters."""
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, side, side, 3))
+    for stride in (2, 1):
+        ours, flax_conv = Conv(5, size, stride), nn.Conv(5, (size, size), strides=stride, padding="SAME")
+        params = flax_conv.init(jax.random.PRNGKey(1), x)
+        params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
+        assert jax.tree.structure(ours.init(jax.random.PRNGKey(1), x)) == jax.tree.structure(params)
+        np.testing.assert_allclose(ours.apply(params, x), flax_conv.apply(params, x), atol=1e-5)
+    ours, flax_t = ConvTranspose(5, size), nn.ConvTranspose(5, (size, size), strides=(2, 2), padding="SAME")
+    params = jax.tree.map(lambda p: p + 0.1, flax_t.init(jax.random.PRNGKey(2), x))
+    want = flax_t.apply(params, x)
+    assert want.shape == (2, 2 * side, 2 * side, 5)
+    np.testing.assert_allclose(ours.apply(params, x), want, atol=1e-5)
+    loss = lambda module: lambda p, x: (module.apply(p, x) ** 2 * jnp.arange(5.0)).sum()
+    for got, ref in zip(
+        jax.grad(loss(ours), argnums=(0, 1))(params, x),
+        jax.grad(loss(flax_t), argnums=(0, 1))(params, x),
+        strict=True,
+    ):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    kernel, bias = params["params"]["kernel"], params["params"]["bias"]
+    assert conv_transpose_same(x, kernel, bias).shape == want.shape
+    assert conv_same(x, kernel[..., :3, :], bias, 2).shape == (2, -(-side // 2), -(-side // 2), 5)
 
 
 def test_encoder_matches_a_hand_written_stage_on_pixels_scaled_to_plus_minus_half():

@@ -8,6 +8,15 @@ preset). The decoder maps the latent features linearly to the smallest map, then
 with transposed convolutions; its last one outputs the image's channels through a sigmoid, so predictions lie
 in [0, 1] like the target pixels / 255. The reference halves with convolution then 2 x 2 max-pooling by
 default ("strided: False"); the strided form used here is its `strided: True` option and the paper's.
+
+The convolutions are computed as matrix products of image patches (`conv_same`, `conv_transpose_same`),
+not with XLA's convolution op: on CPU, XLA runs a convolution inside a loop body (the compiled chunk's
+`lax.scan` over learner updates) 10-100x slower than the same convolution outside one (jax-ml/jax#12868);
+a patch matrix times the kernel is a plain dot, which loops do not slow down. The transposed convolution is
+written in its sub-pixel form: one stride-1 convolution giving each of the 2 x 2 output phases, then
+depth-to-space, so no multiply is spent on the zeros a stride-2 transposed convolution inserts. Both
+compute the same function as `flax.linen.Conv` / `ConvTranspose` with 'SAME' padding, with the same
+parameters (tests/test_pixels.py checks them against flax's).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mbrl_jax.nets.layers import dense_init
 
@@ -50,6 +60,97 @@ def _conv_init():
     return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
 
+def _patches(x: jax.Array, size: int, stride: int, pad: tuple[int, int]) -> jax.Array:
+    """[N, H, W, C] -> [N, OH, OW, size * size * C]: each output position's size x size window of `x` (padded
+    by `pad` = (before, after) on both spatial axes), flattened in (row, column, channel) order."""
+    x = jnp.pad(x, ((0, 0), pad, pad, (0, 0)))
+    out_h = (x.shape[1] - size) // stride + 1
+    out_w = (x.shape[2] - size) // stride + 1
+    span_h, span_w = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
+    windows = [
+        x[:, i : i + span_h : stride, j : j + span_w : stride, :] for i in range(size) for j in range(size)
+    ]
+    return jnp.concatenate(windows, axis=-1)
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """XLA's 'SAME' padding of a strided convolution: output ceil(size / stride), the odd pixel after."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv_same(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
+    """`lax.conv_general_dilated(x, kernel, (stride, stride), "SAME")` + bias for NHWC `x` and a square HWIO
+    `kernel`, as one matrix product of patches (module docstring). Height and width must be equal."""
+    size = kernel.shape[0]
+    patches = _patches(x, size, stride, _same_padding(x.shape[1], size, stride))
+    return patches @ kernel.reshape(-1, kernel.shape[-1]) + bias
+
+
+def _subpixel_taps(size: int) -> tuple[np.ndarray, int]:
+    """For a stride-2 'SAME' transposed convolution with a `size`-tap kernel: which tap of the kernel feeds
+    output phase r (0: even outputs, 1: odd) from input offset d, as an index table [2, D] (index `size`
+    means no tap: a zero), and the smallest offset.
+
+    `lax.conv_transpose` with 'SAME' pads the stride-dilated input by ceil(size / 2) before it, so output
+    n = 2p + r reads input p + (r + k - ceil(size / 2)) / 2 through tap k, for the k of matching parity
+    (for size >= 3; flax's kernels here are 5 x 5)."""
+    before = -(-size // 2)
+    offsets = {
+        (r, k): (r + k - before) // 2 for r in (0, 1) for k in range(size) if (r + k - before) % 2 == 0
+    }
+    low, high = min(offsets.values()), max(offsets.values())
+    table = np.full((2, high - low + 1), size)
+    for (r, k), d in offsets.items():
+        table[r, d - low] = k
+    return table, low
+
+
+def conv_transpose_same(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """`flax.linen.ConvTranspose(strides=(2, 2), padding="SAME")` on NHWC `x` with its HWIO `kernel` and bias:
+    [N, H, W, C] -> [N, 2H, 2W, F], in sub-pixel form (module docstring)."""
+    size, features = kernel.shape[0], kernel.shape[-1]
+    table, low = _subpixel_taps(size)
+    taps = table.shape[1]
+    padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # index `size`: the zero tap
+    phase = padded[table][:, :, table]  # [2 (row phase), taps, 2 (column phase), taps, C, F]
+    phase = phase.transpose(1, 3, 4, 0, 2, 5).reshape(taps, taps, kernel.shape[2], 4 * features)
+    patches = _patches(x, taps, 1, (-low, taps - 1 + low))
+    y = patches @ phase.reshape(-1, 4 * features)  # [N, H, W, (row phase, column phase, F)]
+    n, height, width, _ = y.shape
+    y = y.reshape(n, height, width, 2, 2, features).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, 2 * height, 2 * width, features) + bias
+
+
+class Conv(nn.Module):
+    """A square stride-s 'SAME' convolution with flax.linen.Conv's parameters ('kernel' HWIO, 'bias'),
+    computed by `conv_same`."""
+
+    features: int
+    size: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", _conv_init(), (self.size, self.size, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return conv_same(x, kernel, bias, self.stride)
+
+
+class ConvTranspose(nn.Module):
+    """A square stride-2 'SAME' transposed convolution with flax.linen.ConvTranspose's parameters,
+    computed by `conv_transpose_same`."""
+
+    features: int
+    size: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", _conv_init(), (self.size, self.size, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return conv_transpose_same(x, kernel, bias)
+
+
 class ImageEncoder(nn.Module):
     """[..., H, W, C] uint8 -> [..., h * w * depths[-1]] features."""
 
@@ -65,9 +166,7 @@ class ImageEncoder(nn.Module):
             )
         x = scale_image(image).reshape(-1, height, width, channels)
         for i, d in enumerate(depths):
-            x = nn.Conv(
-                d, (KERNEL, KERNEL), strides=(2, 2), padding="SAME", kernel_init=_conv_init(), name=f"conv{i}"
-            )(x)
+            x = Conv(d, KERNEL, 2, name=f"conv{i}")(x)
             x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name=f"norm{i}")(x))
         return x.reshape(*lead, -1)
 
@@ -89,11 +188,7 @@ class ImageDecoder(nn.Module):
         x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name="space_norm")(x))
         x = x.reshape(-1, *small)
         for i, d in reversed(list(enumerate(depths[:-1]))):
-            x = nn.ConvTranspose(
-                d, (KERNEL, KERNEL), strides=(2, 2), padding="SAME", kernel_init=_conv_init(), name=f"conv{i}"
-            )(x)
+            x = ConvTranspose(d, KERNEL, name=f"conv{i}")(x)
             x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name=f"norm{i}")(x))
-        x = nn.ConvTranspose(
-            channels, (KERNEL, KERNEL), strides=(2, 2), padding="SAME", kernel_init=_conv_init(), name="out"
-        )(x)
+        x = ConvTranspose(channels, KERNEL, name="out")(x)
         return jax.nn.sigmoid(x).reshape(*lead, height, width, channels)

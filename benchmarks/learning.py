@@ -425,8 +425,10 @@ def throughput_section(out: Path) -> list[str]:
             "| | " + " | ".join(r["preset"] for r in results) + " |",
             "| --- |" + " --- |" * len(results),
         ]
-        lines += [
-            f"| {label} | " + " | ".join(fmt.format(r[f]) for r in results) + " |" for f, label, fmt in ROWS
+        lines += [  # a field only some results have (a host env's `loop`): "–" in the others
+            f"| {label} | " + " | ".join(fmt.format(r[f]) if f in r else "–" for r in results) + " |"
+            for f, label, fmt in ROWS
+            if any(f in r for r in results)
         ]
         for r in results:
             for name in ("profile", "note"):

@@ -94,6 +94,28 @@ def first_timestep(obs: dict[str, jax.Array]) -> TimeStep:
     )
 
 
+def next_step_timestep(
+    xp: Any, obs: dict, was_last, reward, terminated, truncated, episode_return, episode_length
+) -> TimeStep:
+    """The TimeStep of one call of envs that auto-reset the NEXT_STEP way (Gymnasium's vector envs, envpool):
+    an env whose last TimeStep had is_last (`was_last`) ignored its action and returned a new episode's first
+    observation, marked here is_first with reward 0 and fresh counters. `episode_return` and `episode_length`
+    are the counters after the previous call. `xp` is numpy for the host adapters, jax.numpy for envpool's
+    XLA adapter."""
+    terminated = xp.asarray(terminated, bool) & ~was_last
+    is_last = (terminated | xp.asarray(truncated, bool)) & ~was_last
+    reward = xp.where(was_last, 0.0, xp.asarray(reward, xp.float32)).astype(xp.float32)
+    return TimeStep(
+        obs=obs,
+        reward=reward,
+        is_first=was_last,
+        is_last=is_last,
+        is_terminal=terminated,
+        episode_return=xp.where(was_last, 0.0, episode_return + reward).astype(xp.float32),
+        episode_length=xp.where(was_last, 0, episode_length + 1).astype(xp.int32),
+    )
+
+
 def rescale_action(action: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
     """Map an agent action in [-1, 1] (clipped first) linearly onto [low, high]. Shapes broadcast."""
     action = jnp.clip(action, -1.0, 1.0)

@@ -37,7 +37,15 @@ from flax import struct
 from jax.experimental import io_callback
 
 from mbrl_jax.config import ConfigError, did_you_mean
-from mbrl_jax.envs.base import EnvSpec, TimeStep, VecEnv, first_timestep, obs_dtype, rescale_action
+from mbrl_jax.envs.base import (
+    EnvSpec,
+    TimeStep,
+    VecEnv,
+    first_timestep,
+    next_step_timestep,
+    obs_dtype,
+    rescale_action,
+)
 from mbrl_jax.envs.gymnasium_env import HostVecEnv, spaces_spec
 
 PREFIX = "envpool:"
@@ -244,25 +252,20 @@ class EnvpoolXlaVecEnv(VecEnv):
 
     def step(self, state: EnvpoolState, action: jax.Array, key: jax.Array) -> tuple[EnvpoolState, TimeStep]:
         """Envs whose last TimeStep had is_last=True ignore their action and start a new episode (envpool's
-        NEXT_STEP auto-reset): is_first=True, reward 0. Same bookkeeping as `HostVecEnv.step`."""
-        reset = state.is_last
+        NEXT_STEP auto-reset): is_first=True, reward 0 (`next_step_timestep`, as `HostVecEnv.step`)."""
         token = self._send(state.token, self._env_action(action), self._ids)
         token, obs, reward, terminated, truncated = self._receive(token)
-        terminated = terminated & ~reset
-        is_last = (terminated | truncated) & ~reset
-        reward = jnp.where(reset, 0.0, reward.astype(jnp.float32))
-        episode_return = jnp.where(reset, 0.0, state.episode_return + reward)
-        episode_length = jnp.where(reset, 0, state.episode_length + 1)
-        ts = TimeStep(
-            obs={self._key: obs},
-            reward=reward,
-            is_first=reset,
-            is_last=is_last,
-            is_terminal=terminated,
-            episode_return=episode_return,
-            episode_length=episode_length,
+        ts = next_step_timestep(
+            jnp,
+            {self._key: obs},
+            state.is_last,
+            reward,
+            terminated,
+            truncated,
+            state.episode_return,
+            state.episode_length,
         )
-        return EnvpoolState(token, is_last, episode_return, episode_length), ts
+        return EnvpoolState(token, ts.is_last, ts.episode_return, ts.episode_length), ts
 
     def close(self) -> None:
         self.pool.close()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mbrl_jax.config import ConfigError, did_you_mean
-from mbrl_jax.envs.base import EnvSpec, TimeStep
+from mbrl_jax.envs.base import EnvSpec, TimeStep, next_step_timestep
 
 PREFIX = "gymnasium:"
 
@@ -169,23 +169,18 @@ class HostVecEnv(abc.ABC):
     def step(self, action: np.ndarray) -> TimeStep:
         """One call for all envs. Envs whose last TimeStep had is_last=True ignore their action and start a
         new episode (is_first=True, reward 0): the backends' NEXT_STEP auto-reset."""
-        reset = self._is_last.copy()
         obs, reward, terminated, truncated = self._step(self._env_action(action))
-        terminated = np.asarray(terminated, bool) & ~reset
-        is_last = (terminated | np.asarray(truncated, bool)) & ~reset
-        reward = np.where(reset, 0.0, np.asarray(reward, np.float32)).astype(np.float32)
-        self._return = np.where(reset, 0.0, self._return + reward).astype(np.float32)
-        self._length = np.where(reset, 0, self._length + 1).astype(np.int32)
-        self._is_last = is_last
-        return TimeStep(
-            obs=self._obs(obs),
-            reward=reward,
-            is_first=reset,
-            is_last=is_last.copy(),
-            is_terminal=terminated,
-            episode_return=self._return.copy(),
-            episode_length=self._length.copy(),
+        was_last = self._is_last.copy()
+        ts = next_step_timestep(
+            np, self._obs(obs), was_last, reward, terminated, truncated, self._return, self._length
         )
+        # copies: `reset` overwrites the counters in place, and the returned TimeStep must not change
+        self._is_last, self._return, self._length = (
+            ts.is_last.copy(),
+            ts.episode_return.copy(),
+            ts.episode_length.copy(),
+        )
+        return ts
 
     def close(self) -> None:  # noqa: B027 (a backend with nothing to release keeps this no-op)
         pass

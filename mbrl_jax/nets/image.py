@@ -122,6 +122,13 @@ def conv_transpose_same(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax
     return y.reshape(n, 2 * height, 2 * width, features) + bias
 
 
+def _kernel_and_bias(module: nn.Module, x: jax.Array, size: int, features: int) -> tuple:
+    """A convolution's parameters as flax.linen.Conv and ConvTranspose declare them: 'kernel' (HWIO) and
+    'bias' (zeros)."""
+    kernel = module.param("kernel", _conv_init(), (size, size, x.shape[-1], features))
+    return kernel, module.param("bias", nn.initializers.zeros_init(), (features,))
+
+
 class Conv(nn.Module):
     """A square stride-s 'SAME' convolution with flax.linen.Conv's parameters ('kernel' HWIO, 'bias'),
     computed by `conv_same`."""
@@ -132,9 +139,7 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", _conv_init(), (self.size, self.size, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return conv_same(x, kernel, bias, self.stride)
+        return conv_same(x, *_kernel_and_bias(self, x, self.size, self.features), self.stride)
 
 
 class ConvTranspose(nn.Module):
@@ -146,9 +151,7 @@ class ConvTranspose(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", _conv_init(), (self.size, self.size, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return conv_transpose_same(x, kernel, bias)
+        return conv_transpose_same(x, *_kernel_and_bias(self, x, self.size, self.features))
 
 
 class ImageEncoder(nn.Module):

@@ -51,15 +51,15 @@ TASK_THRESHOLDS = {"tdmpc2": -250.0}
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def random_policy_return(env_name: str, episodes: int = 64, seed: int = 0) -> float:
+def random_policy_return(env_name: str, episodes: int = 64, seed: int = 0, action_repeat: int = 1) -> float:
     """Mean return of uniformly random actions over `episodes` full episodes (run in parallel on device, or
-    on the host for a host env)."""
+    on the host for a host env, with the run's `env.action_repeat`)."""
     from mbrl_jax.agents import random_action
     from mbrl_jax.envs import is_host_env, make_env, make_host_env
     from mbrl_jax.trainer import episode_returns
 
     if is_host_env(env_name):
-        env = make_host_env(env_name, episodes)
+        env = make_host_env(env_name, episodes, action_repeat=action_repeat)
         rng = np.random.default_rng(seed)
         ts = env.reset(seed)
         ret, finished = np.zeros(episodes), np.zeros(episodes, bool)
@@ -585,8 +585,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(result), flush=True)
             baseline = out / "runs" / f"random-{task}.json"
             if not baseline.exists():
-                env = make_config(task, **overrides).env.name
-                baseline.write_text(json.dumps({"env": env, "return": random_policy_return(env)}))
+                env = make_config(task, **overrides).env
+                score = random_policy_return(env.name, action_repeat=env.action_repeat)
+                baseline.write_text(json.dumps({"env": env.name, "return": score}))
     tasks = sorted({p.name.rsplit("-s", 1)[0] for p in (out / "runs").glob("*-s*") if p.is_dir()})
     tasks = [t for t in tasks if not args.task or t in {s.partition(":")[0] for s in args.task}]
     summaries = [summarize(t, sorted((out / "runs").glob(f"{t}-s*"))) for t in tasks]

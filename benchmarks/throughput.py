@@ -313,7 +313,9 @@ def measure_training_host(trainer, key: jax.Array, chunks: int) -> tuple[Any, di
 
 def measure_acting_host(config: Config, agent, agent_state, key: jax.Array, steps: int) -> float:
     """`measure_acting` for a host env: the jitted policy step, one transfer, the envs stepped on the host."""
-    env = make_host_env(config.env.name, config.env.num_envs, config.env.sticky_actions)
+    env = make_host_env(
+        config.env.name, config.env.num_envs, config.env.sticky_actions, config.env.action_repeat
+    )
     n = config.env.num_envs
     act = jax.jit(agent.act)
     ts = env.reset(0)
@@ -332,7 +334,9 @@ def measure_acting_host(config: Config, agent, agent_state, key: jax.Array, step
 
 def measure_host_env(config: Config, steps: int) -> float:
     """Env steps/s of the host envs alone (uniformly random actions; no policy, no transfer to the device)."""
-    env = make_host_env(config.env.name, config.env.num_envs, config.env.sticky_actions)
+    env = make_host_env(
+        config.env.name, config.env.num_envs, config.env.sticky_actions, config.env.action_repeat
+    )
     rng = np.random.default_rng(0)
     env.reset(0)
     start = time.perf_counter()
@@ -379,7 +383,7 @@ def measure(
         peak_gflops = measure_peak_gflops(peak_size)
     loop = resolve_loop(c.env.name, c.env.loop)
     host = loop == "host"
-    spec = env_spec(c.env.name)
+    spec = env_spec(c.env.name, c.env.action_repeat)
     agent = make_dreamer(c, spec)
     k_train, k_batch, k_learn, k_imag, k_act = jax.random.split(jax.random.PRNGKey(c.run.seed), 5)
 

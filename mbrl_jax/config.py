@@ -112,6 +112,12 @@ class EnvConfig:
         "(Machado et al., 2018; DreamerV3's Atari setting); the atari100k preset turns it off",
         UNIT_INTERVAL,
     )
+    action_repeat: int = setting(
+        1,
+        "DMC on envpool: env steps per agent step, the action repeated and the rewards summed (DreamerV3's "
+        "DMC setting is 2; the dmc preset sets it); run.steps and the time limit count agent steps",
+        POSITIVE,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -662,9 +668,18 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
     },
     # Proprioceptive MuJoCo on envpool (its Gymnasium v4 tasks; their float64 arrays take the host loop):
     # `classic`'s settings, a 50k env-step budget. HalfCheetah by default; the others with --env
-    # envpool:<Task>-v4 (Hopper, Walker2d, Ant, ...). envpool's DMC tasks have Dict observations, which the
-    # adapters do not take yet.
+    # envpool:<Task>-v4 (Hopper, Walker2d, Ant, ...).
     "mujoco": {**CLASSIC, "env.name": "envpool:HalfCheetah-v4", "run.steps": 50_000, "run.eval_every": 5_000},
+    # Proprioceptive DMC on envpool (Dict observations, host loop): `classic`'s settings with DreamerV3's
+    # DMC action repeat of 2; 50k agent steps = 100k env steps (100 episodes of 1,000). Walker Walk by
+    # default; the others with --env envpool:<Domain><Task>-v1 (CheetahRun, CartpoleSwingup, ...).
+    "dmc": {
+        **CLASSIC,
+        "env.name": "envpool:WalkerWalk-v1",
+        "env.action_repeat": 2,
+        "run.steps": 50_000,
+        "run.eval_every": 5_000,
+    },
     # DreamerV3's image workload for benchmarks: 64 x 64 x 3 frames (Breakout-MinAtar rendered in colour)
     # with the reference's batch (16 x 64) and train ratio; combine with a size preset.
     "rgb64": {"env.name": "Breakout-MinAtar-rgb64"},
@@ -796,7 +811,14 @@ def validate(config: Config) -> Config:
             group_value.check(path)
     config.check()
     from mbrl_jax.agents import AGENTS, check_agent  # late imports: these pull in jax and gymnax
-    from mbrl_jax.envs import env_spec, is_envpool_atari, is_host_env, list_envs, resolve_loop
+    from mbrl_jax.envs import (
+        env_spec,
+        is_envpool_atari,
+        is_envpool_dmc,
+        is_host_env,
+        list_envs,
+        resolve_loop,
+    )
     from mbrl_jax.world_models import BACKBONES
     from mbrl_jax.world_models.backbone import make_backbone
 
@@ -822,6 +844,13 @@ def validate(config: Config) -> Config:
             f"('envpool:Pong-v5'); env.name={config.env.name!r} is not one: leave it at "
             f"{EnvConfig.sticky_actions}"
         )
+    if config.env.action_repeat != 1 and not is_envpool_dmc(config.env.name):
+        raise ConfigError(
+            f"env.action_repeat={config.env.action_repeat} applies to DMC tasks on envpool "
+            f"('envpool:WalkerWalk-v1'), whose episodes all last the same number of env steps; "
+            f"env.name={config.env.name!r} is not one: leave it at 1 (Atari's action repeat of 4 is "
+            "envpool's frame skip)"
+        )
     if is_host_env(config.env.name):
         if config.run.devices != 1:
             raise ConfigError(
@@ -835,7 +864,7 @@ def validate(config: Config) -> Config:
             "'gymnasium:<id>', e.g. 'gymnasium:CartPole-v1', or 'envpool:<task_id>')"
         )
     resolve_loop(config.env.name, config.env.loop)
-    check_agent(config, env_spec(config.env.name))
+    check_agent(config, env_spec(config.env.name, config.env.action_repeat))
     return config
 
 

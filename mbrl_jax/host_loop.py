@@ -76,8 +76,8 @@ def make_host_train(config: Config) -> HostTrainer:
     docstring. `run_chunk` returns the same metrics as the compiled loop's (`make_train`)."""
     c = config
     n = c.env.num_envs
-    env = make_host_env(c.env.name, n, c.env.sticky_actions)
-    eval_env = make_host_env(c.env.name, c.run.eval_episodes, c.env.sticky_actions)
+    env = make_host_env(c.env.name, n, c.env.sticky_actions, c.env.action_repeat)
+    eval_env = make_host_env(c.env.name, c.run.eval_episodes, c.env.sticky_actions, c.env.action_repeat)
     spec = env.spec
     agent = make_agent(c, spec)
     steps_per_env = c.env_steps_per_iteration // n

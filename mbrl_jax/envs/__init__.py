@@ -15,6 +15,7 @@ from mbrl_jax.envs.envpool_env import (
     EnvpoolXlaVecEnv,
     is_envpool,
     is_envpool_atari,
+    is_envpool_dmc,
     xla_unsupported,
 )
 from mbrl_jax.envs.gymnasium_env import GymnasiumVecEnv, HostVecEnv, is_gymnasium
@@ -76,8 +77,9 @@ def make_env(name: str, num_envs: int, seed: int = 0, sticky_actions: float = 0.
     return make_gymnax_env(name, num_envs)
 
 
-def env_spec(name: str) -> EnvSpec:
-    """Spec of the env `name`: a gymnax id, or "gymnasium:<id>" (see the module docstring)."""
+def env_spec(name: str, action_repeat: int = 1) -> EnvSpec:
+    """Spec of the env `name`: a gymnax id, "gymnasium:<id>" or "envpool:<task_id>" (see the module
+    docstring); `action_repeat` (envpool DMC tasks) counts the time limit in agent steps."""
     if is_gymnasium(name):
         from mbrl_jax.envs.gymnasium_env import env_spec as gymnasium_env_spec
 
@@ -85,15 +87,17 @@ def env_spec(name: str) -> EnvSpec:
     if is_envpool(name):
         from mbrl_jax.envs.envpool_env import env_spec as envpool_env_spec
 
-        return envpool_env_spec(name)
+        return envpool_env_spec(name, action_repeat)
     return gymnax_env_spec(name)
 
 
-def make_host_env(name: str, num_envs: int, sticky_actions: float = 0.25) -> HostVecEnv:
+def make_host_env(
+    name: str, num_envs: int, sticky_actions: float = 0.25, action_repeat: int = 1
+) -> HostVecEnv:
     """`num_envs` host envs by name ("gymnasium:<id>" or "envpool:<task_id>"); `sticky_actions` is for Atari
-    tasks on envpool (`EnvConfig.sticky_actions`)."""
+    tasks on envpool, `action_repeat` for its DMC tasks (`EnvConfig`)."""
     if is_envpool(name):
-        return EnvpoolVecEnv(name, num_envs, sticky_actions)
+        return EnvpoolVecEnv(name, num_envs, sticky_actions, action_repeat)
     if not is_gymnasium(name):
         raise ValueError(
             f"{name!r} is not a host env name (host envs: 'gymnasium:<id>', 'envpool:<task_id>')"
@@ -117,6 +121,7 @@ __all__ = [
     "env_spec",
     "first_timestep",
     "is_envpool_atari",
+    "is_envpool_dmc",
     "is_host_env",
     "list_envs",
     "make_env",

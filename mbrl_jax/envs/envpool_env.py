@@ -17,6 +17,11 @@ episode bookkeeping. envpool seeds its envs at construction (env i with seed + i
 `reset(seed)` builds the pool again; the XLA adapter's pool is seeded once, when it is made, and its
 `reset` starts new episodes from where each env's generator stands.
 
+DMC tasks ("envpool:WalkerWalk-v1") keep their Dict observations, keyed as the suite names them, as float32
+(scalars as vectors of one), and take the host loop. envpool's own `frame_skip` repeats an action in DMC but
+keeps only the last reward and counts its time limit in agent steps, so action repeat (`env.action_repeat`,
+DreamerV3's 2 for DMC) is done here instead: rewards summed, 1,000 env steps per episode.
+
 Atari tasks take DreamerV3's settings: 64 x 64 RGB frames (one, no stacking), action repeat 4 (envpool's
 default frame_skip), sticky actions with probability `env.sticky_actions` (0.25, DreamerV3's Atari setting;
 0 in its Atari 100k setting), no reward clipping, no life-loss episodes, and envpool's default minimal action
@@ -98,6 +103,11 @@ def is_envpool_atari(name: str) -> bool:
     return is_envpool(name) and _atari(_envpool(), _task(name)[0])
 
 
+def is_envpool_dmc(name: str) -> bool:
+    """Whether `name` is a DeepMind Control Suite task on envpool ("envpool:CheetahRun-v1")."""
+    return is_envpool(name) and type(_envpool().make_spec(_task(name)[0])).__name__.startswith("Dmc")
+
+
 def _channels_last(space: Any) -> Any:
     """envpool's C x H x W image space as H x W x C (other spaces unchanged)."""
     from gymnasium import spaces
@@ -113,46 +123,59 @@ def _make(task: str, options: dict, num_envs: int, seed: int) -> Any:
     )
 
 
-def _spec(name: str, pool: Any) -> EnvSpec:
+def _spec(name: str, pool: Any, action_repeat: int = 1) -> EnvSpec:
+    """The task's spec; with an action repeat, its time limit in agent steps (envpool's is in env steps)."""
     steps = pool.spec.config.max_episode_steps
-    return spaces_spec(name, _channels_last(pool.observation_space), pool.action_space, steps)
+    if steps % action_repeat:
+        raise ConfigError(
+            f"env.action_repeat={action_repeat} with env.name={name!r}: its episodes last {steps} env steps, "
+            "not a multiple of the repeat"
+        )
+    obs_space = _channels_last(pool.observation_space)
+    return spaces_spec(name, obs_space, pool.action_space, steps // action_repeat)
 
 
-def env_spec(name: str) -> EnvSpec:
+def env_spec(name: str, action_repeat: int = 1) -> EnvSpec:
     """Spec of the envpool task `name` ("envpool:<task_id>"); ConfigError for an unknown task, a missing
     envpool or spaces the agents cannot take."""
     task, options = _task(name)
     pool = _make(task, options, 1, 0)
     try:
-        return _spec(name, pool)
+        return _spec(name, pool, action_repeat)
     finally:
         pool.close()
 
 
 class EnvpoolVecEnv(HostVecEnv):
-    """`num_envs` envs of one envpool task, stepped all at once (synchronous: batch_size = num_envs)."""
+    """`num_envs` envs of one envpool task, stepped all at once (synchronous: batch_size = num_envs).
+    Dict observations (DMC's) keep their keys; `action_repeat` is `HostVecEnv`'s (DMC only)."""
 
-    def __init__(self, name: str, num_envs: int, sticky_actions: float = 0.25):
+    def __init__(self, name: str, num_envs: int, sticky_actions: float = 0.25, action_repeat: int = 1):
         self._task, self._options = _task(name, sticky_actions)
         self._n = num_envs
         self.pool = _make(self._task, self._options, num_envs, 0)
-        self._image = len(self.pool.observation_space.shape) == 3
-        self._start(name, num_envs, _spec(name, self.pool), self.pool.action_space)
+        space = self.pool.observation_space
+        self._image = space.shape is not None and len(space.shape) == 3
+        spec = _spec(name, self.pool, action_repeat)
+        self._start(name, num_envs, spec, self.pool.action_space, action_repeat)
         self._ids = np.arange(num_envs, dtype=np.int32)
 
-    def _layout(self, obs: np.ndarray) -> np.ndarray:
-        return np.transpose(obs, (0, 2, 3, 1)) if self._image else obs
+    def _layout(self, obs: np.ndarray | dict, order: np.ndarray) -> np.ndarray | dict:
+        """Rows back in env order (`order`); frames as H x W x C."""
+        if isinstance(obs, dict):
+            return {key: value[order] for key, value in obs.items()}
+        return np.transpose(obs[order], (0, 2, 3, 1)) if self._image else obs[order]
 
-    def _reset(self, seed: int) -> np.ndarray:
+    def _reset(self, seed: int) -> np.ndarray | dict:
         self.pool.close()
         self.pool = _make(self._task, self._options, self._n, seed)
         obs, info = self.pool.reset(self._ids)
-        return self._layout(obs[np.argsort(info["env_id"])])
+        return self._layout(obs, np.argsort(info["env_id"]))
 
-    def _step(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _step(self, action: np.ndarray) -> tuple[np.ndarray | dict, np.ndarray, np.ndarray, np.ndarray]:
         obs, reward, terminated, truncated, info = self.pool.step(action, self._ids)
-        order = np.argsort(info["env_id"])  # rows back in env order
-        return self._layout(obs[order]), reward[order], terminated[order], truncated[order]
+        order = np.argsort(info["env_id"])
+        return self._layout(obs, order), reward[order], terminated[order], truncated[order]
 
     def close(self) -> None:
         self.pool.close()
@@ -168,6 +191,8 @@ def xla_unsupported(name: str) -> str | None:
         return "envpool has no XLA interface on TPU"
     if sys.platform != "linux":
         return f"envpool's XLA interface is Linux-only (this is {sys.platform})"
+    if is_envpool_dmc(name):
+        return "DMC's Dict observations and action repeat are the host adapter's"
     if jax.config.jax_enable_x64:
         return None
     spec = _envpool().make_spec(_task(name)[0])

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mbrl_jax.config import ConfigError, did_you_mean
-from mbrl_jax.envs.base import EnvSpec, TimeStep, next_step_timestep
+from mbrl_jax.envs.base import EnvSpec, TimeStep, next_step_timestep, obs_dtype
 
 PREFIX = "gymnasium:"
 
@@ -51,18 +51,36 @@ def _spec(name: str, env: Any) -> EnvSpec:
     return spaces_spec(name, env.observation_space, env.action_space, steps)
 
 
+def _obs_shapes(name: str, obs_space: Any) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of one env's observation space: a Box vector ("vector") or image ("image"), or a Dict
+    of Boxes under their own keys (scalars as vectors of one, DMC's way); ConfigError for anything else."""
+    from gymnasium import spaces
+
+    allowed = (
+        "the adapter takes a Box vector (rank 1), a Box image (H, W, C) of uint8, or a Dict of those and "
+        "scalar Boxes"
+    )
+    boxes = dict(obs_space.spaces) if isinstance(obs_space, spaces.Dict) else {"": obs_space}
+    shapes = {}
+    for key, space in boxes.items():
+        where = f" (key {key!r})" if key else ""
+        if not isinstance(space, spaces.Box) or len(space.shape) not in ((0, 1, 3) if key else (1, 3)):
+            raise ConfigError(f"env.name={name!r} has observation space {obs_space}{where}; {allowed}")
+        if len(space.shape) == 3 and space.dtype != np.uint8:
+            raise ConfigError(
+                f"env.name={name!r} has {space.dtype} images{where}; the adapter takes uint8 images"
+            )
+        shape = tuple(space.shape) or (1,)
+        shapes[key or ("image" if len(shape) == 3 else "vector")] = shape
+    return shapes
+
+
 def spaces_spec(name: str, obs_space: Any, act_space: Any, steps: int | None) -> EnvSpec:
     """EnvSpec from Gymnasium spaces of one env (images as H x W x C) and its time limit; ConfigError for
     spaces the agents cannot take."""
     from gymnasium import spaces
 
-    if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) not in (1, 3):
-        raise ConfigError(
-            f"env.name={name!r} has observation space {obs_space}; the adapter takes a Box vector (rank 1) "
-            "or a Box image (H, W, C)"
-        )
-    if len(obs_space.shape) == 3 and obs_space.dtype != np.uint8:
-        raise ConfigError(f"env.name={name!r} has {obs_space.dtype} images; the adapter takes uint8 images")
+    obs_shapes = _obs_shapes(name, obs_space)
     if isinstance(act_space, spaces.Discrete):
         discrete, action_dim = True, int(act_space.n)
     elif (
@@ -80,8 +98,7 @@ def spaces_spec(name: str, obs_space: Any, act_space: Any, steps: int | None) ->
             f"env.name={name!r} has no time limit (spec.max_episode_steps is None); register it with "
             "max_episode_steps: evaluation needs episodes that end"
         )
-    key = "vector" if len(obs_space.shape) == 1 else "image"
-    return EnvSpec(name, {key: tuple(obs_space.shape)}, discrete, action_dim, int(steps))
+    return EnvSpec(name, obs_shapes, discrete, action_dim, int(steps))
 
 
 def env_spec(name: str) -> EnvSpec:
@@ -104,21 +121,27 @@ class HostVecEnv(abc.ABC):
 
     Actions in the env format of `VecEnv`: discrete -> int [N]; continuous -> float [N, action_dim] in
     [-1, 1], rescaled to the Box's bounds (`_low`, `_high`, `_shape`, set by the backend).
+
+    Action repeat (`repeat` > 1, DreamerV3's DMC setting): each `step` applies the action `repeat` times and
+    sums the rewards. It is for tasks whose episodes all last the same number of env steps, a multiple of
+    `repeat` (DMC): the envs then stay in lockstep and every episode ends on a repeat's last step. An episode
+    that ends anywhere else raises RuntimeError rather than silently step into the next episode.
     """
 
     name: str
     num_envs: int
     spec: EnvSpec
 
-    def _start(self, name: str, num_envs: int, spec: EnvSpec, action_space: Any) -> None:
+    def _start(self, name: str, num_envs: int, spec: EnvSpec, action_space: Any, repeat: int = 1) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        self.name, self.num_envs, self.spec = name, num_envs, spec
+        if not isinstance(repeat, int) or repeat < 1:
+            raise ValueError(f"repeat must be a positive int, got {repeat!r}")
+        self.name, self.num_envs, self.spec, self._repeat = name, num_envs, spec, repeat
         if not spec.discrete:
             self._low = np.asarray(action_space.low, np.float32).reshape(-1)
             self._high = np.asarray(action_space.high, np.float32).reshape(-1)
             self._shape = action_space.shape
-        self._key = next(iter(spec.obs_shapes))
         self._is_last = np.zeros(num_envs, bool)
         self._return = np.zeros(num_envs, np.float32)
         self._length = np.zeros(num_envs, np.int32)
@@ -137,9 +160,15 @@ class HostVecEnv(abc.ABC):
             return rng.integers(0, self.spec.action_dim, self.num_envs)
         return rng.uniform(-1.0, 1.0, (self.num_envs, self.spec.action_dim))
 
-    def _obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
-        dtype = np.uint8 if self._key == "image" else np.float32
-        return {self._key: np.asarray(obs, dtype)}
+    def _obs(self, obs: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The backend's batched observations (an array, or a dict of arrays) as the spec's dict, in the
+        dtypes of `obs_dtype` (DMC's float64 as float32, its scalars as vectors of one)."""
+        if not isinstance(obs, dict):
+            obs = {next(iter(self.spec.obs_shapes)): obs}
+        return {
+            key: np.asarray(obs[key], obs_dtype(shape)).reshape(self.num_envs, *shape)
+            for key, shape in self.spec.obs_shapes.items()
+        }
 
     def reset(self, seed: int) -> TimeStep:
         """Start all N envs from `seed`. Returns a TimeStep with is_first all True."""
@@ -169,8 +198,8 @@ class HostVecEnv(abc.ABC):
     def step(self, action: np.ndarray) -> TimeStep:
         """One call for all envs. Envs whose last TimeStep had is_last=True ignore their action and start a
         new episode (is_first=True, reward 0): the backends' NEXT_STEP auto-reset."""
-        obs, reward, terminated, truncated = self._step(self._env_action(action))
         was_last = self._is_last.copy()
+        obs, reward, terminated, truncated = self._repeat_step(self._env_action(action), was_last)
         ts = next_step_timestep(
             np, self._obs(obs), was_last, reward, terminated, truncated, self._return, self._length
         )
@@ -181,6 +210,27 @@ class HostVecEnv(abc.ABC):
             ts.episode_length.copy(),
         )
         return ts
+
+    def _repeat_step(self, action: np.ndarray, was_last: np.ndarray) -> tuple[np.ndarray, ...]:
+        """`_step` `repeat` times with the same action, rewards summed; once on the call that restarts
+        episodes (the backend's reset step, where the action is ignored)."""
+        obs, reward, terminated, truncated = self._step(action)
+        if self._repeat == 1 or was_last.all():
+            return obs, reward, terminated, truncated
+        reward = np.asarray(reward, np.float64)
+        for sub_step in range(1, self._repeat):
+            ended = np.asarray(terminated, bool) | np.asarray(truncated, bool)
+            if was_last.any() or ended.any():
+                envs = np.flatnonzero(was_last if was_last.any() else ended).tolist()
+                raise RuntimeError(
+                    f"{self.name}: env(s) {envs} {'restarted' if was_last.any() else 'ended'} out of step "
+                    f"with the others (at step {sub_step} of an action repeat of {self._repeat}); action "
+                    "repeat takes tasks whose episodes all last the same number of env steps, a multiple of "
+                    "the repeat (DMC)"
+                )
+            obs, step_reward, terminated, truncated = self._step(action)
+            reward = reward + step_reward
+        return obs, reward, terminated, truncated
 
     def close(self) -> None:  # noqa: B027 (a backend with nothing to release keeps this no-op)
         pass

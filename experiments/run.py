@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"mbrl_jax: {config.agent} on {config.env.name}, "
         f"{'seed ' + str(config.run.seed) if seeds is None else 'seeds ' + ','.join(map(str, seeds))}, "
-        f"{config.run.steps} env steps "
+        f"{config.run.steps} env steps"
+        f"{f' of {config.env.action_repeat} repeats' if config.env.action_repeat > 1 else ''} "
         f"(train ratio {config.effective_train_ratio:g}, {config.env.num_envs} envs) -> {path}",
         flush=True,
     )

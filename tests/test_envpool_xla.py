@@ -124,4 +124,3 @@ def test_xla_run_resumes_deterministically_and_exactly_up_to_the_checkpoint(tmp_
         np.testing.assert_array_equal(x, y)
     resumed = jax.device_get(state_a.replay.data)
     assert resumed["is_first"][:, 264 // 2].all()  # the envs restarted at the resume point
-

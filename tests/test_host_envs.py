@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mbrl_jax.config import ConfigError, make_config
-from mbrl_jax.envs import env_spec, make_host_env
+from mbrl_jax.envs import HostVecEnv, env_spec, make_host_env
 from mbrl_jax.logging import read_metrics
 from mbrl_jax.memory import check_memory
 from mbrl_jax.parallel import check_devices
@@ -271,3 +271,152 @@ def test_envpool_pong_from_pixels_through_chunks_and_resume(tmp_path, loop):
     rows = read_metrics(cut)
     assert [r["env_steps"] for r in rows] == [112, 160] and rows[0] == records[0]
     assert int(resumed.env_steps) == int(state.env_steps)
+
+
+class DictCartPole(gymnasium.Env):
+    """CartPole whose observation is a Dict, as DMC's are: a vector key, and two scalar keys (shape ())."""
+
+    def __init__(self):
+        from gymnasium import spaces
+        from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+        self.inner = CartPoleEnv()
+        self.action_space = self.inner.action_space
+        scalar = spaces.Box(-np.inf, np.inf, (), np.float64)
+        cart = spaces.Box(-np.inf, np.inf, (2,), np.float64)
+        self.observation_space = spaces.Dict({"cart": cart, "angle": scalar, "angle_rate": scalar})
+
+    @staticmethod
+    def _split(obs):
+        obs = obs.astype(np.float64)
+        return {"cart": obs[:2], "angle": obs[2], "angle_rate": obs[3]}
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.inner.reset(seed=seed)
+        return self._split(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.inner.step(action)
+        return self._split(obs), reward, terminated, truncated, info
+
+
+DICT_CARTPOLE = "mbrl_jax_test/DictCartPole-v0"
+gymnasium.register(id=DICT_CARTPOLE, entry_point=DictCartPole, max_episode_steps=500)
+
+
+def test_dict_observations_keep_their_keys_and_train(tmp_path):
+    """A Dict observation space reaches the agent key by key (scalars as vectors of one, float64 as float32),
+    with the values of the plain env stepped by hand, and a host-loop run trains on it."""
+    name = "gymnasium:" + DICT_CARTPOLE
+    spec = env_spec(name)
+    assert spec.obs_shapes == {"cart": (2,), "angle": (1,), "angle_rate": (1,)}
+    n, steps = 2, 40
+    env = make_host_env(name, n)
+    actions = np.random.default_rng(3).integers(0, 2, (steps, n))
+    first = env.reset(seed=11)
+    hand_first = np.asarray([gymnasium.make("CartPole-v1").reset(seed=11 + i)[0] for i in range(n)])
+    expected = [np.asarray(w["obs"]) for w in _hand_rollout("CartPole-v1", 11, n, actions)]
+    rows = [(first, hand_first)] + [(env.step(a), w) for a, w in zip(actions, expected, strict=True)]
+    for ts, want in rows:
+        assert {k: v.dtype for k, v in ts.obs.items()} == dict.fromkeys(spec.obs_shapes, np.float32)
+        joined = np.concatenate([ts.obs["cart"], ts.obs["angle"], ts.obs["angle_rate"]], -1)
+        np.testing.assert_array_equal(joined, want.astype(np.float32))
+    settings = {**SMALL, "env.name": name, "run.steps": 164}
+    state, records = train(make_config("debug", **settings), tmp_path, progress=False)
+    assert records and all(np.isfinite(v) for r in records for k, v in r.items() if k.startswith("loss"))
+    stored = jax.device_get(state.replay.data["obs"])
+    assert {k: v.shape[2:] for k, v in stored.items()} == spec.obs_shapes
+    assert all(np.abs(v[:, :100]).sum() > 0 for v in stored.values())  # every key was stored
+
+
+class CountingEnvs(HostVecEnv):
+    """A toy backend: env i's reward on its t-th env step of an episode is t * (i + 1); its episodes are
+    truncated after `limits[i]` env steps; NEXT_STEP auto-reset; the observation is {"t": t} (a scalar)."""
+
+    def __init__(self, limits, repeat):
+        from gymnasium import spaces
+
+        from mbrl_jax.envs.gymnasium_env import spaces_spec
+
+        self.limits = np.asarray(limits)
+        obs_space = spaces.Dict({"t": spaces.Box(0, np.inf, (), np.float64)})
+        spec = spaces_spec("toy", obs_space, spaces.Discrete(2), int(self.limits.max()) // repeat)
+        self._start("toy", len(limits), spec, spaces.Discrete(2), repeat)
+
+    def _reset(self, seed):
+        self.t, self.done = np.zeros(self.num_envs), np.zeros(self.num_envs, bool)
+        return {"t": self.t.copy()}
+
+    def _step(self, action):
+        restart = self.done
+        self.t = np.where(restart, 0, self.t + 1)
+        reward = np.where(restart, 0.0, self.t * (np.arange(self.num_envs) + 1))
+        self.done = ~restart & (self.t >= self.limits)
+        return {"t": self.t.copy()}, reward, np.zeros(self.num_envs, bool), self.done.copy()
+
+
+def test_action_repeat_sums_rewards_and_refuses_envs_out_of_step():
+    env = CountingEnvs([4, 4], repeat=2)  # 2 agent steps per episode
+    assert env.spec.max_episode_steps == 2 and env.spec.obs_shapes == {"t": (1,)}
+    env.reset(0)
+    zero = np.zeros(2, int)
+    ts = env.step(zero)  # env steps 1, 2: rewards (1 + 2) * (i + 1)
+    np.testing.assert_array_equal(ts.reward, [3, 6])
+    np.testing.assert_array_equal(ts.obs["t"], [[2], [2]])
+    assert not ts.is_last.any()
+    ts = env.step(zero)  # env steps 3, 4: the episodes end on the repeat's last step
+    np.testing.assert_array_equal(ts.reward, [7, 14])
+    np.testing.assert_array_equal(ts.episode_return, [10, 20])
+    np.testing.assert_array_equal(ts.episode_length, [2, 2])
+    assert ts.is_last.all() and not ts.is_terminal.any()
+    ts = env.step(zero)  # the restart call: one env step, which the backend spends on the reset
+    assert ts.is_first.all() and (ts.reward == 0).all()
+    np.testing.assert_array_equal(ts.obs["t"], [[0], [0]])
+    ts = env.step(zero)
+    np.testing.assert_array_equal(ts.reward, [3, 6])
+    odd = CountingEnvs([4, 3], repeat=2)  # env 1's episode would end in the middle of a repeat
+    odd.reset(0)
+    odd.step(zero)
+    with pytest.raises(RuntimeError, match=r"env\(s\) \[1\] ended out of step .* action repeat of 2"):
+        odd.step(zero)
+
+
+def test_action_repeat_is_refused_where_it_does_not_apply():
+    with pytest.raises(ConfigError, match=r"env.action_repeat=2 applies to DMC tasks on envpool"):
+        make_config("debug", **{"env.action_repeat": 2})  # CartPole on gymnax
+    with pytest.raises(ConfigError, match=r"env.action_repeat=2 applies to DMC tasks .*'gymnasium:CartPole"):
+        make_config("debug", **{"env.name": CARTPOLE, "env.action_repeat": 2})
+    with pytest.raises(ConfigError, match=r"env.action_repeat=0 must be"):
+        make_config("debug", **{"env.action_repeat": 0})
+
+
+def test_envpool_dmc_dict_observations_and_action_repeat():
+    """envpool's DMC Walker Walk with action repeat 2 equals a repeat-1 pool of the same seed stepped twice
+    per action: observations, summed rewards, and episodes of 500 agent steps (1,000 env steps)."""
+    envpool = pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
+    name, n = "envpool:WalkerWalk-v1", 2
+    env = make_host_env(name, n, action_repeat=2)
+    assert env.spec.obs_shapes == {"orientations": (14,), "height": (1,), "velocity": (9,)}
+    assert env.spec.max_episode_steps == 500 and not env.spec.discrete and env.spec.action_dim == 6
+    raw = envpool.make("WalkerWalk-v1", env_type="gymnasium", num_envs=n, batch_size=n, seed=4)
+    first, (obs, _) = env.reset(seed=4), raw.reset()
+    np.testing.assert_array_equal(first.obs["velocity"], obs["velocity"].astype(np.float32))
+    rng = np.random.default_rng(0)
+    for t in range(501):
+        action = rng.uniform(-1, 1, (n, 6))
+        ts = env.step(action)
+        total = np.zeros(n)
+        for _ in range(1 if t == 500 else 2):
+            obs, reward, term, trunc, _ = raw.step(env._env_action(action))  # the adapter's float32 action
+            total += reward
+        # the restart call's reward is 0 by this project's convention (envpool's DMC reports a stale one)
+        np.testing.assert_allclose(ts.reward, 0.0 if t == 500 else total, rtol=1e-6)
+        for key in ("orientations", "velocity"):
+            np.testing.assert_array_equal(ts.obs[key], obs[key].astype(np.float32))
+        np.testing.assert_array_equal(ts.obs["height"][:, 0], obs["height"].astype(np.float32))
+        assert ts.is_last.all() == (t == 499) and ts.is_first.all() == (t == 500)
+    with pytest.raises(ConfigError, match=r"episodes last 1000 env steps, not a multiple of the repeat"):
+        make_config("debug", **{"env.name": name, "env.action_repeat": 3})
+    with pytest.raises(ConfigError, match=r"env.loop=compiled .*DMC's Dict observations"):
+        make_config("dmc", **{"env.loop": "compiled"})
+    assert make_config("dmc").env.action_repeat == 2

@@ -417,6 +417,6 @@ def test_envpool_dmc_dict_observations_and_action_repeat():
         assert ts.is_last.all() == (t == 499) and ts.is_first.all() == (t == 500)
     with pytest.raises(ConfigError, match=r"episodes last 1000 env steps, not a multiple of the repeat"):
         make_config("debug", **{"env.name": name, "env.action_repeat": 3})
-    with pytest.raises(ConfigError, match=r"env.loop=compiled .*DMC's Dict observations"):
+    with pytest.raises(ConfigError, match=r"env.loop=compiled .*its observations are a Dict"):
         make_config("dmc", **{"env.loop": "compiled"})
     assert make_config("dmc").env.action_repeat == 2

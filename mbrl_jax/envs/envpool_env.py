@@ -183,19 +183,20 @@ class EnvpoolVecEnv(HostVecEnv):
 
 def xla_unsupported(name: str) -> str | None:
     """Why the envpool task `name` cannot step inside a compiled program here (None if it can): envpool has
-    no XLA interface on TPU, macOS or Windows, and a float64 array (MuJoCo and DMC observations and actions)
-    cannot cross into a JAX program without `jax_enable_x64`."""
+    no XLA interface on TPU, macOS or Windows; the XLA adapter takes one observation array, not a Dict (DMC);
+    and a float64 array (MuJoCo observations and actions) cannot cross into a JAX program without
+    `jax_enable_x64`."""
     import sys
 
     if jax.default_backend() == "tpu":
         return "envpool has no XLA interface on TPU"
     if sys.platform != "linux":
         return f"envpool's XLA interface is Linux-only (this is {sys.platform})"
-    if is_envpool_dmc(name):
-        return "DMC's Dict observations and action repeat are the host adapter's"
+    spec = _envpool().make_spec(_task(name)[0])
+    if spec.observation_space.shape is None:
+        return "its observations are a Dict, which (with DMC's action repeat) only the host adapter takes"
     if jax.config.jax_enable_x64:
         return None
-    spec = _envpool().make_spec(_task(name)[0])
     wide = [
         key
         for key, array in (*spec.state_array_spec.items(), *spec.action_array_spec.items())

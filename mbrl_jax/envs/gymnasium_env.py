@@ -217,20 +217,23 @@ class HostVecEnv(abc.ABC):
         obs, reward, terminated, truncated = self._step(action)
         if self._repeat == 1 or was_last.all():
             return obs, reward, terminated, truncated
+        if was_last.any():  # some envs restart on this call while the others step on
+            self._out_of_step(np.flatnonzero(was_last), "restarted", 1)
         reward = np.asarray(reward, np.float64)
         for sub_step in range(1, self._repeat):
             ended = np.asarray(terminated, bool) | np.asarray(truncated, bool)
-            if was_last.any() or ended.any():
-                envs = np.flatnonzero(was_last if was_last.any() else ended).tolist()
-                raise RuntimeError(
-                    f"{self.name}: env(s) {envs} {'restarted' if was_last.any() else 'ended'} out of step "
-                    f"with the others (at step {sub_step} of an action repeat of {self._repeat}); action "
-                    "repeat takes tasks whose episodes all last the same number of env steps, a multiple of "
-                    "the repeat (DMC)"
-                )
+            if ended.any():
+                self._out_of_step(np.flatnonzero(ended), "ended", sub_step)
             obs, step_reward, terminated, truncated = self._step(action)
             reward = reward + step_reward
         return obs, reward, terminated, truncated
+
+    def _out_of_step(self, envs: np.ndarray, what: str, sub_step: int) -> None:
+        raise RuntimeError(
+            f"{self.name}: env(s) {envs.tolist()} {what} out of step with the others (at step {sub_step} "
+            f"of an action repeat of {self._repeat}); action repeat takes tasks whose episodes all last the "
+            "same number of env steps, a multiple of the repeat (DMC)"
+        )
 
     def close(self) -> None:  # noqa: B027 (a backend with nothing to release keeps this no-op)
         pass

@@ -66,7 +66,10 @@ class RunConfig:
     )
     eval_episodes: int = setting(8, "episodes per evaluation, run in parallel", POSITIVE)
     eval_every: int = setting(
-        0, "env steps between evaluations, rounded up to whole chunks (0: after every chunk)", NON_NEGATIVE
+        0,
+        "env steps between evaluations, rounded up to whole chunks (0: after every chunk); the last chunk "
+        "always evaluates",
+        NON_NEGATIVE,
     )
     eval_steps: int = setting(
         0,

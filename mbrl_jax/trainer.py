@@ -251,9 +251,10 @@ def chunk_metrics(
 
 
 def eval_due(c: Config, state: TrainState) -> jax.Array:
-    """Whether the chunk that just ended is one that evaluates (every `chunks_per_eval`-th chunk)."""
+    """Whether the chunk that just ended is one that evaluates: every `chunks_per_eval`-th chunk, and the
+    run's last, so that its final return is measured at the end of the budget."""
     chunks_done = (state.env_steps - c.prefill_steps_per_env * c.env.num_envs) // c.env_steps_per_chunk
-    return chunks_done % c.chunks_per_eval == 0
+    return (chunks_done % c.chunks_per_eval == 0) | (chunks_done >= c.num_chunks)
 
 
 def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer:
@@ -268,7 +269,8 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
         then one evaluation. `metrics` is a dict of scalar arrays: the learner's losses and statistics
         averaged over the chunk, `env_steps` and `updates` (totals so far), `episodes` (episodes ended in
         the chunk) with `episode_return_sum` and `episode_length_sum` over them, `eval_return` and
-        `evaluated` (whether this chunk ended with an evaluation: every `chunks_per_eval`-th chunk);
+        `evaluated` (whether this chunk ended with an evaluation: every `chunks_per_eval`-th chunk, and the
+        last);
         `summarize_chunk` turns it into plain numbers.
       evaluate: `(AgentState, key) -> []` float32, the mean return of `eval_episodes` episodes with the
         policy's mode (`run.eval_policy="mode"`) or sampled actions ("sample", as the reference evaluates).

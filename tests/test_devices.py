@@ -1,6 +1,6 @@
-"""Devices: a learner update, a run and a sweep laid out over several (virtual CPU) devices compute what they
-compute on one. The checks run in a fresh process (`tests/scripts/sharded_runs.py`), because the number of
-CPU devices is fixed when jax starts."""
+"""Devices: a learner update (DreamerV3's and TD-MPC2's), a run and a sweep laid out over several (virtual
+CPU) devices compute what they compute on one. The checks run in a fresh process
+(`tests/scripts/sharded_runs.py`), because the number of CPU devices is fixed when jax starts."""
 
 import json
 import os
@@ -33,7 +33,7 @@ def sharded(tmp_path_factory):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # the fresh process compiles five programs
+@pytest.mark.slow  # the fresh process compiles seven programs
 def test_a_sharded_learner_update_equals_the_single_device_update(sharded):
     assert sharded["devices"] == 4
     assert sharded["update_batch_sharding"] == "P('data',)"
@@ -43,7 +43,7 @@ def test_a_sharded_learner_update_equals_the_single_device_update(sharded):
     assert sharded["update_metric_diff"] < 1e-4
 
 
-@pytest.mark.slow  # the fresh process compiles five programs
+@pytest.mark.slow  # the fresh process compiles seven programs
 def test_a_run_on_four_devices_computes_what_it_computes_on_one_and_resumes_exactly(sharded):
     assert sharded["run_replay_sharding"] == "P('data',)"
     assert sharded["run_param_diff"] < 1e-5
@@ -52,10 +52,18 @@ def test_a_run_on_four_devices_computes_what_it_computes_on_one_and_resumes_exac
     assert sharded["resume_exact"] and sharded["resume_metrics_equal"]
 
 
-@pytest.mark.slow  # the fresh process compiles five programs
+@pytest.mark.slow  # the fresh process compiles seven programs
 def test_a_sweep_lays_its_seeds_across_devices(sharded):
     assert sharded["sweep_sharding"] == "P('seed',)"
     assert sharded["sweep_seed0_param_diff"] < 1e-4
+
+
+@pytest.mark.slow  # the fresh process compiles seven programs
+def test_a_sharded_tdmpc2_update_equals_the_single_device_update(sharded):
+    assert sharded["tdmpc2_update_all_reduces"] >= 1  # the gradient sum crosses devices
+    assert sharded["tdmpc2_update_params_changed"]
+    assert sharded["tdmpc2_update_state_diff"] < 1e-5
+    assert sharded["tdmpc2_update_metric_diff"] < 1e-4
 
 
 def test_more_devices_than_there_are_is_refused():

@@ -95,4 +95,39 @@ result["sweep_seed0_param_diff"] = max_diff(
     jax.tree.map(lambda x: x[0], sweep.agent.params), single_state.agent.params
 )
 result["sweep_sharding"] = str(jax.tree.leaves(sweep.agent.params)[0].sharding.spec)
+
+# 5. TD-MPC2's learner update on the same batch, split over 4 devices, against its single-device update.
+td = make_config(
+    "tdmpc2",
+    **{
+        "env.num_envs": 4,
+        "replay.batch_size": 8,
+        "replay.prefill": 64,
+        "replay.train_ratio": 32.0,
+        "tdmpc2.latent_dim": 16,
+        "tdmpc2.enc_dim": 32,
+        "tdmpc2.mlp_dim": 32,
+        "tdmpc2.num_samples": 32,
+        "tdmpc2.num_elites": 8,
+        "tdmpc2.num_pi_trajs": 4,
+    },
+)
+td_state = jax.jit(make_train(td).init)(jax.random.PRNGKey(0))
+td_batch, _, _ = replay_sample(td_state.replay, jax.random.PRNGKey(1), 8, td.sample_length, False)
+td_agent = make_agent(td, make_env(td.env.name, 4).spec)
+td_single, td_single_metrics, _ = jax.jit(td_agent.learn)(td_state.agent, td_batch, learn_key)
+td_learn = jax.jit(
+    td_agent.learn,
+    in_shardings=(
+        jax.tree.map(lambda _: whole, td_state.agent),
+        jax.tree.map(lambda _: split, td_batch),
+        whole,
+    ),
+)
+td_compiled = td_learn.lower(td_state.agent, td_batch, learn_key).compile()
+result["tdmpc2_update_all_reduces"] = td_compiled.as_text().count("all-reduce(")
+td_sharded, td_sharded_metrics, _ = td_compiled(td_state.agent, td_batch, learn_key)
+result["tdmpc2_update_state_diff"] = max_diff(td_single, td_sharded)
+result["tdmpc2_update_params_changed"] = not equal(td_single.params, td_state.agent.params)
+result["tdmpc2_update_metric_diff"] = max_diff(td_single_metrics, td_sharded_metrics)
 print(json.dumps(result))

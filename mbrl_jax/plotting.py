@@ -67,7 +67,8 @@ def plot_curves(
     ax.set_xlabel("env steps")
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    if ax.get_legend_handles_labels()[0]:  # nothing is labelled when the seeds' curves have no common span
+        ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

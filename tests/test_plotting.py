@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,17 @@ def test_plot_curves_several_runs_and_one(tmp_path: Path) -> None:
     assert_png(plot_curves(runs[:1], tmp_path / "one.png", key="episode_return", label="seed 0"))
     with pytest.raises(ValueError, match="no run .* 'nope'"):
         plot_curves(runs, tmp_path / "x.png", key="nope")
+
+
+def test_seeds_with_one_evaluation_each_plot_without_a_legend_warning(tmp_path: Path) -> None:
+    runs = []
+    for seed in (0, 1):  # a short sweep: one evaluation per seed, so no span to average over
+        with MetricLogger(tmp_path / f"s{seed}", tensorboard=False) as logger:
+            logger.write({"env_steps": 300, "eval_return": -100.0 - seed})
+        runs.append(tmp_path / f"s{seed}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when legend() finds nothing labelled
+        assert_png(plot_curves(runs, tmp_path / "sweep.png"), min_pixels=1)
 
 
 def test_plot_run_writes_curves_png(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from mbrl_jax.parallel import make_mesh  # noqa: E402
 from mbrl_jax.replay import replay_sample  # noqa: E402
 from mbrl_jax.runner import train, train_sweep  # noqa: E402
 from mbrl_jax.trainer import make_train  # noqa: E402
+from tests.test_tdmpc2 import TINY as TDMPC2_TINY  # noqa: E402
 
 cache = os.environ.get("MBRL_JAX_TEST_CACHE")
 if cache:
@@ -54,27 +55,37 @@ result = {"devices": len(jax.devices())}
 one = make_config("debug", **SMALL)
 four = one.replace(**{"run.devices": 4})
 
-# 1. One learner update on the same batch: the batch split over 4 devices, parameters replicated.
-trainer = make_train(one)
-state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
-batch, _, _ = replay_sample(state.replay, jax.random.PRNGKey(1), 8, one.sample_length, False, stride=16)
-agent = make_agent(one, make_env(one.env.name, 4).spec)
-learn_key = jax.random.PRNGKey(2)
-single, single_metrics, _ = jax.jit(agent.learn)(state.agent, batch, learn_key)
 mesh = make_mesh(four)
 split, whole = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-sharded_learn = jax.jit(
-    agent.learn,
-    in_shardings=(jax.tree.map(lambda _: whole, state.agent), jax.tree.map(lambda _: split, batch), whole),
-)
-compiled = sharded_learn.lower(state.agent, batch, learn_key).compile()
-result["update_all_reduces"] = compiled.as_text().count("all-reduce(")
-sharded, sharded_metrics, _ = compiled(state.agent, batch, learn_key)
+learn_key = jax.random.PRNGKey(2)
+
+
+def sharded_update(config, stride=None) -> tuple[dict, object, object]:
+    """One learner update of `config`'s agent on the same batch, on one device and with the batch split over
+    the 4 devices (parameters replicated). Returns the measured differences, the state before and after."""
+    state = jax.jit(make_train(config).init)(jax.random.PRNGKey(0))
+    batch, _, _ = replay_sample(
+        state.replay, jax.random.PRNGKey(1), 8, config.sample_length, False, stride=stride
+    )
+    agent = make_agent(config, make_env(config.env.name, 4).spec)
+    single, single_metrics, _ = jax.jit(agent.learn)(state.agent, batch, learn_key)
+    in_shardings = (jax.tree.map(lambda _: whole, state.agent), jax.tree.map(lambda _: split, batch), whole)
+    compiled = jax.jit(agent.learn, in_shardings=in_shardings).lower(state.agent, batch, learn_key).compile()
+    sharded, sharded_metrics, _ = compiled(state.agent, batch, learn_key)
+    measured = {
+        "all_reduces": compiled.as_text().count("all-reduce("),
+        "state_diff": max_diff(single, sharded),
+        "metric_diff": max_diff(single_metrics, sharded_metrics),
+        "batch_sharding": str(jax.tree.leaves(jax.device_put(batch, split))[0].sharding.spec),
+    }
+    return measured, state.agent, single
+
+
+# 1. One DreamerV3 learner update on the same batch: the batch split over 4 devices, parameters replicated.
+measured, before, after = sharded_update(one, stride=16)
+result.update({f"update_{name}": value for name, value in measured.items()})
 # (warm-up holds the first step's learning rate at zero: the optimiser's moments carry the gradients)
-result["update_state_diff"] = max_diff(single, sharded)
-result["update_state_changed"] = not equal(single.opt_state, state.agent.opt_state)
-result["update_metric_diff"] = max_diff(single_metrics, sharded_metrics)
-result["update_batch_sharding"] = str(jax.tree.leaves(jax.device_put(batch, split))[0].sharding.spec)
+result["update_state_changed"] = not equal(after.opt_state, before.opt_state)
 
 # 2. A whole run on 4 devices against the same run on one; 3. a killed sharded run resumes bit for bit.
 single_state, single_records = train(one, out_dir / "one", progress=False)
@@ -96,38 +107,9 @@ result["sweep_seed0_param_diff"] = max_diff(
 )
 result["sweep_sharding"] = str(jax.tree.leaves(sweep.agent.params)[0].sharding.spec)
 
-# 5. TD-MPC2's learner update on the same batch, split over 4 devices, against its single-device update.
-td = make_config(
-    "tdmpc2",
-    **{
-        "env.num_envs": 4,
-        "replay.batch_size": 8,
-        "replay.prefill": 64,
-        "replay.train_ratio": 32.0,
-        "tdmpc2.latent_dim": 16,
-        "tdmpc2.enc_dim": 32,
-        "tdmpc2.mlp_dim": 32,
-        "tdmpc2.num_samples": 32,
-        "tdmpc2.num_elites": 8,
-        "tdmpc2.num_pi_trajs": 4,
-    },
-)
-td_state = jax.jit(make_train(td).init)(jax.random.PRNGKey(0))
-td_batch, _, _ = replay_sample(td_state.replay, jax.random.PRNGKey(1), 8, td.sample_length, False)
-td_agent = make_agent(td, make_env(td.env.name, 4).spec)
-td_single, td_single_metrics, _ = jax.jit(td_agent.learn)(td_state.agent, td_batch, learn_key)
-td_learn = jax.jit(
-    td_agent.learn,
-    in_shardings=(
-        jax.tree.map(lambda _: whole, td_state.agent),
-        jax.tree.map(lambda _: split, td_batch),
-        whole,
-    ),
-)
-td_compiled = td_learn.lower(td_state.agent, td_batch, learn_key).compile()
-result["tdmpc2_update_all_reduces"] = td_compiled.as_text().count("all-reduce(")
-td_sharded, td_sharded_metrics, _ = td_compiled(td_state.agent, td_batch, learn_key)
-result["tdmpc2_update_state_diff"] = max_diff(td_single, td_sharded)
-result["tdmpc2_update_params_changed"] = not equal(td_single.params, td_state.agent.params)
-result["tdmpc2_update_metric_diff"] = max_diff(td_single_metrics, td_sharded_metrics)
+# 5. The same for TD-MPC2's learner update (test_tdmpc2's tiny model).
+td = make_config("tdmpc2", **{**TDMPC2_TINY, "env.num_envs": 4, "replay.batch_size": 8, "replay.prefill": 64})
+measured, before, after = sharded_update(td)
+result.update({f"tdmpc2_update_{name}": value for name, value in measured.items()})
+result["tdmpc2_update_params_changed"] = not equal(after.params, before.params)
 print(json.dumps(result))

@@ -55,7 +55,8 @@ def stepwise(core, params, inputs, reset, state):
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
-@pytest.mark.parametrize("length", [1, 37])  # one step, and a window longer than the cache
+# one step; two whole blocks of the Transformer's context (6); a window that pads its last block
+@pytest.mark.parametrize("length", [1, 12, 37])
 def test_parallel_form_equals_steps(backbone, length):
     core = make_backbone(small_config(backbone).wm)
     B, W = 3, 32

@@ -2,8 +2,9 @@
 
 Each layer is pre-norm residual multi-head self-attention with rotary position embeddings (RoPE) followed by a
 pre-norm residual gated MLP. A step attends to itself and the `context - 1` steps before it, never across an
-episode start. Training runs a whole window at once (one masked attention over [cache, window]); acting and
-imagination run `step` with a cache of the last `context` keys and values, O(context) per step.
+episode start. Training runs a whole window at once (block-local masked attention over [cache, window],
+linear in the window's length); acting and imagination run `step` with a cache of the last `context` keys
+and values, O(context) per step.
 
 The state is the cache: per layer keys and values [heads, context, head_dim] (RoPE already applied), plus
 `valid` [context] (1 where a cached step belongs to the current episode) and `pos` (steps since the episode
@@ -19,6 +20,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mbrl_jax.nets.layers import dense_init
 
@@ -121,20 +123,39 @@ class Transformer(nn.Module):
         last_reset = jax.lax.cummax(jnp.where(reset, t, -1), axis=1)  # [B, T]
         pos = jnp.where(last_reset >= 0, t - last_reset, state["pos"][:, None] + t)  # RoPE positions [B, T]
         start, step_pos = state["pos"].astype(jnp.int32), pos.astype(jnp.int32)  # the same, as indices
-        # Keys are [cache oldest first (C steps), window (T steps)]; query t sits at key index C + t.
+        # Keys are [cache oldest first (C steps), window (T steps)]; query t sits at key index C + t and
+        # attends to key indices t + 1 .. C + t that are valid and in its episode.
         oldest_first = jnp.mod(start[:, None] - C + jnp.arange(C), C)  # [B, C]: ring slot of each cached step
         cache_valid = jnp.take_along_axis(state["valid"], oldest_first, 1)
         segment = jnp.cumsum(reset.astype(jnp.int32), 1)
-        key_segment = jnp.concatenate([jnp.zeros((B, C), jnp.int32), segment], 1)
-        same_episode = key_segment[:, None, :] == segment[:, :, None]  # [B, T, C+T]
+        key_segment = jnp.concatenate([jnp.zeros((B, C), jnp.int32), segment], 1)  # [B, C+T]
         key_valid = jnp.concatenate([cache_valid, jnp.ones((B, T))], 1) > 0
-        j = jnp.arange(C + T)
-        in_window = (j[None, :] <= C + t[:, None]) & (j[None, :] > t[:, None])  # the last C steps up to t
-        mask = in_window & key_valid[:, None, :] & same_episode
+        # Block-local attention, so the cost is linear in T: the window's queries in blocks of S, block i
+        # (queries iS .. iS+S-1) reading the S + C keys from index iS, which hold all that its queries reach.
+        # The window is padded to whole blocks; a padded key lies after every real query's reach.
+        S = min(C, T)
+        blocks = -(-T // S)
+        pad = blocks * S - T
+        query_t = S * np.arange(blocks)[:, None] + np.arange(S)  # [blocks, S]
+        key_index = S * np.arange(blocks)[:, None] + np.arange(S + C)  # [blocks, S+C]
+        in_window = (key_index[:, None, :] <= C + query_t[..., None]) & (
+            key_index[:, None, :] > query_t[..., None]
+        )
+        padded_segment = jnp.pad(segment, ((0, 0), (0, pad)), mode="edge")
+        padded_key_segment = jnp.pad(key_segment, ((0, 0), (0, pad)), constant_values=-1)
+        padded_key_valid = jnp.pad(key_valid, ((0, 0), (0, pad)))
+        same_episode = (
+            padded_key_segment[:, key_index][:, :, None, :] == padded_segment[:, query_t][..., None]
+        )
+        mask = in_window & padded_key_valid[:, key_index][:, :, None, :] & same_episode  # [B, blocks, S, S+C]
+        by_block = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(
+            B, blocks, S, *x.shape[2:]
+        )
+        key_blocks = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))[:, key_index]
         # After step t, ring slot s holds the step at position p = pos_t - ((pos_t - s) mod C): key index
         # C + t - ((pos_t - s) mod C). A slot from an earlier episode is empty (zeroed at the reset).
         slot_key = C + t[None, :, None] - jnp.mod(step_pos[..., None] - jnp.arange(C), C)  # [B, T, C]
-        kept = jnp.take_along_axis(same_episode, slot_key, 2)
+        kept = jnp.take_along_axis(key_segment[:, None, :], slot_key, 2) == segment[..., None]
         after_valid = (kept & jnp.take_along_axis(key_valid[:, None, :], slot_key, 2)).astype(jnp.float32)
         gather = jax.vmap(lambda x, index: x[index])  # [K, ...], [...index] -> [...index, ...] per batch row
         cache_order = lambda cache: gather(cache.swapaxes(1, 2), oldest_first)  # [B, C, H, d], oldest first
@@ -144,7 +165,14 @@ class Transformer(nn.Module):
             q, k, v = block.qkv_heads(u, pos)
             k_all = jnp.concatenate([cache_order(k_cache), k], 1)  # [B, C+T, H, d]
             v_all = jnp.concatenate([cache_order(v_cache), v], 1)
-            u = block.finish(u, attend(q, k_all, v_all, mask))
+            if blocks == 1:  # T <= C: one block holding every key, so no gather
+                attended = attend(q, k_all, v_all, mask[:, 0])
+            else:
+                attended = attend(
+                    by_block(q), key_blocks(k_all), key_blocks(v_all), mask
+                )  # [B, blocks, S, H, d]
+                attended = attended.reshape(B, blocks * S, *q.shape[2:])[:, :T]
+            u = block.finish(u, attended)
             keys.append(ring(k_all))  # [B, T, H, C, d]
             values.append(ring(v_all))
         states = {"k": tuple(keys), "v": tuple(values), "valid": after_valid, "pos": pos + 1.0}

@@ -46,8 +46,9 @@ from mbrl_jax.logging import read_metrics  # noqa: E402
 
 # Thresholds the issues name, per env; a run "solves" the task at the first eval at or above it.
 THRESHOLDS = {"CartPole-v1": 450.0, "Pendulum-v1": -300.0, "Breakout-MinAtar": 10.0}
-# Per task preset, where its issue names another threshold than the env's (TD-MPC2 on Pendulum: issue 13).
-TASK_THRESHOLDS = {"tdmpc2": -250.0}
+# Per (task preset, env), where its issue names another threshold than the env's (TD-MPC2 on Pendulum: issue
+# 13); the preset run on another env (`env.name=...`) takes that env's threshold, if any.
+TASK_THRESHOLDS = {("tdmpc2", "Pendulum-v1"): -250.0}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -209,7 +210,7 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
 
         env = config_from_dict(load_config(logdirs[0])).env.name
     plain_env = (env or "").rpartition(":")[2]  # without a host backend's "gymnasium:" or "envpool:"
-    threshold = TASK_THRESHOLDS.get(task, THRESHOLDS.get(plain_env))
+    threshold = TASK_THRESHOLDS.get((task, plain_env), THRESHOLDS.get(plain_env))
     for logdir in logdirs:
         records = read_metrics(logdir)
         evals = [(r["env_steps"], r["eval_return"]) for r in records if "eval_return" in r]

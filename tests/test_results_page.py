@@ -63,6 +63,17 @@ def test_summary_and_page_from_run_directories(tmp_path):
     assert (out / "cartpole.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize(("env", "threshold"), [("Pendulum-v1", -250.0), ("MountainCarContinuous-v0", None)])
+def test_a_task_threshold_holds_only_on_its_own_env(tmp_path, env, threshold):
+    logdir = tmp_path / "runs" / "tdmpc2-s0"  # TD-MPC2's -250 is issue 13's for Pendulum, not for other envs
+    with MetricLogger(logdir, tensorboard=False) as log:
+        log.write({"env_steps": 2000, "eval_return": -200.0})
+    save_config(logdir, make_config("tdmpc2", **{"env.name": env}).to_dict())
+    summary = summarize("tdmpc2", [logdir])
+    assert summary["threshold"] == threshold
+    assert summary["solved_at"] == [2000 if threshold else None]
+
+
 def test_profile_ranks_the_matmul_first():
     def f(a, b):
         return jnp.tanh(a @ b).sum()

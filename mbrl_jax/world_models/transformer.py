@@ -138,20 +138,19 @@ class Transformer(nn.Module):
         pad = blocks * S - T
         query_t = S * np.arange(blocks)[:, None] + np.arange(S)  # [blocks, S]
         key_index = S * np.arange(blocks)[:, None] + np.arange(S + C)  # [blocks, S+C]
-        in_window = (key_index[:, None, :] <= C + query_t[..., None]) & (
-            key_index[:, None, :] > query_t[..., None]
-        )
-        padded_segment = jnp.pad(segment, ((0, 0), (0, pad)), mode="edge")
-        padded_key_segment = jnp.pad(key_segment, ((0, 0), (0, pad)), constant_values=-1)
-        padded_key_valid = jnp.pad(key_valid, ((0, 0), (0, pad)))
+        reach = key_index[:, None, :] - query_t[..., None]  # [blocks, S, S+C]: key index - query's t
+        in_window = (reach > 0) & (reach <= C)
+        pad_time = lambda x, **how: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), **how)
+        padded_segment = pad_time(segment, mode="edge")
+        padded_key_segment = pad_time(key_segment, constant_values=-1)
         same_episode = (
             padded_key_segment[:, key_index][:, :, None, :] == padded_segment[:, query_t][..., None]
         )
-        mask = in_window & padded_key_valid[:, key_index][:, :, None, :] & same_episode  # [B, blocks, S, S+C]
-        by_block = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(
-            B, blocks, S, *x.shape[2:]
-        )
-        key_blocks = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))[:, key_index]
+        mask = (
+            in_window & pad_time(key_valid)[:, key_index][:, :, None, :] & same_episode
+        )  # [B, blocks, S, S+C]
+        by_block = lambda x: pad_time(x).reshape(B, blocks, S, *x.shape[2:])
+        key_blocks = lambda x: pad_time(x)[:, key_index]
         # After step t, ring slot s holds the step at position p = pos_t - ((pos_t - s) mod C): key index
         # C + t - ((pos_t - s) mod C). A slot from an earlier episode is empty (zeroed at the reset).
         slot_key = C + t[None, :, None] - jnp.mod(step_pos[..., None] - jnp.arange(C), C)  # [B, T, C]

@@ -36,7 +36,10 @@ PADDLE, BALL = 0, 1  # its observation channels; the paddle moves along row 9, w
 
 def load_run(logdir: Path):
     """The run's config, world model, world-model parameters, replay data (numpy) and checkpoint step."""
-    config = config_from_dict(load_config(logdir))
+    stored = load_config(logdir)
+    if stored is None:
+        raise SystemExit(f"{logdir}: holds no run (no config.yaml)")
+    config = config_from_dict(stored)
     if config.agent != "dreamer" or config.env.name != "Breakout-MinAtar" or config.wm.backbone != "gru":
         raise SystemExit(f"{logdir}: needs a DreamerV3 GRU run on Breakout-MinAtar")
     abstract = jax.eval_shape(make_train(config).init, jax.random.PRNGKey(0))

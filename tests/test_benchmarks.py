@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from mbrl_jax.config import make_config
@@ -244,3 +245,31 @@ def test_measure_envpool_on_its_xla_interface_and_on_the_host_loop():
             value = results[loop][field]
             assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (loop, field)
     assert results["compiled"]["act_steps_per_s"] > 2 * results["host"]["act_steps_per_s"]
+
+
+layouts_spec = importlib.util.spec_from_file_location("conv_layouts", ROOT / "benchmarks" / "conv_layouts.py")
+conv_layouts = importlib.util.module_from_spec(layouts_spec)
+layouts_spec.loader.exec_module(conv_layouts)
+
+
+@pytest.mark.parametrize("side", [10, 12])
+def test_conv_layouts_compare_the_same_function_as_xla_convolutions(side):
+    """The layouts `benchmarks/conv_layouts.py` times against the library's compute flax's Conv (stride 2)
+    and ConvTranspose (stride 2), both 'SAME' (XLA's convolution op)."""
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, side, side, 3))
+    conv = nn.Conv(4, (5, 5), strides=2, padding="SAME")
+    params = jax.tree.map(lambda p: p + 0.1, conv.init(jax.random.PRNGKey(1), x))["params"]
+    np.testing.assert_allclose(
+        conv_layouts.conv_channels_outer(x, params["kernel"], params["bias"], 2),
+        conv.apply({"params": params}, x),
+        atol=1e-5,
+    )
+    transpose = nn.ConvTranspose(4, (5, 5), strides=(2, 2), padding="SAME")
+    params = jax.tree.map(lambda p: p + 0.1, transpose.init(jax.random.PRNGKey(2), x))["params"]
+    np.testing.assert_allclose(
+        conv_layouts.conv_transpose_col2im(x, params["kernel"], params["bias"]),
+        transpose.apply({"params": params}, x),
+        atol=1e-5,
+    )

@@ -336,6 +336,7 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
     lines += scaling_section(out, results_md)
     lines += backbones_section(out, results_md)
     lines += ab_section(out)
+    lines += conv_layouts_section(out)
     results_md.write_text("\n".join(lines))
 
 
@@ -545,6 +546,33 @@ def ab_section(out: Path) -> list[str]:
         for side in ("base", "head"):
             if r["profiles"].get(side):
                 lines += ["", f"**{side} profile, one update:**", "", r["profiles"][side]]
+        lines.append("")
+    return lines
+
+
+def conv_layouts_section(out: Path) -> list[str]:
+    """Tables from the JSON files `benchmarks/conv_layouts.py --out <out>/conv-layouts-*.json` wrote."""
+    lines = []
+    for path in sorted(out.glob("conv-layouts-*.json")):
+        r = json.loads(path.read_text())
+        m = r["machine"]
+        lines += [
+            f"## Image-layer layouts: `{path.name}`",
+            "",
+            f"Gradient (kernel and input) of one image layer on a batch of {r['batch']}, inside a "
+            f"{r['steps']}-step `lax.scan`, in the library's patch layout and in an alternative computing the "
+            f"same function. Machine: {m['device_kind']} ({m['platform']}), {m['cpu_count']} CPUs, jax "
+            f"{m['jax_version']}.",
+            "",
+            "| layer | layout | ms per gradient | × library |",
+            "| --- | --- | --- | --- |",
+        ]
+        library: dict[str, float] = {}
+        for x in r["rows"]:
+            base = library.setdefault(x["layer"], x["ms_per_grad"])
+            lines.append(
+                f"| {x['layer']} | {x['layout']} | {x['ms_per_grad']:.0f} | {x['ms_per_grad'] / base:.2f} |"
+            )
         lines.append("")
     return lines
 

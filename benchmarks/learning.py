@@ -573,7 +573,15 @@ def conv_layouts_section(out: Path) -> list[str]:
             lines.append(
                 f"| {x['layer']} | {x['layout']} | {x['ms_per_grad']:.0f} | {x['ms_per_grad'] / base:.2f} |"
             )
-        lines.append("")
+        lines += [
+            "",
+            "The image-workload profiles (`throughput-rgb64-cpu.json` above) put building the patch matrices "
+            "(concatenate, and the slices of its gradient) first. Neither layout that avoids those copies is "
+            "faster except on the 3-channel first layer. What would close the gap to issue #10's targets: a "
+            "fused patch-and-multiply kernel, or XLA CPU running its convolution op inside loops as fast as "
+            "outside (jax-ml/jax#12868; README, image workload throughput).",
+            "",
+        ]
     return lines
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.learning import ab_section, summarize, write_results
+from benchmarks.learning import ab_section, conv_layouts_section, summarize, write_results
 from benchmarks.profile_ops import profile_markdown, profile_ops
 from mbrl_jax.checkpoint import save_config
 from mbrl_jax.config import make_config
@@ -118,6 +118,22 @@ def test_ab_section_from_its_json(tmp_path):
     assert "| 2 | 110.0 | 80.0 | 0.727 |" in text and "| best | 100.0 | 80.0 | 0.800 |" in text
     assert "**head profile, one update:**" in text and "base profile" not in text
     assert ab_section(tmp_path / "empty") == []
+
+
+def test_conv_layouts_section_gives_each_layout_relative_to_the_library(tmp_path):
+    """benchmarks/conv_layouts.py's JSON becomes a table whose ratio is to the same layer's library row."""
+    machine = {"device_kind": "cpu", "platform": "cpu", "cpu_count": 2, "jax_version": "0"}
+    rows = [
+        {"layer": "a", "layout": "patches (library)", "ms_per_grad": 200.0},
+        {"layer": "a", "layout": "col2im", "ms_per_grad": 500.0},
+        {"layer": "b", "layout": "patches (library)", "ms_per_grad": 40.0},
+        {"layer": "b", "layout": "channels_outer", "ms_per_grad": 30.0},
+    ]
+    report = {"machine": machine, "batch": 8, "steps": 2, "rows": rows}
+    (tmp_path / "conv-layouts-x.json").write_text(json.dumps(report))
+    text = "\n".join(conv_layouts_section(tmp_path))
+    assert "## Image-layer layouts: `conv-layouts-x.json`" in text and "batch of 8" in text
+    assert "| a | col2im | 500 | 2.50 |" in text and "| b | channels_outer | 30 | 0.75 |" in text
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Gradient time of one image layer in the library's layout and in two alternatives, as one JSON object.
 
-    python benchmarks/conv_layouts.py                       # the 64 x 64 layers of size1m/size12m, batch 1,024
+    python benchmarks/conv_layouts.py               # the 64 x 64 layers of size1m/size12m, batch 1,024
     python benchmarks/conv_layouts.py --batch 64 --out conv_layouts.json
 
 `mbrl_jax/nets/image.py` computes a convolution as a patch matrix (the k x k windows concatenated on the
@@ -49,7 +49,9 @@ def conv_channels_outer(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride
     out_w = (planes.shape[3] - size) // stride + 1
     span_h, span_w = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
     windows = [
-        planes[:, :, i : i + span_h : stride, j : j + span_w : stride] for i in range(size) for j in range(size)
+        planes[:, :, i : i + span_h : stride, j : j + span_w : stride]
+        for i in range(size)
+        for j in range(size)
     ]
     patches = jnp.stack(windows, axis=1).reshape(channels * size * size, -1)
     weights = kernel.transpose(2, 0, 1, 3).reshape(channels * size * size, features)

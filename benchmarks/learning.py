@@ -560,8 +560,8 @@ def conv_layouts_section(out: Path) -> list[str]:
             f"## Image-layer layouts: `{path.name}`",
             "",
             f"Gradient (kernel and input) of one image layer on a batch of {r['batch']}, inside a "
-            f"{r['steps']}-step `lax.scan`, in the library's patch layout and in an alternative computing the "
-            f"same function. Machine: {m['device_kind']} ({m['platform']}), {m['cpu_count']} CPUs, jax "
+            f"{r['steps']}-step `lax.scan`, in the library's patch layout and in an alternative computing "
+            f"the same function. Machine: {m['device_kind']} ({m['platform']}), {m['cpu_count']} CPUs, jax "
             f"{m['jax_version']}.",
             "",
             "| layer | layout | ms per gradient | × library |",

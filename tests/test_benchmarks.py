@@ -273,3 +273,19 @@ def test_conv_layouts_compare_the_same_function_as_xla_convolutions(side):
         transpose.apply({"params": params}, x),
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("argv, word", [(["--batch", "0"], "--batch"), (["--steps", "0"], "--steps")])
+def test_conv_layouts_refuses_bad_input_before_measuring(argv, word, capsys, monkeypatch):
+    monkeypatch.setattr(conv_layouts, "measure", lambda *a: pytest.fail("measured on bad input"))
+    with pytest.raises(SystemExit) as exit_info:
+        conv_layouts.main(argv)
+    assert exit_info.value.code == 2 and word in capsys.readouterr().err
+
+
+def test_conv_layouts_prints_its_rows_as_json(capsys, monkeypatch):
+    row = {"layer": "a", "layout": "patches (library)", "ms_per_grad": 1.0, "max_abs_err": 0.0}
+    monkeypatch.setattr(conv_layouts, "measure", lambda batch, steps: [row] * steps)
+    conv_layouts.main(["--batch", "4", "--steps", "2"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["batch"] == 4 and printed["rows"] == [row, row]

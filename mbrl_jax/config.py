@@ -185,6 +185,9 @@ class MambaConfig:
     head_dim: int = setting(64, "channels per SSM head (wm.deter * expand must divide by it)", POSITIVE)
     state: int = setting(16, "SSM state size N per head", POSITIVE)
     conv: int = setting(4, "causal depthwise convolution width", AT_LEAST_ONE)
+    chunk: int = setting(
+        64, "steps per chunk of the parallel (training) form; its work grows as T x chunk", POSITIVE
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from mbrl_jax.world_models.backbone import make_backbone
 from mbrl_jax.world_models.rssm import WorldModel, mask_loop, observe
 
 BACKBONES = {
-    "mamba": {"wm.mamba.head_dim": 8, "wm.mamba.state": 4},
+    "mamba": {"wm.mamba.head_dim": 8, "wm.mamba.state": 4, "wm.mamba.chunk": 5},
     "transformer": {"wm.transformer.heads": 4, "wm.transformer.context": 6},
 }
 

@@ -57,7 +57,7 @@ def _make_mamba(wm_config: Any) -> nn.Module:
     from mbrl_jax.world_models.mamba import Mamba2
 
     m = wm_config.mamba
-    return Mamba2(wm_config.deter, m.layers, m.expand, m.head_dim, m.state, m.conv)
+    return Mamba2(wm_config.deter, m.layers, m.expand, m.head_dim, m.state, m.conv, m.chunk)
 
 
 register_backbone("mamba", _make_mamba)

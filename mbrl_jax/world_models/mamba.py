@@ -7,13 +7,17 @@ Each layer is a pre-norm residual Mamba-2 mixer followed by a pre-norm residual 
     a_t = exp(dt_t * A) (A = -exp(A_log) < 0, one scalar per head), S_t = a_t S_{t-1} + dt_t x_t B_t^T
     y_t = S_t C_t + D x_t;  out = out_proj(RMSNorm(y * SiLU(z)))
 
-The selective state S [H, P, N] decays by an input-dependent step dt. Training runs a whole window at once:
-S_t for every t is a first-order linear recurrence, solved by `jax.lax.associative_scan` (O(T) work, O(log T)
-depth). Imagination runs `step`, the same recurrence one step at a time with a carried state (the conv
-window and S), O(1) per step. An episode start (`reset`) zeroes what came before it, in both forms.
+The selective state S [H, P, N] decays by an input-dependent step dt. Training runs a whole window at once by
+Mamba-2's chunked state-space-dual form: within a chunk of `chunk` steps the outputs are a masked, decayed
+attention-like product (y_t = sum_{s<=t} (C_t . B_s) prod_{s<r<=t} a_r dt_s x_s), and only the state at
+each chunk's end is carried to the next, by a first-order linear recurrence over chunks (an associative scan).
+Work grows linearly in the window length and no [T, H, P, N] tensor enters the gradient. Imagination runs
+`step`, the same recurrence one step at a time with a carried state (the conv window and S), O(1) per step. An
+episode start (`reset`) zeroes what came before it, in both forms.
 
 The per-position states of the parallel form are returned too: DreamerV3 imagines from every posterior state
-of the window, and for this backbone a state is (conv window, S) per layer, not its output.
+of the window, and for this backbone a state is (conv window, S) per layer, not its output. They come from the
+same chunk products; the world model never differentiates them (imagination starts are stop-gradient).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Mamba2Layer(nn.Module):
     head_dim: int
     state: int
     conv: int
+    chunk: int = 64
 
     @property
     def inner(self) -> int:
@@ -97,17 +102,15 @@ class Mamba2Layer(nn.Module):
         return z, xbc, dt
 
     def _ssm_inputs(self, xbc: jax.Array, dt: jax.Array):
-        """Post-conv xBC [..., C] and raw dt [..., H] -> x [..., H, P], B, C [..., N], decay a [..., H] and
-        the state increment dt x B^T [..., H, P, N]."""
+        """Post-conv xBC [..., C] and raw dt [..., H] -> x [..., H, P], B, C [..., N], step dt [..., H] and
+        log decay dt * A [..., H] (A < 0)."""
         x, b, c = jnp.split(jax.nn.silu(xbc), [self.inner, self.inner + self.state], -1)
         x = x.reshape(*x.shape[:-1], self.heads, self.head_dim)
         dt = jax.nn.softplus(dt + self.dt_bias)
-        decay = jnp.exp(dt * -jnp.exp(self.a_log))
-        increment = (dt[..., None] * x)[..., None] * b[..., None, None, :]
-        return x, c, decay, increment
+        return x, b, c, dt, dt * -jnp.exp(self.a_log)
 
-    def _output(self, u, z, x, c, ssm):
-        y = jnp.einsum("...hpn,...n->...hp", ssm, c) + self.skip[:, None] * x
+    def _output(self, u, z, x, y):
+        y = y + self.skip[:, None] * x
         y = y.reshape(*y.shape[:-2], self.inner)
         u = u + self.out_proj(self.gate_norm(y * jax.nn.silu(z)))
         gate, value = jnp.split(self.mlp_in(self.mlp_norm(u)), 2, -1)
@@ -118,9 +121,11 @@ class Mamba2Layer(nn.Module):
         z, xbc, dt = self._project(u)
         window = jnp.concatenate([state["conv"], xbc[:, None]], 1)  # [B, K, C], oldest first
         conv = jnp.einsum("bkc,kc->bc", window, self.conv_kernel) + self.conv_bias
-        x, c, decay, increment = self._ssm_inputs(conv, dt)
-        ssm = decay[..., None, None] * state["ssm"] + increment
-        return self._output(u, z, x, c, ssm), {"conv": window[:, 1:], "ssm": ssm}
+        x, b, c, dt, log_decay = self._ssm_inputs(conv, dt)
+        increment = (dt[..., None] * x)[..., None] * b[:, None, None, :]
+        ssm = jnp.exp(log_decay)[..., None, None] * state["ssm"] + increment
+        y = jnp.einsum("bhpn,bn->bhp", ssm, c)
+        return self._output(u, z, x, y), {"conv": window[:, 1:], "ssm": ssm}
 
     def sequence(self, u: jax.Array, reset: jax.Array, state: dict) -> tuple[jax.Array, dict]:
         """u [B, T, W], reset [B, T] (True: nothing before t reaches t), state: before the first step.
@@ -136,12 +141,59 @@ class Mamba2Layer(nn.Module):
             same = (segment[:, j : j + T] == segment[:, K - 1 :])[..., None]
             taps.append(jnp.where(same, padded[:, j : j + T], 0.0))
         conv = sum(tap * self.conv_kernel[j] for j, tap in enumerate(taps)) + self.conv_bias
-        x, c, decay, increment = self._ssm_inputs(conv, dt)
-        decay = jnp.where(reset[..., None], 0.0, decay)
-        increment = increment.at[:, 0].add(decay[:, 0, :, None, None] * state["ssm"])
-        ssm = _linear_recurrence(decay[..., None, None], increment)  # [B, T, H, P, N]
+        x, b, c, dt, log_decay = self._ssm_inputs(conv, dt)
+        y, ssm = _chunked_ssd(x, b, c, dt, log_decay, reset, state["ssm"], min(self.chunk, T))
         conv_states = jnp.stack(taps[1:], 2)  # the window after step t: inputs t-K+2 .. t
-        return self._output(u, z, x, c, ssm), {"conv": conv_states, "ssm": ssm}
+        return self._output(u, z, x, y), {"conv": conv_states, "ssm": ssm}
+
+
+def _chunked_ssd(x, b, c, dt, log_decay, reset, initial, chunk: int):
+    """The selective scan S_t = a_t S_{t-1} + dt_t x_t B_t^T (a_t = 0 where reset[t], else exp(log_decay_t)),
+    y_t = S_t C_t, over a window, by Mamba-2's chunked dual form.
+
+    x [B, T, H, P], b and c [B, T, N], dt and log_decay [B, T, H], reset [B, T], initial [B, H, P, N].
+    Returns y [B, T, H, P] and S_t for every t [B, T, H, P, N]. The window is padded to whole chunks with
+    steps that add nothing and decay nothing; padding comes after the real steps, so it never reaches them.
+    """
+    batch, length = x.shape[:2]
+    chunks = -(-length // chunk)
+    pad = chunks * chunk - length
+
+    def to_chunks(a):
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        return a.reshape(batch, chunks, chunk, *a.shape[2:])
+
+    x, b, c, dt, log_decay, reset = map(to_chunks, (x, b, c, dt, log_decay, reset))
+    # Within a chunk, s reaches t (s <= t) unless an episode starts in (s, t]; the chunk's carried state
+    # reaches t unless one starts in [0, t].
+    starts = jnp.cumsum(reset.astype(jnp.int32), 2)  # [B, C, Q]: episode starts up to and including t
+    causal = jnp.tril(jnp.ones((chunk, chunk), bool))
+    reaches = causal & (starts[..., :, None] == starts[..., None, :])  # [B, C, Q(t), Q(s)]
+    carried = starts == 0  # [B, C, Q]
+    # Decay from s to t, sum_{s<r<=t} log a_r, by a cumulative sum down t of the terms with r > s: no
+    # difference of two large partial sums, so short steps keep their precision after long decays.
+    strictly = jnp.tril(jnp.ones((chunk, chunk), bool), -1)
+    terms = jnp.where(strictly[..., None], log_decay[:, :, :, None, :], 0.0)  # [B, C, Q(r), Q(s), H]
+    decay = jnp.where(reaches[..., None], jnp.exp(jnp.cumsum(terms, 2)), 0.0)  # [B, C, Q(t), Q(s), H]
+    from_start = jnp.where(carried[..., None], jnp.exp(jnp.cumsum(log_decay, 2)), 0.0)  # [B, C, Q, H]
+
+    dx = dt[..., None] * x  # [B, C, Q, H, P]
+    scores = jnp.einsum("bctn,bcsn->bcts", c, b)
+    y_within = jnp.einsum("bcts,bctsh,bcshp->bcthp", scores, decay, dx)
+    # Each chunk's own contribution to the state at its end, then the states between chunks.
+    own = jnp.einsum("bcsh,bcshp,bcsn->bchpn", decay[:, :, -1], dx, b)
+    through = from_start[:, :, -1]  # [B, C, H]: what of the state before a chunk survives it
+    own = own.at[:, 0].add(through[:, 0, :, None, None] * initial)
+    ends = _linear_recurrence(through[..., None, None], own)  # [B, C, H, P, N]
+    before = jnp.concatenate([initial[:, None], ends[:, :-1]], 1)
+    y_carried = jnp.einsum("bctn,bchpn,bcth->bcthp", c, before, from_start)
+    states = jnp.einsum("bctsh,bcshp,bcsn->bcthpn", decay, dx, b)
+    states = states + from_start[..., None, None] * before[:, :, None]
+
+    def to_window(a):
+        return a.reshape(batch, chunks * chunk, *a.shape[3:])[:, :length]
+
+    return to_window(y_within + y_carried), to_window(states)
 
 
 class Mamba2(nn.Module):
@@ -157,12 +209,13 @@ class Mamba2(nn.Module):
     head_dim: int
     state: int
     conv: int
+    chunk: int = 64
     parallel = True
     grouped = False
 
     def setup(self):
         self.blocks = [
-            Mamba2Layer(self.width, self.expand, self.head_dim, self.state, self.conv)
+            Mamba2Layer(self.width, self.expand, self.head_dim, self.state, self.conv, self.chunk)
             for _ in range(self.layers)
         ]
         self.norm = nn.RMSNorm(epsilon=1e-5)
@@ -174,7 +227,9 @@ class Mamba2(nn.Module):
         return state
 
     def initial_state(self, batch_shape: tuple[int, ...]) -> tuple:
-        layer = Mamba2Layer(self.width, self.expand, self.head_dim, self.state, self.conv, parent=None)
+        layer = Mamba2Layer(
+            self.width, self.expand, self.head_dim, self.state, self.conv, self.chunk, parent=None
+        )
         return tuple(layer.initial_state(batch_shape) for _ in range(self.layers))
 
     def step(self, u: jax.Array, state: tuple) -> tuple[jax.Array, tuple]:

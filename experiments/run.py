@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     from mbrl_jax.logging import read_metrics
     from mbrl_jax.runner import (
         Interrupted,
+        LogdirInUse,
         NonFiniteError,
         final_env_steps,
         latest_checkpoint,
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             _, records = train(config, path, progress=not args.no_progress)
         else:
             _, by_seed = train_sweep(config, seeds, path, progress=not args.no_progress)
-    except NonFiniteError as err:
+    except (NonFiniteError, LogdirInUse) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except Interrupted as stop:

@@ -48,9 +48,42 @@ from mbrl_jax.parallel import (
 )
 from mbrl_jax.trainer import TrainState, make_train, summarize_chunk
 
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): runs are not guarded against a second writer
+    fcntl = None
+
 
 class NonFiniteError(RuntimeError):
     """Losses or parameters stopped being finite; nothing from that chunk was saved."""
+
+
+class LogdirInUse(RuntimeError):
+    """Another process is training in this run folder; nothing was read or written."""
+
+
+@contextlib.contextmanager
+def hold_logdir(path: Path | None):
+    """An exclusive lock on the run folder while a run trains in it (process 0 of a multi-host run): a second
+    run on the same folder, say a resume started while the first still finishes its last chunk, stops with
+    `LogdirInUse` before it writes anything, instead of both appending and checkpointing. The lock is on the
+    folder itself (no file is added to it), and the OS drops it when the process ends, however it ends."""
+    if path is None or fcntl is None or jax.process_index() != 0:
+        yield
+        return
+    folder = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LogdirInUse(
+                f"logdir={str(path)!r} is in use by another run (a process holds its lock); let that run "
+                f"stop (SIGINT or SIGTERM checkpoint it at the next chunk), then resume, or pass another "
+                f"--logdir"
+            ) from None
+        yield
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def check_logdir(logdir: str | Path) -> Path:
@@ -357,8 +390,14 @@ def _host_programs(config: Config, seeds: Sequence[int] | None) -> Programs:
 
 
 def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
-    """The host loop of `train` (seeds None) and `train_sweep` (a list of seeds, vmapped)."""
+    """The host loop of `train` (seeds None) and `train_sweep` (a list of seeds, vmapped), with the run
+    folder held for the whole of it."""
     path = check_logdir(logdir) if logdir is not None else None
+    with hold_logdir(path):
+        return _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals)
+
+
+def _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals):
     progress = progress and jax.process_index() == 0  # one console for a multi-host run
     say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
     total_steps = final_env_steps(config)

@@ -162,3 +162,27 @@ def test_memory_check_is_quiet_on_healthy_presets():
 
 def test_at_least_twenty_bad_inputs():
     assert len(BAD_INPUTS) >= 20
+
+
+def test_a_second_run_on_a_folder_in_use_stops_before_writing(capsys, existing_run):
+    """A run folder held by another process (here this test, through flock itself) is refused with a clear
+    error and exit 1, before any compile, and its files stay as they were."""
+    import fcntl
+    import os
+
+    before = _snapshot(existing_run)
+    held = os.open(existing_run, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert run_cli.main(["--logdir", str(existing_run)]) == 1
+    finally:
+        os.close(held)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and str(existing_run) in err and "in use by another run" in err
+    assert _snapshot(existing_run) == before
+    # the refused run let go of everything it opened: the folder can be locked again at once
+    again = os.open(existing_run, os.O_RDONLY)
+    try:
+        fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(again)

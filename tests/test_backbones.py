@@ -43,15 +43,18 @@ def random_state(core, batch: int, key):
 
 
 def stepwise(core, params, inputs, reset, state):
-    """The one-step form over a window, the state zeroed where an episode starts (as the world model does)."""
-    outputs, states = [], []
-    for t in range(inputs.shape[1]):
-        keep = 1.0 - reset[:, t].astype(jnp.float32)
-        state = jax.tree.map(lambda x, keep=keep: x * keep.reshape(-1, *[1] * (x.ndim - 1)), state)
-        out, state = core.apply(params, inputs[:, t], state, method=type(core).step)
-        outputs.append(out)
-        states.append(state)
-    return jnp.stack(outputs, 1), jax.tree.map(lambda *xs: jnp.stack(xs, 1), *states)
+    """The one-step form over a window, the state zeroed where an episode starts (as the world model does),
+    scanned over time."""
+
+    def step(state, xs):
+        x, first = xs
+        keep = 1.0 - first.astype(jnp.float32)
+        state = jax.tree.map(lambda s: s * keep.reshape(-1, *[1] * (s.ndim - 1)), state)
+        out, state = core.apply(params, x, state, method=type(core).step)
+        return state, (out, state)
+
+    _, (outputs, states) = jax.lax.scan(step, state, (jnp.swapaxes(inputs, 0, 1), reset.T))
+    return jnp.swapaxes(outputs, 0, 1), jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), states)
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
@@ -64,15 +67,16 @@ def test_parallel_form_equals_steps(backbone, length):
     inputs = jax.random.normal(k_in, (B, length, W))
     reset = jax.random.bernoulli(k_reset, 0.15, (B, length)).at[0, 0].set(True)
     state = random_state(core, B, k_state)
-    params = core.init(k_init, inputs, reset, state)
-    out, states = jax.jit(lambda *a: core.apply(*a, method=type(core).sequence))(params, inputs, reset, state)
+    params = jax.jit(core.init)(k_init, inputs, reset, state)
+    sequence = jax.jit(lambda *a: core.apply(*a, method=type(core).sequence))
+    out, states = sequence(params, inputs, reset, state)
     ref_out, ref_states = jax.jit(lambda *a: stepwise(core, *a))(params, inputs, reset, state)
     np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
     for got, want in zip(jax.tree.leaves(states), jax.tree.leaves(ref_states), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
     # The carried start state matters where no reset cuts it off (row 1 starts mid-episode unless drawn).
     if not bool(reset[1, 0]):
-        fresh = core.apply(params, inputs, reset, core.initial_state((B,)), method=type(core).sequence)[0]
+        fresh = sequence(params, inputs, reset, core.initial_state((B,)))[0]
         assert np.abs(np.asarray(fresh[1, 0] - out[1, 0])).max() > 1e-4
 
 
@@ -84,7 +88,7 @@ def test_parallel_form_gradients_equal_steps(backbone):
     inputs = jax.random.normal(k_in, (B, T, W))
     reset = jnp.zeros((B, T), bool).at[1, 5].set(True)
     state = random_state(core, B, k_state)
-    params = core.init(k_init, inputs, reset, state)
+    params = jax.jit(core.init)(k_init, inputs, reset, state)
     weights = jax.random.normal(jax.random.PRNGKey(8), (B, T, W))
 
     def loss(params, inputs, state, form):
@@ -111,7 +115,7 @@ def test_transformer_step_sees_exactly_its_context_window():
     C, T, W = core.context, 20, 32
     reset = jnp.zeros((1, T), bool).at[0, 0].set(True).at[0, 13].set(True)
     inputs = jax.random.normal(jax.random.PRNGKey(0), (1, T, W))
-    params = core.init(jax.random.PRNGKey(1), inputs, reset, core.initial_state((1,)))
+    params = jax.jit(core.init)(jax.random.PRNGKey(1), inputs, reset, core.initial_state((1,)))
     outputs = lambda x: stepwise(core, params, x, reset, core.initial_state((1,)))[0][0]  # [T, W]
     jac = jax.jit(jax.jacfwd(outputs))(inputs)[:, :, 0]  # [T, W, T, W]
     depends = np.abs(np.asarray(jac)).max(axis=(1, 3)) > 1e-7  # [t, s]
@@ -128,27 +132,25 @@ def test_world_model_observes_a_window_as_acting_steps_through_it(backbone):
     config = small_config(backbone)
     agent = make_dreamer(config, env_spec(config.env.name))
     wm = agent.world_model
-    params = agent.init(jax.random.PRNGKey(0)).params.wm
+    params = jax.jit(agent.init)(jax.random.PRNGKey(0)).params.wm
     B, T = 2, 9
     obs = {"vector": jax.random.normal(jax.random.PRNGKey(1), (B, T, 4))}
     action = jax.nn.one_hot(jax.random.randint(jax.random.PRNGKey(2), (B, T), 0, 2), 2)
     is_first = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 4].set(True)
     keys = jax.random.split(jax.random.PRNGKey(3), T)
-    posts, prior_logits = observe(wm, params, obs, action, is_first, keys)
+    posts, prior_logits = jax.jit(lambda *a: observe(wm, *a))(params, obs, action, is_first, keys)
+
+    @jax.jit
+    def act_step(latent, action_t, embed_t, first, key):
+        keep = 1.0 - first.astype(jnp.float32)
+        latent = mask_loop(latent, keep)
+        action_t = action_t * keep[:, None]
+        return wm.apply(params, latent, action_t, embed_t, key, method=WorldModel.obs_step_loop)
 
     latent = wm.zeros((B,))
-    embed = wm.apply(params, obs, method=WorldModel.encode)
+    embed = jax.jit(lambda obs: wm.apply(params, obs, method=WorldModel.encode))(obs)
     for t in range(T):
-        keep = 1.0 - is_first[:, t].astype(jnp.float32)
-        latent = mask_loop(latent, keep)
-        latent, prior_t = wm.apply(
-            params,
-            latent,
-            action[:, t] * keep[:, None],
-            embed[:, t],
-            keys[t],
-            method=WorldModel.obs_step_loop,
-        )
+        latent, prior_t = act_step(latent, action[:, t], embed[:, t], is_first[:, t], keys[t])
         np.testing.assert_allclose(posts.deter[:, t], latent.deter, atol=1e-5, rtol=1e-5)
         np.testing.assert_array_equal(posts.stoch[:, t], latent.stoch)
         np.testing.assert_allclose(prior_logits[:, t], prior_t, atol=1e-5, rtol=1e-5)
@@ -160,7 +162,7 @@ def test_dreamer_learns_with_the_backbone(backbone):
     starts from every posterior state (its state included)."""
     config = small_config(backbone)
     agent = make_dreamer(config, env_spec(config.env.name))
-    state = agent.init(jax.random.PRNGKey(0))
+    state = jax.jit(agent.init)(jax.random.PRNGKey(0))
     B, T = config.replay.batch_size, config.replay.batch_length
     batch = {
         "obs": {"vector": jax.random.normal(jax.random.PRNGKey(1), (B, T, 4))},

@@ -74,27 +74,32 @@ def img_step_ref(wm, p, prev, action, key):
 def observe_ref(wm, params, obs, prev_action, is_first, keys, start):
     p = params["params"]
     embed = mlp(p["encoder"], symlog(obs["vector"]), wm.enc_layers)
-    latent, posts, priors = start, [], []
-    for t in range(obs["vector"].shape[1]):
-        keep = 1.0 - is_first[:, t].astype(jnp.float32)
+
+    def step(latent, inputs):
+        embed_t, action_t, first_t, key_t = inputs
+        keep = 1.0 - first_t.astype(jnp.float32)
         latent = Latent(*(x * keep.reshape(-1, *[1] * (x.ndim - 1)) for x in jax.tree.leaves(latent)))
-        prior = img_step_ref(wm, p, latent, prev_action[:, t] * keep[:, None], keys[t])
-        x = jnp.concatenate([prior.deter, embed[:, t]], -1)
+        prior = img_step_ref(wm, p, latent, action_t * keep[:, None], key_t)
+        x = jnp.concatenate([prior.deter, embed_t], -1)
         logits = logits_ref(wm, dense(p["post_out"], mlp(p["post_net"], x, 1)))
-        latent = Latent(prior.deter, straight_through_onehot_sample(keys[t], logits), logits)
-        posts.append(latent)
-        priors.append(prior.logits)
-    return jax.tree.map(lambda *xs: jnp.stack(xs, 1), *posts), jnp.stack(priors, 1)
+        latent = Latent(prior.deter, straight_through_onehot_sample(key_t, logits), logits)
+        return latent, (latent, prior.logits)
+
+    time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+    inputs = (time_major(embed), time_major(prev_action), is_first.T, keys)
+    _, (posts, priors) = jax.lax.scan(step, start, inputs)
+    return jax.tree.map(time_major, posts), time_major(priors)
 
 
 def imagine_ref(wm, params, policy, start, horizon, key):
-    latent, states, actions = start, [start], []
-    for k in jax.random.split(key, horizon):
+    def step(latent, k):
         k_act, k_dyn = jax.random.split(k)
-        actions.append(policy(latent.feat, k_act))
-        latent = img_step_ref(wm, params["params"], latent, actions[-1], k_dyn)
-        states.append(latent)
-    return jax.tree.map(lambda *xs: jnp.stack(xs, 0), *states), jnp.stack(actions, 0)
+        action = policy(latent.feat, k_act)
+        latent = img_step_ref(wm, params["params"], latent, action, k_dyn)
+        return latent, (latent, action)
+
+    _, (states, actions) = jax.lax.scan(step, start, jax.random.split(key, horizon))
+    return jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]), start, states), actions
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +110,18 @@ def setup():
     )
     spec = env_spec(config.env.name)
     agent = make_dreamer(config, spec)
-    wm, params = agent.world_model, agent.init(jax.random.PRNGKey(0)).params.wm
-    # Non-zero biases and norm scales, so that a bias or scale read from the wrong block shows.
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))
-    params = jax.tree.unflatten(
-        tree, [x + 0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
-    )
+    wm, params = agent.world_model, jax.jit(agent.init)(jax.random.PRNGKey(0)).params.wm
+
+    @jax.jit
+    def perturb(params):
+        """Non-zero biases and norm scales, so that a bias or scale read from the wrong block shows."""
+        leaves, tree = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))
+        return jax.tree.unflatten(
+            tree, [x + 0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+        )
+
+    params = perturb(params)
     B, T, H, A = 3, 7, 4, spec.action_dim
     ks = jax.random.split(jax.random.PRNGKey(1), 6)
     data = dict(
@@ -191,14 +201,16 @@ def test_gradients_equal_the_flat_reference(setup):
 def test_single_steps_keep_the_flat_api(setup):
     """obs_step / img_step take and return deter [B, D], as act() and the replay context use them."""
     wm, params, data, _, _ = setup
-    start, key = data["start"], jax.random.PRNGKey(7)
-    action, embed = (
-        data["prev_action"][:, 0],
-        wm.apply(params, {"vector": data["obs"]["vector"][:, 0]}, method=WorldModel.encode),
-    )
-    post, prior_logits = wm.apply(params, start, action, embed, key, method=WorldModel.obs_step)
-    prior = wm.apply(params, start, action, key, method=WorldModel.img_step)
-    want = img_step_ref(wm, params["params"], start, action, key)
+    start, key, action = data["start"], jax.random.PRNGKey(7), data["prev_action"][:, 0]
+
+    @jax.jit
+    def steps(params):
+        embed = wm.apply(params, {"vector": data["obs"]["vector"][:, 0]}, method=WorldModel.encode)
+        post, prior_logits = wm.apply(params, start, action, embed, key, method=WorldModel.obs_step)
+        prior = wm.apply(params, start, action, key, method=WorldModel.img_step)
+        return post, prior_logits, prior, img_step_ref(wm, params["params"], start, action, key)
+
+    post, prior_logits, prior, want = steps(params)
     assert post.deter.shape == prior.deter.shape == start.deter.shape
     np.testing.assert_allclose(prior.deter, want.deter, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(post.deter, want.deter, rtol=1e-5, atol=1e-5)

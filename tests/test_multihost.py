@@ -22,40 +22,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(logdir: Path, stop_after: int | None = None) -> list[dict]:
-    """Both processes of one launch; their JSON reports, process 0 first."""
+def _launch(tmp_path: Path, name: str, runs: list[str]) -> list[list[dict]]:
+    """Both processes of one launch, each training `runs` (LOGDIR[:STOP_AFTER_CHUNKS]) in turn; their JSON
+    reports by run, process 0 first."""
     env = {
         **os.environ,
         "MBRL_JAX_TEST_CACHE": os.environ.get("MBRL_JAX_TEST_CACHE", "/tmp/mbrl_jax_test_xla_cache"),
     }
     port = str(_free_port())
-    extra = [] if stop_after is None else [str(stop_after)]
-    logs = [
-        (logdir.parent / f"{logdir.name}-process{i}.out", logdir.parent / f"{logdir.name}-process{i}.err")
-        for i in range(2)
-    ]
+    logs = [(tmp_path / f"{name}-process{i}.out", tmp_path / f"{name}-process{i}.err") for i in range(2)]
     procs = []  # output to files, not pipes: a full pipe would stall one process at a barrier
     for i, (out, err) in enumerate(logs):
         with open(out, "w") as stdout, open(err, "w") as stderr:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, str(SCRIPT), str(i), port, str(logdir), *extra],
-                    stdout=stdout,
-                    stderr=stderr,
-                    env=env,
+                    [sys.executable, str(SCRIPT), str(i), port, *runs], stdout=stdout, stderr=stderr, env=env
                 )
             )
     reports = []
     for proc, (out, err) in zip(procs, logs, strict=True):
         proc.wait(timeout=1200)
         assert proc.returncode == 0, err.read_text()[-3000:]
-        reports.append(json.loads(out.read_text().strip().splitlines()[-1]))
-    return sorted(reports, key=lambda r: r["process"])
+        lines = [line for line in out.read_text().splitlines() if line.startswith("{")]
+        reports.append([json.loads(line) for line in lines])
+    assert all(len(r) == len(runs) for r in reports)
+    return [sorted(by_run, key=lambda r: r["process"]) for by_run in zip(*reports, strict=True)]
 
 
-@pytest.mark.slow  # two processes compile the run, three times
+@pytest.mark.slow  # two processes compile the run, then load it from the cache to resume
 def test_two_processes_train_one_run_checkpoint_and_resume_exactly(tmp_path):
-    straight = _launch(tmp_path / "straight")
+    # the first launch trains a run straight through, then a second one that checkpoints after its first
+    # chunk and stops; the second launch (fresh processes) resumes that one
+    straight, partial = _launch(tmp_path, "first", [f"{tmp_path / 'straight'}", f"{tmp_path / 'resumed'}:1"])
     assert [r["processes"] for r in straight] == [2, 2] and [r["devices"] for r in straight] == [4, 4]
     assert [r["local_envs"] for r in straight] == [[1, 1], [1, 1]]  # each device steps its own env
     assert straight[0]["params"] == straight[1]["params"]
@@ -63,9 +61,8 @@ def test_two_processes_train_one_run_checkpoint_and_resume_exactly(tmp_path):
     records = read_metrics(tmp_path / "straight")
     assert [r["env_steps"] for r in records] == [168, 208, 248]  # one writer: no row twice
 
-    _launch(tmp_path / "resumed", stop_after=1)  # checkpoint after the first chunk, then both stop
-    assert len(read_metrics(tmp_path / "resumed")) == 1
-    resumed = _launch(tmp_path / "resumed")
+    assert [r["records"] for r in partial] == [1, 1] and len(read_metrics(tmp_path / "resumed")) == 1
+    (resumed,) = _launch(tmp_path, "second", [f"{tmp_path / 'resumed'}"])
     assert resumed[0]["params"] == resumed[1]["params"] == straight[0]["params"]
     assert resumed[0]["records"] == 2
     assert read_metrics(tmp_path / "resumed") == records

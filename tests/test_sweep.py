@@ -14,7 +14,6 @@ from mbrl_jax.logging import read_metrics
 from mbrl_jax.parallel import parse_seeds
 from mbrl_jax.runner import train, train_sweep
 from mbrl_jax.stats import iqm
-from mbrl_jax.trainer import make_train, summarize_chunk
 
 SMALL = {
     "run.steps": 664,
@@ -45,14 +44,8 @@ def test_each_seed_of_a_sweep_matches_its_single_run(straight_sweep):
     counts and evaluation returns of these chunks agree exactly."""
     logdir, sweep_state, sweep_records = straight_sweep
     config = make_config("debug", **SMALL)
-    trainer = make_train(config)
-    init, chunk = jax.jit(trainer.init), jax.jit(trainer.run_chunk)
     for i, seed in enumerate(SEEDS):
-        state = init(jax.random.PRNGKey(seed))
-        single = []
-        for _ in range(config.num_chunks):
-            state, metrics = chunk(state)
-            single.append(summarize_chunk(metrics))
+        state, single = train(config.replace(**{"run.seed": seed}), None, progress=False)
         swept = sweep_records[seed]
         assert read_metrics(logdir / f"seed{seed}") == swept
         assert len(swept) == len(single) == config.num_chunks
@@ -153,7 +146,7 @@ def test_sweep_and_single_run_folders_are_not_mixed_up(tmp_path, straight_sweep)
     with pytest.raises(ConfigError, match=r"holds a sweep of seeds \[0, 1, 2\], given seeds \[0, 1\]"):
         train_sweep(config, [0, 1], straight_dir, progress=False)
     (tmp_path / "single").mkdir()
-    train(make_config("debug", **{**SMALL, "run.steps": 264}), tmp_path / "single", progress=False)
+    train(config, tmp_path / "single", progress=False, stop_after_chunks=1)  # the single runs' program
     with pytest.raises(ConfigError, match="holds a single run"):
         train_sweep(config, SEEDS, tmp_path / "single", progress=False)
 

@@ -14,16 +14,23 @@ def debug_config():
     return make_config("debug", **{"run.chunk_steps": 100, "run.steps": 1_000})
 
 
-def test_chunk_compiles_once(debug_config):
+@pytest.fixture(scope="module")
+def compiled(debug_config):
+    """One trainer's init and chunk, jitted once for the module; `traces` grows each time the chunk is
+    traced, i.e. once per compilation."""
     trainer = make_train(debug_config)
     traces = []
 
-    def counted(state):
-        traces.append(1)  # runs only while tracing, i.e. once per compilation
+    def run_chunk(state):
+        traces.append(1)
         return trainer.run_chunk(state)
 
-    run_chunk = jax.jit(counted, donate_argnums=0)
-    state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+    return trainer, jax.jit(trainer.init), jax.jit(run_chunk), traces
+
+
+def test_chunk_compiles_once(debug_config, compiled):
+    _, init, run_chunk, traces = compiled
+    state = init(jax.random.PRNGKey(0))
     steps = []
     for _ in range(3):
         state, metrics = run_chunk(state)
@@ -33,13 +40,12 @@ def test_chunk_compiles_once(debug_config):
     assert np.diff(steps).tolist() == [debug_config.env_steps_per_chunk] * 2
 
 
-def test_vmapped_seeds_equal_single_runs(debug_config):
-    trainer = make_train(debug_config)
+def test_vmapped_seeds_equal_single_runs(compiled):
+    trainer, init_1, chunk_1, _ = compiled
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(2))
     init_v, chunk_v = jax.jit(jax.vmap(trainer.init)), jax.jit(jax.vmap(trainer.run_chunk))
     states = init_v(keys)
     states, metrics_v = chunk_v(states)
-    init_1, chunk_1 = jax.jit(trainer.init), jax.jit(trainer.run_chunk)
     for seed in range(2):
         single, metrics_1 = chunk_1(init_1(keys[seed]))
         # Same data collected: replay contents are exactly equal up to the end of the first chunk's acting
@@ -55,10 +61,10 @@ def test_vmapped_seeds_equal_single_runs(debug_config):
     assert not np.allclose(metrics_v["loss_model"][0], metrics_v["loss_model"][1])
 
 
-def test_same_seed_same_metrics(debug_config):
-    trainer = make_train(debug_config)
-    run = jax.jit(lambda key: trainer.run_chunk(trainer.init(key))[1])
-    a, b = run(jax.random.PRNGKey(7)), run(jax.random.PRNGKey(7))
+def test_same_seed_same_metrics(compiled):
+    _, init, run_chunk, _ = compiled
+    a = run_chunk(init(jax.random.PRNGKey(7)))[1]
+    b = run_chunk(init(jax.random.PRNGKey(7)))[1]
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 

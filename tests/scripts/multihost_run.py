@@ -1,6 +1,7 @@
 """One process of a two-process run joined by jax.distributed on 127.0.0.1 (2 virtual CPU devices each),
-started by tests/test_multihost.py: `multihost_run.py PROCESS_ID PORT LOGDIR [STOP_AFTER_CHUNKS]`.
-Prints one JSON line: the process, its env steps and a digest of its (replicated) parameters."""
+started by tests/test_multihost.py: `multihost_run.py PROCESS_ID PORT LOGDIR[:STOP_AFTER_CHUNKS] ...`
+trains one run into each LOGDIR in turn (stopping after STOP_AFTER_CHUNKS chunks where given) and prints one
+JSON line per run: the process, its env steps and a digest of its (replicated) parameters."""
 
 import hashlib
 import json
@@ -17,8 +18,7 @@ import numpy as np  # noqa: E402
 
 from mbrl_jax.parallel import initialize_hosts  # noqa: E402
 
-process_id, port, logdir = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-stop_after = int(sys.argv[4]) if len(sys.argv) > 4 else None
+process_id, port, runs = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 initialize_hosts(f"127.0.0.1:{port}", 2, process_id)
 cache = os.environ.get("MBRL_JAX_TEST_CACHE")
 if cache:
@@ -41,23 +41,26 @@ config = make_config(
         "replay.batch_length": 16,
     },
 )
-state, records = train(config, logdir, progress=False, stop_after_chunks=stop_after)
-digest = hashlib.sha256()
-for leaf in jax.tree.leaves(state.agent.params):
-    digest.update(np.asarray(leaf).tobytes())
-local_envs = [shard.data.shape[0] for shard in state.prev_action.addressable_shards]
-print(
-    json.dumps(
-        {
-            "process": jax.process_index(),
-            "processes": jax.process_count(),
-            "devices": jax.device_count(),
-            "local_envs": local_envs,
-            "env_steps": int(np.asarray(state.env_steps)),
-            "params": digest.hexdigest(),
-            "records": len(records),
-        }
-    ),
-    flush=True,
-)
+for run in runs:
+    logdir, _, stop = run.partition(":")
+    stop_after = int(stop) if stop else None
+    state, records = train(config, Path(logdir), progress=False, stop_after_chunks=stop_after)
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(state.agent.params):
+        digest.update(np.asarray(leaf).tobytes())
+    local_envs = [shard.data.shape[0] for shard in state.prev_action.addressable_shards]
+    print(
+        json.dumps(
+            {
+                "process": jax.process_index(),
+                "processes": jax.process_count(),
+                "devices": jax.device_count(),
+                "local_envs": local_envs,
+                "env_steps": int(np.asarray(state.env_steps)),
+                "params": digest.hexdigest(),
+                "records": len(records),
+            }
+        ),
+        flush=True,
+    )
 jax.distributed.shutdown()

@@ -53,7 +53,7 @@ def _launch(tmp_path: Path, name: str, runs: list[str]) -> list[list[dict]]:
 def test_two_processes_train_one_run_checkpoint_and_resume_exactly(tmp_path):
     # the first launch trains a run straight through, then a second one that checkpoints after its first
     # chunk and stops; the second launch (fresh processes) resumes that one
-    straight, partial = _launch(tmp_path, "first", [f"{tmp_path / 'straight'}", f"{tmp_path / 'resumed'}:1"])
+    straight, partial = _launch(tmp_path, "first", [str(tmp_path / "straight"), f"{tmp_path / 'resumed'}:1"])
     assert [r["processes"] for r in straight] == [2, 2] and [r["devices"] for r in straight] == [4, 4]
     assert [r["local_envs"] for r in straight] == [[1, 1], [1, 1]]  # each device steps its own env
     assert straight[0]["params"] == straight[1]["params"]
@@ -62,7 +62,7 @@ def test_two_processes_train_one_run_checkpoint_and_resume_exactly(tmp_path):
     assert [r["env_steps"] for r in records] == [168, 208, 248]  # one writer: no row twice
 
     assert [r["records"] for r in partial] == [1, 1] and len(read_metrics(tmp_path / "resumed")) == 1
-    (resumed,) = _launch(tmp_path, "second", [f"{tmp_path / 'resumed'}"])
+    (resumed,) = _launch(tmp_path, "second", [str(tmp_path / "resumed")])
     assert resumed[0]["params"] == resumed[1]["params"] == straight[0]["params"]
     assert resumed[0]["records"] == 2
     assert read_metrics(tmp_path / "resumed") == records

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from mbrl_jax.logging import JSONL
+from mbrl_jax.parallel import seed_logdir, stored_seeds
 from mbrl_jax.plotting import plot_curves
 
 
@@ -24,7 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for d in args.dirs:
         if not (d / JSONL).is_file():
-            print(f"plot.py: error: {d} has no {JSONL}", file=sys.stderr)
+            seeds = stored_seeds(d)
+            where = (
+                f"; it is a sweep: each seed's run is in its seed<s>/ folder, e.g. "
+                f"{' '.join(str(seed_logdir(d, s)) for s in seeds[:3])}{' ...' if len(seeds) > 3 else ''} "
+                f"(the sweep's own curves are in {d / 'curves.png'})"
+                if seeds
+                else ""
+            )
+            print(f"plot.py: error: {d} has no {JSONL}{where}", file=sys.stderr)
             return 2
     try:
         out = plot_curves(args.dirs, args.out, key=args.key, label=args.label)

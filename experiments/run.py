@@ -32,7 +32,6 @@ changed), 130 / 143 interrupted. Compiled programs are cached in $MBRL_JAX_CACHE
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from datetime import datetime
@@ -159,6 +158,19 @@ def _fresh(path: Path) -> Path:
     return candidate
 
 
+def split_presets(text: str | None) -> list[str]:
+    """'a,b' -> ['a', 'b']; None -> []. An empty name ('' or 'a,,b') is refused: it names no preset."""
+    if text is None:
+        return []
+    presets = [p.strip() for p in text.split(",")]
+    if not all(presets):
+        raise ConfigError(
+            f"--preset {text!r} has an empty name; give presets as a,b (known: {', '.join(PRESETS)}), or "
+            "leave --preset out"
+        )
+    return presets
+
+
 def build_config(args: argparse.Namespace) -> tuple[Config, Path, list[int] | None]:
     """The config by the rule in the module docstring, the run directory, and the seeds of a sweep (None
     for a single run)."""
@@ -166,7 +178,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Path, list[int] | No
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     if seeds is not None and "run.seed" in values:
         raise ConfigError(f"--seed and --seeds {args.seeds} are both given; give one (a run or a sweep)")
-    presets = [p for p in (args.preset or "").split(",") if p]
+    presets = split_presets(args.preset)
     given = Path(args.logdir).expanduser() if args.logdir else None
     base = None
     if given is not None and not args.preset and not args.new:
@@ -185,15 +197,11 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Path, list[int] | No
     return config, (_fresh(logdir) if args.new else logdir), seeds
 
 
-def enable_compilation_cache() -> None:
-    """Keeps compiled programs on disk, so a second run (or a resume) of the same config starts in seconds.
-    MBRL_JAX_CACHE_DIR picks the folder; set it to an empty string to turn the cache off."""
-    folder = os.environ.get("MBRL_JAX_CACHE_DIR", str(Path.home() / ".cache" / "mbrl_jax" / "xla"))
-    if folder:
-        import jax
-
-        jax.config.update("jax_compilation_cache_dir", folder)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+def resume_command(path: Path) -> str:
+    """The command that resumes the run in `path`, runnable from any folder: this interpreter, this script
+    and the run folder, all as absolute paths."""
+    parts = [sys.executable, str(Path(__file__).resolve()), "--logdir", str(path.absolute())]
+    return " ".join(map(shlex.quote, parts))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,13 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         Interrupted,
         LogdirInUse,
         NonFiniteError,
+        describe_budget,
         final_env_steps,
         latest_checkpoint,
         train,
         train_sweep,
     )
 
-    resume = f"python {shlex.quote(os.path.relpath(__file__))} --logdir {shlex.quote(str(path))}"
+    resume = resume_command(path)
     point = latest_checkpoint(path)
     if point is not None and point[0] >= final_env_steps(config):
         print(f"{path}: finished at {point[0]} env steps; pass --steps M > {point[0]} to continue")
@@ -234,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"mbrl_jax: {config.agent} on {config.env.name}, "
         f"{'seed ' + str(config.run.seed) if seeds is None else 'seeds ' + ','.join(map(str, seeds))}, "
-        f"{config.run.steps} env steps"
+        f"{describe_budget(config)[0]}"
         f"{f' of {config.env.action_repeat} repeats' if config.env.action_repeat > 1 else ''} "
         f"(train ratio {config.effective_train_ratio:g}, {config.env.num_envs} envs) -> {path}",
         flush=True,
@@ -247,12 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "no checkpoint yet: starting from env step 0; the metrics written so far are replaced", flush=True
         )
-    enable_compilation_cache()
     try:
         if seeds is None:
-            _, records = train(config, path, progress=not args.no_progress)
+            _, records = train(config, path, progress=not args.no_progress, announce=False)
         else:
-            _, by_seed = train_sweep(config, seeds, path, progress=not args.no_progress)
+            _, by_seed = train_sweep(config, seeds, path, progress=not args.no_progress, announce=False)
     except (NonFiniteError, LogdirInUse) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -471,9 +471,17 @@ class Config:
 
     @property
     def num_chunks(self) -> int:
-        """Chunks after prefill; the budget is rounded up to whole chunks."""
+        """Chunks after prefill, the last one cut short where the budget ends inside a chunk."""
         remaining = self.run.steps - self.prefill_steps_per_env * self.env.num_envs
         return max(0, math.ceil(remaining / self.env_steps_per_chunk))
+
+    @property
+    def total_env_steps(self) -> int:
+        """Env steps a run does: `run.steps`, or the next whole iteration (`env_steps_per_iteration`, all
+        envs stepping together) above it; likewise the prefill takes whole steps of all envs."""
+        prefill = self.prefill_steps_per_env * self.env.num_envs
+        per_iteration = self.env_steps_per_iteration
+        return prefill + math.ceil(max(0, self.run.steps - prefill) / per_iteration) * per_iteration
 
     @property
     def sample_length(self) -> int:

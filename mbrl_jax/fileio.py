@@ -41,6 +41,17 @@ def fsync_path(path: str | Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def _file_mode(path: Path) -> int:
+    """The permission bits `path` keeps when replaced: its own where it exists, else a new file's under the
+    process's umask (0644 under the usual 022), as the run's other files get."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
     """Replace `path` with `data` atomically: a temp file in the same folder, then os.replace, so a reader
     (or a crash) sees the old or the new content, never a mix. `durable` also fsyncs the file and folder."""
@@ -48,6 +59,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600; the file gets what open() would have given it
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if durable:

@@ -2,8 +2,11 @@
 
 `train(config, logdir)` is what `experiments/run.py` calls. Python runs only between compiled chunks:
     init (once) -> [run_chunk -> metrics to disk -> maybe checkpoint] x num_chunks -> plots.
-Running it again on the same logdir resumes from the latest checkpoint; raising only `steps` continues a
-finished run exactly as if the larger budget had been given from the start (a chunk never depends on `steps`).
+A run does `Config.total_env_steps` env steps (`describe_budget` says how): chunks end on fixed boundaries
+and the last one stops at the budget. Running it again on the same logdir resumes from the latest checkpoint;
+raising only `steps` continues a finished run's state exactly as if the larger budget had been given from the
+start (the budget is an argument of the one compiled chunk, and a chunk cut at the budget leaves the state as
+the uncut chunk's first iterations would).
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mbrl_jax.checkpoint import Checkpointer, flat_leaves, load_config, save_config
 from mbrl_jax.config import (
@@ -112,10 +118,33 @@ def stored_config(logdir: Path) -> Config | None:
         ) from None
 
 
+def continue_command(logdir: Path) -> str:
+    """The command line that continues the run or sweep stored in `logdir` (its stored config and seeds)."""
+    return f"python experiments/run.py --logdir {shlex.quote(str(logdir))}"
+
+
+def sweep_of_seed_folder(logdir: Path) -> tuple[Path, list[int]] | None:
+    """(the sweep's folder, its seeds) when `logdir` is the `seed<s>/` folder of a sweep, else None."""
+    parent = logdir.absolute().parent
+    seeds = stored_seeds(parent)
+    if seeds is None or not logdir.name.startswith("seed") or not logdir.name[4:].isdigit():
+        return None
+    return (parent, seeds) if int(logdir.name[4:]) in seeds else None
+
+
 def check_resume(config: Config, logdir: Path, seeds: Sequence[int] | None = None) -> None:
-    """Refuses a logdir that holds a run of another config (only `RESUMABLE_FIELDS` may differ), a sweep
-    where a single run is asked for (`seeds` None), a single run where a sweep is, or a sweep of other
-    seeds."""
+    """Refuses a logdir that is a seed's folder inside a sweep, that holds a run of another config (only
+    `RESUMABLE_FIELDS` may differ), a sweep where a single run is asked for (`seeds` None), a single run
+    where a sweep is, or a sweep of other seeds. Each refusal names the command that continues what the
+    folder holds."""
+    owner = sweep_of_seed_folder(Path(logdir))
+    if owner is not None:
+        sweep, sweep_seeds = owner
+        raise ConfigError(
+            f"logdir={str(logdir)!r} is the folder of {Path(logdir).name[:4]} {Path(logdir).name[4:]} in the "
+            f"sweep of seeds {sweep_seeds} in {str(sweep)!r}, not a run of its own; continue the sweep with "
+            f"{continue_command(sweep)}, or use another logdir"
+        )
     previous = stored_config(logdir)
     if previous is None:
         return
@@ -123,12 +152,12 @@ def check_resume(config: Config, logdir: Path, seeds: Sequence[int] | None = Non
     if stored is not None and seeds is None:
         raise ConfigError(
             f"logdir={str(logdir)!r} holds a sweep of seeds {stored}; resume it as a sweep "
-            f"(--seeds {','.join(map(str, stored))}) or use another logdir"
+            f"({continue_command(Path(logdir))}) or use another logdir for the single run"
         )
     if seeds is not None and stored is None:
         raise ConfigError(
-            f"logdir={str(logdir)!r} holds a single run (seed {previous.run.seed}), not a sweep; "
-            "use another logdir for the sweep"
+            f"logdir={str(logdir)!r} holds a single run (seed {previous.run.seed}), not a sweep; continue it "
+            f"with {continue_command(Path(logdir))}, or use another logdir for the sweep"
         )
     if seeds is not None and list(stored) != list(seeds):
         raise ConfigError(
@@ -177,13 +206,35 @@ def describe_non_finite(names: list[str], limit: int = 3) -> str:
     return "; ".join(parts)
 
 
-def _chunks_done(config: Config, env_steps: int) -> int:
-    return (env_steps - config.prefill_steps_per_env * config.env.num_envs) // config.env_steps_per_chunk
-
-
 def final_env_steps(config: Config) -> int:
-    """Env steps at which a run of `config` ends: prefill plus whole chunks."""
-    return config.prefill_steps_per_env * config.env.num_envs + config.num_chunks * config.env_steps_per_chunk
+    """Env steps at which a run of `config` ends (`Config.total_env_steps`)."""
+    return config.total_env_steps
+
+
+def describe_budget(config: Config) -> tuple[str, bool]:
+    """What a run of `config` will do, said before it starts, and whether that is exactly `run.steps`:
+    ('30,000 env steps = 1,024 prefill + 28 chunks of 1,000 + a last chunk of 976', True). Where the envs'
+    lockstep makes `run.steps` unreachable, the text says what the run does instead and why."""
+    total, n = config.total_env_steps, config.env.num_envs
+    prefill, per_chunk = config.prefill_steps_per_env * n, config.env_steps_per_chunk
+    whole, last = divmod(total - prefill, per_chunk)
+    parts = [f"{prefill:,} prefill"]
+    if whole:
+        parts.append(f"{whole:,} chunk{'s' if whole > 1 else ''} of {per_chunk:,}")
+    if last:
+        parts.append(f"{'a last chunk' if whole else 'one chunk'} of {last:,}")
+    text = f"{total:,} env steps = " + " + ".join(parts)
+    exact = total == config.run.steps
+    why = []
+    if not exact:
+        per_iteration = config.env_steps_per_iteration
+        why.append(
+            f"run.steps={config.run.steps:,} rounded up to whole iterations of {per_iteration} env steps "
+            f"({n} envs x {per_iteration // n} step{'s' if per_iteration > n else ''})"
+        )
+    if prefill != config.replay.prefill:
+        why.append(f"replay.prefill={config.replay.prefill:,} taken as {prefill:,} (whole steps of {n} envs)")
+    return text + (" (" + "; ".join(why) + ")" if why else ""), exact
 
 
 def latest_checkpoint(logdir: str | Path) -> tuple[int, float] | None:
@@ -276,6 +327,7 @@ def train(
     progress: bool = True,
     stop_after_chunks: int | None = None,
     handle_signals: bool = True,
+    announce: bool = True,
 ) -> tuple[TrainState, list[dict]]:
     """Trains `config`, logging to and resuming from `logdir` (if given). Returns the final state and the
     metric records of this call. `stop_after_chunks` ends early after that many chunks (tests, schedulers).
@@ -285,8 +337,12 @@ def train(
     Metric records after the checkpoint that the run resumes from (all of them when there is none) are
     dropped before anything is appended, so a resumed run's files equal an uninterrupted run's.
     Non-finite losses or agent state raise `NonFiniteError` before anything of that chunk is saved.
+
+    The run does `config.total_env_steps` env steps; with `announce` (and `progress`) it first prints how
+    (`describe_budget`), and a budget the envs cannot meet exactly is also a warning saying what runs instead.
+    Compiled programs go to the persistent compilation cache (`use_compilation_cache`).
     """
-    state, records = _train(config, logdir, None, progress, stop_after_chunks, handle_signals)
+    state, records = _train(config, logdir, None, progress, stop_after_chunks, handle_signals, announce)
     return state, records[None]
 
 
@@ -298,6 +354,7 @@ def train_sweep(
     progress: bool = True,
     stop_after_chunks: int | None = None,
     handle_signals: bool = True,
+    announce: bool = True,
 ) -> tuple[TrainState, dict[int, list[dict]]]:
     """Trains `config` for every seed in `seeds` as one compiled program (the train state vmapped over a
     leading seed axis; seed s starts from the key of a single run with `run.seed=s`). The folder layout is
@@ -310,7 +367,7 @@ def train_sweep(
     """
     seeds = check_seeds(seeds)
     config = make_config(base=config, **{"run.seed": seeds[0]})
-    return _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals)
+    return _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals, announce)
 
 
 def _member(tree, index: int | None):
@@ -331,7 +388,7 @@ class Programs:
     """The jitted programs of a run (`seeds` None) or of a sweep, laid out on `run.devices` devices."""
 
     init: Callable  # key -> TrainState ([S, ...] on every leaf for a sweep)
-    chunk: Callable  # state -> (state, metrics, finite flags); donates its argument
+    chunk: Callable  # (state, budget) -> (state, metrics, finite flags); donates the state
     key: jax.Array  # init's key: PRNGKey(run.seed), or one per seed stacked
     shardings: Any  # the state's NamedShardings on the mesh, None on one device
     target: Any = None  # the state's shapes where `init` cannot be traced (host loop); else from init
@@ -349,15 +406,15 @@ def make_programs(config: Config, seeds: Sequence[int] | None = None) -> Program
     mesh = make_mesh(config, seeds)
     trainer = make_train(config, mesh if seeds is None else None)
 
-    def chunk_and_check(state):
-        state, metrics = trainer.run_chunk(state)
+    def chunk_and_check(state, budget):
+        state, metrics = trainer.run_chunk(state, budget)
         return state, metrics, finite_flags(state, metrics)
 
     if seeds is None:
         init, chunk = trainer.init, chunk_and_check
         key = jax.random.PRNGKey(config.run.seed)
-    else:
-        init, chunk = jax.vmap(trainer.init), jax.vmap(chunk_and_check)
+    else:  # the budget is one number for every seed
+        init, chunk = jax.vmap(trainer.init), jax.vmap(chunk_and_check, in_axes=(0, None))
         key = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
     if mesh is None:
         restart = jax.jit(trainer.restart, donate_argnums=0) if trainer.restart is not None else None
@@ -366,7 +423,7 @@ def make_programs(config: Config, seeds: Sequence[int] | None = None) -> Program
     everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # metrics: on every host
     chunk_fn = jax.jit(
         chunk,
-        in_shardings=(shardings,),
+        in_shardings=(shardings, everywhere),
         out_shardings=(shardings, everywhere, everywhere),
         donate_argnums=0,
     )
@@ -381,17 +438,38 @@ def _host_programs(config: Config, seeds: Sequence[int] | None) -> Programs:
     trainer = make_host_train(config)
     flags = jax.jit(finite_flags)
 
-    def chunk_and_check(state):
-        state, metrics = trainer.run_chunk(state)
+    def chunk_and_check(state, budget):
+        state, metrics = trainer.run_chunk(state, budget)
         return state, metrics, flags(state, metrics)
 
     key = jax.random.PRNGKey(config.run.seed)
     return Programs(trainer.init, chunk_and_check, key, None, target=trainer.abstract_state(key), host=True)
 
 
-def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
+def use_compilation_cache() -> str | None:
+    """Keeps compiled programs on disk, so a second run (or a resume) of the same config starts in seconds:
+    in $MBRL_JAX_CACHE_DIR (default ~/.cache/mbrl_jax/xla; an empty value turns the cache off), unless the
+    process already set `jax_compilation_cache_dir` itself. Returns the folder in use, or None."""
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    folder = os.environ.get("MBRL_JAX_CACHE_DIR", str(Path.home() / ".cache" / "mbrl_jax" / "xla"))
+    if not folder:
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return folder
+
+
+def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals, announce):
     """The host loop of `train` (seeds None) and `train_sweep` (a list of seeds, vmapped), with the run
     folder held for the whole of it."""
+    if announce:
+        plan, exact = describe_budget(config)
+        if progress and jax.process_index() == 0:
+            print(f"mbrl_jax: {plan}", flush=True)
+        if not exact:
+            warnings.warn(f"the run does {plan}", UserWarning, stacklevel=3)
+    use_compilation_cache()
     path = check_logdir(logdir) if logdir is not None else None
     with hold_logdir(path):
         return _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals)
@@ -400,7 +478,8 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals):
 def _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals):
     progress = progress and jax.process_index() == 0  # one console for a multi-host run
     say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
-    total_steps = final_env_steps(config)
+    total_steps = config.total_env_steps
+    budget = np.int32(total_steps)  # a traced argument of the chunk: every run length shares one program
     members = [None] if seeds is None else list(seeds)
     check_devices(config, seeds)
     if path is not None:
@@ -450,18 +529,19 @@ def _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals
         if programs.restart is not None:
             state = programs.restart(state)
         if not programs.host:
-            (chunk_fn,) = _compile([chunk_fn.lower(target)], say)
+            (chunk_fn,) = _compile([chunk_fn.lower(target, budget)], say)
     elif programs.host:
         state = init(key)
     else:
-        init, chunk_fn = _compile([init.lower(key), chunk_fn.lower(target)], say)
+        init, chunk_fn = _compile([init.lower(key), chunk_fn.lower(target, budget)], say)
         state = init(key)
     wait_for_all_processes(f"mbrl_jax compiled {path}")  # a multi-host run's processes start chunks together
-    start_chunk = _chunks_done(config, env_steps_reached(state))
+    reached = env_steps_reached(state)
+    prefill, per_chunk = config.prefill_steps_per_env * config.env.num_envs, config.env_steps_per_chunk
     ckpt_every = max(1, math.ceil(config.run.checkpoint_every / config.env_steps_per_chunk))
     last_saved = latest
     records: dict[int | None, list[dict]] = {m: [] for m in members}
-    display = Progress(total_steps, env_steps_reached(state)) if progress else None
+    display = Progress(total_steps, reached) if progress else None
     t_start = last_save_time = time.time()
     env_steps = None  # of the last complete chunk of this call
     interrupted = False
@@ -477,13 +557,15 @@ def _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals
             cleanup.callback(logger.close)
         if display is not None:
             cleanup.enter_context(display)  # after compiling: rates and ETA count only compiled chunks
-        for index in range(start_chunk, config.num_chunks):
+        chunks_run = 0
+        while reached < total_steps:
             if stop is not None and stop.signum is not None:
                 interrupted = True
                 break
-            if stop_after_chunks is not None and index - start_chunk >= stop_after_chunks:
+            if stop_after_chunks is not None and chunks_run >= stop_after_chunks:
                 break
-            state, metrics, finite = chunk_fn(state)
+            state, metrics, finite = chunk_fn(state, budget)
+            chunks_run += 1
             if stop is not None:
                 _wait(finite)
             metrics, finite = jax.device_get((metrics, finite))  # one transfer; seeds are sliced on the host
@@ -520,16 +602,19 @@ def _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals
                     loggers[member].write(record)
             if display is not None:
                 display.update(env_steps, _mean_record(list(chunk_records.values())))
-            done = index + 1
-            due = done % ckpt_every == 0 or time.time() - last_save_time >= 60 * config.run.checkpoint_minutes
-            if ckpt is not None and (due or done == config.num_chunks):
+            reached = env_steps
+            done, past = divmod(reached - prefill, per_chunk)  # chunk boundaries passed
+            due = (past == 0 and done % ckpt_every == 0) or (
+                time.time() - last_save_time >= 60 * config.run.checkpoint_minutes
+            )
+            if ckpt is not None and (due or reached >= total_steps):
                 save(env_steps)
         if interrupted:
             saved = ckpt is not None and env_steps is not None and last_saved != env_steps
             if saved:
                 save(env_steps)
             raise Interrupted(stop.signum, env_steps, saved)
-    if writer and path is not None and env_steps_reached(state) >= total_steps:
+    if writer and path is not None and reached >= total_steps:
         from mbrl_jax.plotting import plot_run
 
         for member in members:

@@ -234,8 +234,8 @@ def policy_action(agent: Any, state: TrainState) -> tuple[TrainState, jax.Array,
 def chunk_metrics(
     c: Config, state: TrainState, metrics: dict, episodes: tuple, eval_return, evaluated
 ) -> dict:
-    """A chunk's metrics dict (see `make_train`) from per-iteration learner metrics [I] and episode
-    statistics (count, return sum, length sum)."""
+    """A chunk's metrics dict (see `make_train`) from per-iteration learner metrics [I] (or their means, [])
+    and episode statistics (count, return sum, length sum)."""
     count, ret_sum, len_sum = episodes
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics.update(
@@ -250,11 +250,30 @@ def chunk_metrics(
     return metrics
 
 
-def eval_due(c: Config, state: TrainState) -> jax.Array:
-    """Whether the chunk that just ended is one that evaluates: every `chunks_per_eval`-th chunk, and the
-    run's last, so that its final return is measured at the end of the budget."""
-    chunks_done = (state.env_steps - c.prefill_steps_per_env * c.env.num_envs) // c.env_steps_per_chunk
-    return (chunks_done % c.chunks_per_eval == 0) | (chunks_done >= c.num_chunks)
+# Folded into the key that would have been split at a chunk's end when the chunk is cut short of the chunk
+# boundary: its evaluation draws from that key, and the state's key stays as an uncut chunk would leave it.
+CUT_EVAL_KEY = 0x0C07
+
+
+def chunk_plan(c: Config, env_steps, budget):
+    """What the chunk starting at `env_steps` does in a run of `budget` env steps (`Config.total_env_steps`):
+    `(iterations, final, boundary)`. Chunks end on the fixed boundaries prefill + k x `env_steps_per_chunk`,
+    except the run's last, which stops at `budget` (`final`); `boundary` says whether the chunk ends on a
+    boundary. So a run's state passes through the same iterations whatever its budget, and raising `budget`
+    continues a finished run as if it had been given from the start. Works on Python ints and on traced
+    int32 arrays alike."""
+    prefill = c.prefill_steps_per_env * c.env.num_envs
+    per_chunk, per_iteration = c.env_steps_per_chunk, c.env_steps_per_iteration
+    next_boundary = prefill + ((env_steps - prefill) // per_chunk + 1) * per_chunk
+    end = jnp.minimum(next_boundary, budget)
+    return (end - env_steps) // per_iteration, end >= budget, end == next_boundary
+
+
+def eval_due(c: Config, env_steps, final, boundary=True) -> jax.Array:
+    """Whether the chunk that just ended at `env_steps` evaluates: every `chunks_per_eval`-th chunk boundary,
+    and the run's last chunk (`final`), so that its final return is measured at the end of the budget."""
+    chunks_done = (env_steps - c.prefill_steps_per_env * c.env.num_envs) // c.env_steps_per_chunk
+    return (boundary & (chunks_done % c.chunks_per_eval == 0)) | final
 
 
 def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer:
@@ -264,14 +283,16 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
     Returns a `Trainer` with
       init: `key -> TrainState`. Builds the agent, resets `num_envs` envs and prefills the replay with
         `prefill` random steps, all on device.
-      run_chunk: `TrainState -> (TrainState, metrics)`. One `lax.scan` of `iterations_per_chunk` iterations
-        (`env_steps_per_iteration` env steps with the policy, then `updates_per_iteration` learner updates),
-        then one evaluation. `metrics` is a dict of scalar arrays: the learner's losses and statistics
-        averaged over the chunk, `env_steps` and `updates` (totals so far), `episodes` (episodes ended in
-        the chunk) with `episode_return_sum` and `episode_length_sum` over them, `eval_return` and
-        `evaluated` (whether this chunk ended with an evaluation: every `chunks_per_eval`-th chunk, and the
-        last);
-        `summarize_chunk` turns it into plain numbers.
+      run_chunk: `(TrainState, budget=None) -> (TrainState, metrics)`. One `lax.scan` of
+        `iterations_per_chunk` iterations (`env_steps_per_iteration` env steps with the policy, then
+        `updates_per_iteration` learner updates), then one evaluation. With `budget` (int32, the run's
+        `Config.total_env_steps`, a traced value: runs of every length share one program) the chunk runs
+        `chunk_plan`'s iterations, so the run's last chunk stops at the budget; without it every chunk is
+        whole and the `num_chunks`-th is the last. `metrics` is a dict of scalar arrays: the learner's
+        losses and statistics averaged over the chunk's iterations, `env_steps` and `updates` (totals so
+        far), `episodes` (episodes ended in the chunk) with `episode_return_sum` and `episode_length_sum`
+        over them, `eval_return` and `evaluated` (whether this chunk ended with an evaluation: every
+        `chunks_per_eval`-th chunk, and the last); `summarize_chunk` turns it into plain numbers.
       evaluate: `(AgentState, key) -> []` float32, the mean return of `eval_episodes` episodes with the
         policy's mode (`run.eval_policy="mode"`) or sampled actions ("sample", as the reference evaluates).
     All three work under `jax.jit` and `jax.vmap`: with a leading seed axis on the key (and so on the state,
@@ -336,11 +357,39 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
         max_steps = c.run.eval_steps or None
         return episode_returns(eval_env, act, agent.initial_carry(c.run.eval_episodes), key, max_steps).mean()
 
-    def run_chunk(state: TrainState) -> tuple[TrainState, dict]:
-        state, (metrics, episodes) = jax.lax.scan(iteration, state, None, length=c.iterations_per_chunk)
-        key, k_eval = jax.random.split(state.key)
+    def skipped_iteration(state: TrainState, _):
+        out = jax.eval_shape(iteration, state, None)[1]
+        return state, jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), out)
+
+    def run_chunk(state: TrainState, budget=None) -> tuple[TrainState, dict]:
+        if budget is None:  # a whole chunk; the run ends after `num_chunks` of them
+            state, (metrics, episodes) = jax.lax.scan(iteration, state, None, length=c.iterations_per_chunk)
+            chunks_done = (state.env_steps - c.prefill_steps_per_env * n) // c.env_steps_per_chunk
+            final = chunks_done >= c.num_chunks
+            key, k_eval = jax.random.split(state.key)
+            evaluated = eval_due(c, state.env_steps, final)
+        else:  # `chunk_plan`'s iterations; those past them pass the state through
+            iterations, final, boundary = chunk_plan(c, state.env_steps, budget)
+
+            def maybe_iteration(state, i):
+                return jax.lax.cond(i < iterations, iteration, skipped_iteration, state, None)
+
+            steps = jnp.arange(c.iterations_per_chunk)
+            state, (per_iteration, episodes) = jax.lax.scan(maybe_iteration, state, steps)
+            ran = (steps < iterations).astype(jnp.float32)
+            metrics = jax.tree.map(
+                lambda m: jnp.where(
+                    iterations == c.iterations_per_chunk,
+                    jnp.mean(m),  # what the whole chunk's mean is, bit for bit
+                    jnp.sum(m * ran) / jnp.maximum(iterations, 1).astype(m.dtype),
+                ),
+                per_iteration,
+            )
+            split, k_eval = jax.random.split(state.key)
+            key = jnp.where(boundary, split, state.key)
+            k_eval = jnp.where(boundary, k_eval, jax.random.fold_in(state.key, CUT_EVAL_KEY))
+            evaluated = eval_due(c, state.env_steps, final, boundary)
         state = state.replace(key=key)
-        evaluated = eval_due(c, state)
         eval_return = jax.lax.cond(evaluated, evaluate, lambda *_: jnp.float32(0.0), state.agent, k_eval)
         return state, chunk_metrics(c, state, metrics, episodes, eval_return, evaluated)
 

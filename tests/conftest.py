@@ -32,8 +32,8 @@ def poison_run(monkeypatch):
         def make_train(cfg, mesh=None):
             trainer = real_make_train(cfg, mesh)
 
-            def run_chunk(state):
-                state, metrics = trainer.run_chunk(state)
+            def run_chunk(state, budget=None):
+                state, metrics = trainer.run_chunk(state, budget)
                 bad = state.env_steps >= first_bad
                 spoil = lambda tree: jax.tree.map(lambda x: jnp.where(bad, value, x), tree)  # noqa: E731
                 p = state.agent.params

@@ -77,6 +77,8 @@ BAD_INPUTS = [
     (["--steps", "1.5"], ["steps", "1.5", "int"]),
     (["--bogus"], ["unrecognized", "--bogus"]),
     (["--steps"], ["--steps", "expected one argument"]),
+    (["--preset", ""], ["--preset ''", "empty name", "cartpole"]),
+    (["--preset", "debug,,size1m"], ["--preset 'debug,,size1m'", "empty name"]),
 ]
 
 

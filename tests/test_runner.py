@@ -23,8 +23,8 @@ SMALL = {
     "replay.prefill": 64,
     "replay.batch_length": 16,
 }
-# 3 chunks. The budget is a constant of the chunk's program (the last chunk evaluates), so the tests share
-# these two lengths, and with them two compiles.
+# SMALL: 9 chunks of 100 and a last one cut to 36; SHORT: 3 chunks. The budget is an argument of the one
+# compiled chunk, so both lengths share a program.
 SHORT = {**SMALL, "run.steps": 364}
 
 

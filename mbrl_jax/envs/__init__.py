@@ -7,6 +7,9 @@ interface, `EnvpoolXlaVecEnv`); the host loop (`mbrl_jax.host_loop`) takes `Host
 `EnvpoolVecEnv`).
 """
 
+import contextlib
+import shlex
+
 from mbrl_jax.config import ConfigError
 from mbrl_jax.envs.base import EnvSpec, EnvState, TimeStep, VecEnv, first_timestep, rescale_action
 from mbrl_jax.envs.envpool_env import (
@@ -83,7 +86,8 @@ def env_spec(name: str, action_repeat: int = 1) -> EnvSpec:
     if is_gymnasium(name):
         from mbrl_jax.envs.gymnasium_env import env_spec as gymnasium_env_spec
 
-        return gymnasium_env_spec(name)
+        with missing_package_as_config_error(name):
+            return gymnasium_env_spec(name)
     if is_envpool(name):
         from mbrl_jax.envs.envpool_env import env_spec as envpool_env_spec
 
@@ -102,7 +106,28 @@ def make_host_env(
         raise ValueError(
             f"{name!r} is not a host env name (host envs: 'gymnasium:<id>', 'envpool:<task_id>')"
         )
-    return GymnasiumVecEnv(name, num_envs)
+    with missing_package_as_config_error(name):
+        return GymnasiumVecEnv(name, num_envs)
+
+
+@contextlib.contextmanager
+def missing_package_as_config_error(name: str):
+    """Turns a package that env `name` needs and cannot import (missing, or broken) into a one-line
+    ConfigError naming the package and how to install it, instead of a traceback from deep in its import."""
+    try:
+        from gymnasium.error import DependencyNotInstalled
+    except ImportError:  # no Gymnasium: what it needs is the ImportError below
+        DependencyNotInstalled = ()  # noqa: N806
+    try:
+        yield
+    except DependencyNotInstalled as err:  # Gymnasium's own message says what to install
+        raise ConfigError(f"env.name={name!r} needs a package that is not installed: {err}") from None
+    except ImportError as err:
+        package = (err.name or "").split(".")[0] or "a package it imports"
+        install = f"pip install {shlex.quote(package)}" if err.name else "reinstall its package"
+        raise ConfigError(
+            f"env.name={name!r} cannot import {package} ({type(err).__name__}: {err}); {install}"
+        ) from None
 
 
 __all__ = [

@@ -235,7 +235,6 @@ def test_a_preset_value_carries_its_own_overrides():
 def test_measure_envpool_on_its_xla_interface_and_on_the_host_loop():
     """envpool's two loops in one run: each measured in its own loop, every figure finite and positive, and
     the compiled loop's acting (policy and env step in one scan) beats the host loop's per-step round trip."""
-    pytest.importorskip("envpool", minversion="1.2", reason="envpool >= 1.2 is not installed (an extra)")
     results = {}
     for loop in ("compiled", "host"):
         config = make_config("debug", **{**OVERRIDES, "env.name": "envpool:CartPole-v1", "env.loop": loop})

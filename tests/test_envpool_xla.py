@@ -15,7 +15,6 @@ from mbrl_jax.logging import read_metrics
 from mbrl_jax.parallel import check_devices
 from mbrl_jax.runner import train
 
-ENVPOOL_MISSING = "envpool >= 1.2 is not installed (optional extra: pip install -e .[envpool])"
 FIELDS = ("reward", "is_first", "is_last", "is_terminal", "episode_return", "episode_length")
 # A compiled-loop run on envpool CartPole: prefill 64 steps, then 4 chunks of 100; a checkpoint every 2.
 SMALL = {
@@ -57,7 +56,6 @@ def test_loop_choice_and_its_errors_without_envpool():
 def test_xla_timesteps_match_the_host_adapter():
     """Same seed, same actions: every TimeStep field of the XLA adapter equals the host-loop adapter's
     (itself tested against a hand-stepped pool), across CartPole's episode ends and on Pong's frames."""
-    pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
     n, steps = 3, 120
     actions = np.random.default_rng(2).integers(0, 2, (steps, n)).astype(np.int32)
     xla = EnvpoolXlaVecEnv("envpool:CartPole-v1", n, seed=5)
@@ -83,7 +81,6 @@ def test_xla_timesteps_match_the_host_adapter():
 
 
 def test_envpool_loop_choice():
-    pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
     assert resolve_loop("envpool:CartPole-v1") == "compiled"
     assert resolve_loop("envpool:CartPole-v1", "host") == "host"
     assert resolve_loop("envpool:HalfCheetah-v4") == "host"  # float64 observations and actions
@@ -102,7 +99,6 @@ def test_xla_run_resumes_deterministically_and_exactly_up_to_the_checkpoint(tmp_
     """The compiled loop on envpool: learns without non-finite values, stores episode starts; a run cut
     after its checkpoint resumes to the uninterrupted run's records up to the checkpoint, and the same
     checkpoint resumed twice gives the same run (the pool restarts every env, as the host loop does)."""
-    pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
     config = make_config("debug", **SMALL)
     state, records = train(config, tmp_path / "straight", progress=False)
     assert [r["env_steps"] for r in records] == [164, 264, 364, 464]

@@ -32,7 +32,6 @@ SMALL = {
 }
 
 # envpool is an optional extra (about 470 MB of Atari ROMs and MuJoCo assets): `pip install -e .[envpool]`.
-ENVPOOL_MISSING = "envpool >= 1.2 is not installed (optional extra: pip install -e .[envpool])"
 
 
 def _hand_rollout(env_id: str, seed: int, n: int, actions: np.ndarray) -> list[dict]:
@@ -189,7 +188,7 @@ def test_envpool_names_need_envpool(monkeypatch):
 
 
 def test_envpool_timesteps_match_a_hand_stepped_pool():
-    envpool = pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
+    import envpool
     with pytest.raises(ConfigError, match="'CartPol-v1' is not an envpool task.*CartPole-v1"):
         make_config("debug", **{"env.name": "envpool:CartPol-v1"})
     n, steps = 3, 60
@@ -220,7 +219,6 @@ def test_envpool_timesteps_match_a_hand_stepped_pool():
 
 
 def test_envpool_cartpole_host_loop_run(tmp_path):
-    pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
     settings = {**SMALL, "env.name": "envpool:CartPole-v1", "env.loop": "host", "run.steps": 264}
     config = make_config("debug", **settings)
     state, records = train(config, tmp_path, progress=False)
@@ -244,7 +242,6 @@ def test_envpool_pong_from_pixels_through_chunks_and_resume(tmp_path, loop):
     """Atari from pixels with the atari100k env settings, on the host loop and in the compiled loop
     (envpool's XLA step inside the chunk): chunks of act, store and learn, and a run cut after its first
     checkpoint resumes to the uninterrupted run's records up to there and runs to the end."""
-    pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
     settings = {
         **SMALL,
         "env.name": "envpool:Pong-v5",
@@ -393,7 +390,7 @@ def test_action_repeat_is_refused_where_it_does_not_apply():
 def test_envpool_dmc_dict_observations_and_action_repeat():
     """envpool's DMC Walker Walk with action repeat 2 equals a repeat-1 pool of the same seed stepped twice
     per action: observations, summed rewards, and episodes of 500 agent steps (1,000 env steps)."""
-    envpool = pytest.importorskip("envpool", minversion="1.2", reason=ENVPOOL_MISSING)
+    import envpool
     name, n = "envpool:WalkerWalk-v1", 2
     env = make_host_env(name, n, action_repeat=2)
     assert env.spec.obs_shapes == {"orientations": (14,), "height": (1,), "velocity": (9,)}

@@ -36,9 +36,9 @@ from mbrl_jax.envs import HostVecEnv, TimeStep, make_host_env
 from mbrl_jax.envs.base import obs_dtype
 from mbrl_jax.trainer import (
     CUT_EVAL_KEY,
+    ChunkPlan,
     TrainState,
     chunk_metrics,
-    chunk_plan,
     eval_due,
     fresh_episodes,
     initial_state,
@@ -68,7 +68,7 @@ class HostTrainer:
     env: HostVecEnv
     eval_env: HostVecEnv
     init: Callable  # key -> TrainState
-    run_chunk: Callable  # (TrainState, budget=None) -> (TrainState, metrics), as trainer.run_chunk
+    run_chunk: Callable  # (TrainState, plan=None) -> (TrainState, metrics), as trainer.run_chunk
     evaluate: Callable  # (agent state, key) -> mean return of eval_episodes episodes, a Python float
     abstract_state: Callable  # key -> TrainState of jax.ShapeDtypeStruct
 
@@ -171,7 +171,7 @@ def make_host_train(config: Config) -> HostTrainer:
                 break
         return float(np.mean(np.where(finished, ret, ts.episode_return)))
 
-    def run_chunk(state: TrainState, budget=None) -> tuple[TrainState, dict]:
+    def run_chunk(state: TrainState, plan: ChunkPlan | None = None) -> tuple[TrainState, dict]:
         if current["ts"] is None:  # a restored state: the envs start new episodes (module docstring)
             key = jax.random.fold_in(state.key, state.env_steps)
             ts = env.reset(seed_from_key(key))
@@ -179,10 +179,8 @@ def make_host_train(config: Config) -> HostTrainer:
             state = restart_jit(state, to_device(ts))
         count, ret_sum, len_sum = np.int32(0), np.float32(0.0), np.float32(0.0)
         per_iteration = []
-        if budget is None:  # a whole chunk, as the compiled loop's
-            iterations, boundary = c.iterations_per_chunk, True
-        else:
-            iterations, _, boundary = (int(x) for x in chunk_plan(c, int(state.env_steps), int(budget)))
+        iterations = c.iterations_per_chunk if plan is None else int(plan.iterations)
+        boundary = plan is None or bool(plan.boundary)
         for _ in range(iterations):
             for _ in range(steps_per_env):
                 ts = current["ts"]  # episode statistics of the step acted on, as the compiled loop counts
@@ -198,12 +196,12 @@ def make_host_train(config: Config) -> HostTrainer:
         if not boundary:  # cut at the budget: the key stays as the uncut chunk leaves it (trainer.run_chunk)
             key, k_eval = state.key, jax.random.fold_in(state.key, CUT_EVAL_KEY)
         state = state.replace(key=key)
-        env_steps = int(state.env_steps)
-        if budget is None:
+        if plan is None:  # whole chunks, as the compiled loop's
+            env_steps = int(state.env_steps)
             final = (env_steps - c.prefill_steps_per_env * n) // c.env_steps_per_chunk >= c.num_chunks
+            evaluated = bool(eval_due(c, env_steps, final))
         else:
-            final = env_steps >= int(budget)
-        evaluated = bool(eval_due(c, env_steps, final, boundary))
+            evaluated = bool(plan.evaluate)
         eval_return = jnp.float32(evaluate(state.agent, k_eval) if evaluated else 0.0)
         episodes = (np.asarray(count), np.asarray(ret_sum), np.asarray(len_sum))
         return state, chunk_metrics(c, state, metrics, episodes, eval_return, jnp.bool_(evaluated))

@@ -5,8 +5,8 @@
 A run does `Config.total_env_steps` env steps (`describe_budget` says how): chunks end on fixed boundaries
 and the last one stops at the budget. Running it again on the same logdir resumes from the latest checkpoint;
 raising only `steps` continues a finished run's state exactly as if the larger budget had been given from the
-start (the budget is an argument of the one compiled chunk, and a chunk cut at the budget leaves the state as
-the uncut chunk's first iterations would).
+start (a chunk's plan is an argument of the one compiled chunk, and a chunk cut at the budget leaves the state
+as the uncut chunk's first iterations would).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mbrl_jax.checkpoint import Checkpointer, flat_leaves, load_config, save_config
 from mbrl_jax.config import (
@@ -52,7 +51,7 @@ from mbrl_jax.parallel import (
     wait_for_all_processes,
     write_aggregate,
 )
-from mbrl_jax.trainer import TrainState, make_train, summarize_chunk
+from mbrl_jax.trainer import TrainState, make_train, plan_chunk, summarize_chunk
 
 try:
     import fcntl
@@ -388,7 +387,7 @@ class Programs:
     """The jitted programs of a run (`seeds` None) or of a sweep, laid out on `run.devices` devices."""
 
     init: Callable  # key -> TrainState ([S, ...] on every leaf for a sweep)
-    chunk: Callable  # (state, budget) -> (state, metrics, finite flags); donates the state
+    chunk: Callable  # (state, ChunkPlan) -> (state, metrics, finite flags); donates the state
     key: jax.Array  # init's key: PRNGKey(run.seed), or one per seed stacked
     shardings: Any  # the state's NamedShardings on the mesh, None on one device
     target: Any = None  # the state's shapes where `init` cannot be traced (host loop); else from init
@@ -402,22 +401,23 @@ def make_programs(config: Config, seeds: Sequence[int] | None = None) -> Program
     `make_mesh(config, seeds)` so XLA partitions the single-device program (see mbrl_jax.parallel)."""
     if resolve_loop(config.env.name, config.env.loop) == "host":
         return _host_programs(config, seeds)
-    check_devices(config, seeds)  # refuses a sweep of envpool envs, which are not vmappable
+    check_devices(config, seeds)
     mesh = make_mesh(config, seeds)
-    trainer = make_train(config, mesh if seeds is None else None)
+    trainer = make_train(config, mesh if seeds is None else None, seeds)
 
-    def chunk_and_check(state, budget):
-        state, metrics = trainer.run_chunk(state, budget)
+    def chunk_and_check(state, plan):
+        state, metrics = trainer.run_chunk(state, plan)
         return state, metrics, finite_flags(state, metrics)
 
     if seeds is None:
         init, chunk = trainer.init, chunk_and_check
         key = jax.random.PRNGKey(config.run.seed)
-    else:  # the budget is one number for every seed
+    else:  # one plan for every seed: they move in step
         init, chunk = jax.vmap(trainer.init), jax.vmap(chunk_and_check, in_axes=(0, None))
         key = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
     if mesh is None:
-        restart = jax.jit(trainer.restart, donate_argnums=0) if trainer.restart is not None else None
+        restart = trainer.restart if seeds is None or trainer.restart is None else jax.vmap(trainer.restart)
+        restart = jax.jit(restart, donate_argnums=0) if restart is not None else None
         return Programs(jax.jit(init), jax.jit(chunk, donate_argnums=0), key, None, restart=restart)
     shardings = state_shardings(jax.eval_shape(init, key), mesh)
     everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # metrics: on every host
@@ -438,8 +438,8 @@ def _host_programs(config: Config, seeds: Sequence[int] | None) -> Programs:
     trainer = make_host_train(config)
     flags = jax.jit(finite_flags)
 
-    def chunk_and_check(state, budget):
-        state, metrics = trainer.run_chunk(state, budget)
+    def chunk_and_check(state, plan):
+        state, metrics = trainer.run_chunk(state, plan)
         return state, metrics, flags(state, metrics)
 
     key = jax.random.PRNGKey(config.run.seed)
@@ -479,7 +479,6 @@ def _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals
     progress = progress and jax.process_index() == 0  # one console for a multi-host run
     say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
     total_steps = config.total_env_steps
-    budget = np.int32(total_steps)  # a traced argument of the chunk: every run length shares one program
     members = [None] if seeds is None else list(seeds)
     check_devices(config, seeds)
     if path is not None:
@@ -529,11 +528,12 @@ def _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals
         if programs.restart is not None:
             state = programs.restart(state)
         if not programs.host:
-            (chunk_fn,) = _compile([chunk_fn.lower(target, budget)], say)
+            (chunk_fn,) = _compile([chunk_fn.lower(target, plan_chunk(config, latest, total_steps))], say)
     elif programs.host:
         state = init(key)
     else:
-        init, chunk_fn = _compile([init.lower(key), chunk_fn.lower(target, budget)], say)
+        plan = plan_chunk(config, config.prefill_steps_per_env * config.env.num_envs, total_steps)
+        init, chunk_fn = _compile([init.lower(key), chunk_fn.lower(target, plan)], say)
         state = init(key)
     wait_for_all_processes(f"mbrl_jax compiled {path}")  # a multi-host run's processes start chunks together
     reached = env_steps_reached(state)
@@ -564,7 +564,8 @@ def _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals
                 break
             if stop_after_chunks is not None and chunks_run >= stop_after_chunks:
                 break
-            state, metrics, finite = chunk_fn(state, budget)
+            # the plan's values are arguments of the one compiled chunk, so every run length shares it
+            state, metrics, finite = chunk_fn(state, plan_chunk(config, reached, total_steps))
             chunks_run += 1
             if stop is not None:
                 _wait(finite)

@@ -22,7 +22,8 @@ from flax import struct
 
 from mbrl_jax.agents import env_action, make_agent, random_action
 from mbrl_jax.config import Config, ReplayConfig
-from mbrl_jax.envs import TimeStep, VecEnv, make_env
+from mbrl_jax.envs import TimeStep, VecEnv, is_envpool, make_env
+from mbrl_jax.envs.envpool_env import per_seed
 from mbrl_jax.replay import (
     Replay,
     ReplayIndex,
@@ -255,18 +256,33 @@ def chunk_metrics(
 CUT_EVAL_KEY = 0x0C07
 
 
-def chunk_plan(c: Config, env_steps, budget):
-    """What the chunk starting at `env_steps` does in a run of `budget` env steps (`Config.total_env_steps`):
-    `(iterations, final, boundary)`. Chunks end on the fixed boundaries prefill + k x `env_steps_per_chunk`,
-    except the run's last, which stops at `budget` (`final`); `boundary` says whether the chunk ends on a
-    boundary. So a run's state passes through the same iterations whatever its budget, and raising `budget`
-    continues a finished run as if it had been given from the start. Works on Python ints and on traced
-    int32 arrays alike."""
+@struct.dataclass
+class ChunkPlan:
+    """What one chunk does, decided on the host by `plan_chunk` and passed to the compiled chunk as values,
+    so that one program serves runs of every length. In a sweep it is one plan for every seed (unbatched:
+    the seeds move in step), so the evaluation's `lax.cond` stays a branch under vmap."""
+
+    iterations: jax.Array  # int32: iterations to run, 1 to iterations_per_chunk
+    evaluate: jax.Array  # bool: the chunk ends with an evaluation
+    boundary: jax.Array  # bool: the chunk ends on a chunk boundary (else the run's budget cuts it)
+
+
+def plan_chunk(c: Config, env_steps: int, budget: int) -> ChunkPlan:
+    """The plan of the chunk that starts at `env_steps` in a run of `budget` env steps
+    (`Config.total_env_steps`). Chunks end on the fixed boundaries prefill + k x `env_steps_per_chunk`,
+    except the run's last, which stops at `budget` and evaluates. A chunk cut by the budget leaves the
+    state's key as the whole chunk's first iterations would (`run_chunk`), so a run's state passes through
+    the same iterations whatever its budget, and raising the budget continues a finished run as if it had
+    been given from the start."""
     prefill = c.prefill_steps_per_env * c.env.num_envs
-    per_chunk, per_iteration = c.env_steps_per_chunk, c.env_steps_per_iteration
-    next_boundary = prefill + ((env_steps - prefill) // per_chunk + 1) * per_chunk
-    end = jnp.minimum(next_boundary, budget)
-    return (end - env_steps) // per_iteration, end >= budget, end == next_boundary
+    next_boundary = prefill + ((env_steps - prefill) // c.env_steps_per_chunk + 1) * c.env_steps_per_chunk
+    end = min(next_boundary, budget)
+    boundary = end == next_boundary
+    return ChunkPlan(
+        iterations=np.int32((end - env_steps) // c.env_steps_per_iteration),
+        evaluate=np.bool_(eval_due(c, end, end >= budget, boundary)),
+        boundary=np.bool_(boundary),
+    )
 
 
 def eval_due(c: Config, env_steps, final, boundary=True) -> jax.Array:
@@ -276,23 +292,26 @@ def eval_due(c: Config, env_steps, final, boundary=True) -> jax.Array:
     return (boundary & (chunks_done % c.chunks_per_eval == 0)) | final
 
 
-def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer:
+def make_train(
+    config: Config, mesh: jax.sharding.Mesh | None = None, seeds: list[int] | None = None
+) -> Trainer:
     """The whole training loop of `config` as pure functions of arrays (the static work happens here:
     env, networks, optimiser, shapes).
 
     Returns a `Trainer` with
       init: `key -> TrainState`. Builds the agent, resets `num_envs` envs and prefills the replay with
         `prefill` random steps, all on device.
-      run_chunk: `(TrainState, budget=None) -> (TrainState, metrics)`. One `lax.scan` of
+      run_chunk: `(TrainState, plan=None) -> (TrainState, metrics)`. One `lax.scan` of
         `iterations_per_chunk` iterations (`env_steps_per_iteration` env steps with the policy, then
-        `updates_per_iteration` learner updates), then one evaluation. With `budget` (int32, the run's
-        `Config.total_env_steps`, a traced value: runs of every length share one program) the chunk runs
-        `chunk_plan`'s iterations, so the run's last chunk stops at the budget; without it every chunk is
-        whole and the `num_chunks`-th is the last. `metrics` is a dict of scalar arrays: the learner's
-        losses and statistics averaged over the chunk's iterations, `env_steps` and `updates` (totals so
-        far), `episodes` (episodes ended in the chunk) with `episode_return_sum` and `episode_length_sum`
-        over them, `eval_return` and `evaluated` (whether this chunk ended with an evaluation: every
-        `chunks_per_eval`-th chunk, and the last); `summarize_chunk` turns it into plain numbers.
+        `updates_per_iteration` learner updates), then one evaluation. With a `ChunkPlan` (`plan_chunk`:
+        values, not constants of the program, so runs of every length share it) the chunk runs the plan's
+        iterations and evaluates where it says, so the run's last chunk stops at the budget; without one
+        every chunk is whole and the `num_chunks`-th is the last. `metrics` is a dict of scalar arrays:
+        the learner's losses and statistics averaged over the chunk's iterations, `env_steps` and
+        `updates` (totals so far), `episodes` (episodes ended in the chunk) with `episode_return_sum` and
+        `episode_length_sum` over them, `eval_return` and `evaluated` (whether this chunk ended with an
+        evaluation: every `chunks_per_eval`-th chunk, and the last); `summarize_chunk` turns it into plain
+        numbers.
       evaluate: `(AgentState, key) -> []` float32, the mean return of `eval_episodes` episodes with the
         policy's mode (`run.eval_policy="mode"`) or sampled actions ("sample", as the reference evaluates).
     All three work under `jax.jit` and `jax.vmap`: with a leading seed axis on the key (and so on the state,
@@ -301,13 +320,18 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
     `mesh`: a mesh with a 'data' axis (`mbrl_jax.parallel.make_mesh`) on which the caller lays the state out
     (`state_shardings`); each update's sampled batch is then split along that axis, so the learner runs
     data-parallel. The functions compute the same with or without it.
+
+    `seeds`: the seeds of the sweep the functions will be vmapped over, for envs whose state lives outside
+    the program (envpool: one pool per seed, seeded as each seed's single run seeds its pool).
     """
     c = config
     n = c.env.num_envs
     # envpool's pools are seeded here (env i of the training pool with run.seed + i, the evaluation pool's
     # after them); gymnax envs draw from the state's keys
-    env = make_env(c.env.name, n, c.run.seed, c.env.sticky_actions)
-    eval_env = make_env(c.env.name, c.run.eval_episodes, c.run.seed + n, c.env.sticky_actions)
+    pooled = seeds is not None and is_envpool(c.env.name)
+    env = make_env(c.env.name, n, c.run.seed, c.env.sticky_actions, list(seeds) if pooled else None)
+    eval_seeds = [s + n for s in seeds] if pooled else None
+    eval_env = make_env(c.env.name, c.run.eval_episodes, c.run.seed + n, c.env.sticky_actions, eval_seeds)
     spec = env.spec
     agent = make_agent(c, spec)
     steps_per_env = c.env_steps_per_iteration // n
@@ -347,50 +371,58 @@ def make_train(config: Config, mesh: jax.sharding.Mesh | None = None) -> Trainer
         episodes = (done.sum(), jnp.sum(ep_return * done), jnp.sum(ep_length * done))
         return state, (jax.tree.map(jnp.mean, metrics), episodes)
 
-    def evaluate(agent_state, key) -> jax.Array:
-        """Mean return of `eval_episodes` episodes run in parallel (actions by `run.eval_policy`)."""
-        use_mode = c.run.eval_policy == "mode"
+    def evaluator(eval_env: VecEnv) -> Callable:
+        def evaluate(agent_state, key) -> jax.Array:
+            """Mean return of `eval_episodes` episodes run in parallel (actions by `run.eval_policy`)."""
+            use_mode = c.run.eval_policy == "mode"
 
-        def act(policy, obs, prev_action, is_first, key_t):
-            return agent.act(agent_state, policy, obs, prev_action, is_first, key_t, mode=use_mode)
+            def act(policy, obs, prev_action, is_first, key_t):
+                return agent.act(agent_state, policy, obs, prev_action, is_first, key_t, mode=use_mode)
 
-        max_steps = c.run.eval_steps or None
-        return episode_returns(eval_env, act, agent.initial_carry(c.run.eval_episodes), key, max_steps).mean()
+            carry = agent.initial_carry(c.run.eval_episodes)
+            return episode_returns(eval_env, act, carry, key, c.run.eval_steps or None).mean()
+
+        return evaluate
+
+    evaluate = evaluator(eval_env)
+    if pooled:  # each seed's evaluation steps its own pool, inside one cond taken outside the seed vmap
+        evaluate_when = per_seed([evaluator(pool) for pool in eval_env.pools], when=True)
+    else:
+
+        def evaluate_when(evaluated, agent_state, key):
+            return jax.lax.cond(evaluated, evaluate, lambda *_: jnp.float32(0.0), agent_state, key)
 
     def skipped_iteration(state: TrainState, _):
         out = jax.eval_shape(iteration, state, None)[1]
         return state, jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), out)
 
-    def run_chunk(state: TrainState, budget=None) -> tuple[TrainState, dict]:
-        if budget is None:  # a whole chunk; the run ends after `num_chunks` of them
+    def run_chunk(state: TrainState, plan: ChunkPlan | None = None) -> tuple[TrainState, dict]:
+        if plan is None:  # a whole chunk; the run ends after `num_chunks` of them
             state, (metrics, episodes) = jax.lax.scan(iteration, state, None, length=c.iterations_per_chunk)
             chunks_done = (state.env_steps - c.prefill_steps_per_env * n) // c.env_steps_per_chunk
-            final = chunks_done >= c.num_chunks
             key, k_eval = jax.random.split(state.key)
-            evaluated = eval_due(c, state.env_steps, final)
-        else:  # `chunk_plan`'s iterations; those past them pass the state through
-            iterations, final, boundary = chunk_plan(c, state.env_steps, budget)
+            evaluated = eval_due(c, state.env_steps, chunks_done >= c.num_chunks)
+        else:  # the plan's iterations; those past them pass the state through
+            whole = plan.iterations == c.iterations_per_chunk
 
             def maybe_iteration(state, i):
-                return jax.lax.cond(i < iterations, iteration, skipped_iteration, state, None)
+                return jax.lax.cond(i < plan.iterations, iteration, skipped_iteration, state, None)
 
             steps = jnp.arange(c.iterations_per_chunk)
             state, (per_iteration, episodes) = jax.lax.scan(maybe_iteration, state, steps)
-            ran = (steps < iterations).astype(jnp.float32)
+            ran = (steps < plan.iterations).astype(jnp.float32)
             metrics = jax.tree.map(
-                lambda m: jnp.where(
-                    iterations == c.iterations_per_chunk,
-                    jnp.mean(m),  # what the whole chunk's mean is, bit for bit
-                    jnp.sum(m * ran) / jnp.maximum(iterations, 1).astype(m.dtype),
+                lambda m: jnp.where(  # a whole chunk's mean bit for bit, else the mean of the iterations run
+                    whole, jnp.mean(m), jnp.sum(m * ran) / jnp.maximum(plan.iterations, 1).astype(m.dtype)
                 ),
                 per_iteration,
             )
             split, k_eval = jax.random.split(state.key)
-            key = jnp.where(boundary, split, state.key)
-            k_eval = jnp.where(boundary, k_eval, jax.random.fold_in(state.key, CUT_EVAL_KEY))
-            evaluated = eval_due(c, state.env_steps, final, boundary)
+            key = jnp.where(plan.boundary, split, state.key)
+            k_eval = jnp.where(plan.boundary, k_eval, jax.random.fold_in(state.key, CUT_EVAL_KEY))
+            evaluated = plan.evaluate
         state = state.replace(key=key)
-        eval_return = jax.lax.cond(evaluated, evaluate, lambda *_: jnp.float32(0.0), state.agent, k_eval)
+        eval_return = evaluate_when(evaluated, state.agent, k_eval)
         return state, chunk_metrics(c, state, metrics, episodes, eval_return, evaluated)
 
     def restart(state: TrainState) -> TrainState:

@@ -29,8 +29,8 @@ def poison_run(monkeypatch):
     real_make_train = runner.make_train
 
     def poison(first_bad: int, value: float, params: str | None = None, loss: str | None = None) -> None:
-        def make_train(cfg, mesh=None):
-            trainer = real_make_train(cfg, mesh)
+        def make_train(cfg, mesh=None, seeds=None):
+            trainer = real_make_train(cfg, mesh, seeds)
 
             def run_chunk(state, budget=None):
                 state, metrics = trainer.run_chunk(state, budget)

@@ -109,8 +109,8 @@ def test_a_non_finite_seed_is_named_and_the_others_go_on(tmp_path, straight_swee
     straight_dir, straight_state, _ = straight_sweep
     real_make_train = runner.make_train
 
-    def make_train_poisoning_seed_1(cfg, mesh=None):
-        trainer = real_make_train(cfg, mesh)
+    def make_train_poisoning_seed_1(cfg, mesh=None, seeds=None):
+        trainer = real_make_train(cfg, mesh, seeds)
 
         def init(key):
             state = trainer.init(key)

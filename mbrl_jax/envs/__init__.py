@@ -15,6 +15,7 @@ from mbrl_jax.envs.base import EnvSpec, EnvState, TimeStep, VecEnv, first_timest
 from mbrl_jax.envs.envpool_env import (
     EnvpoolState,
     EnvpoolVecEnv,
+    EnvpoolXlaSweep,
     EnvpoolXlaVecEnv,
     is_envpool,
     is_envpool_atari,
@@ -67,11 +68,21 @@ def resolve_loop(name: str, loop: str = "auto") -> str:
     return "compiled"
 
 
-def make_env(name: str, num_envs: int, seed: int = 0, sticky_actions: float = 0.25) -> VecEnv:
+def make_env(
+    name: str,
+    num_envs: int,
+    seed: int = 0,
+    sticky_actions: float = 0.25,
+    sweep_seeds: list[int] | None = None,
+) -> VecEnv:
     """`num_envs` envs for the compiled loop: a gymnax id ("CartPole-v1") or an envpool task on its XLA
     interface ("envpool:CartPole-v1", seeded with `seed`; `sticky_actions` is for its Atari tasks). gymnax
-    envs take their randomness from the keys of `reset` and `step` and ignore `seed`."""
+    envs take their randomness from the keys of `reset` and `step` and ignore `seed`.
+    `sweep_seeds`: the envs of a seed sweep's program (vmapped over seeds), seed s's seeded with
+    `sweep_seeds[s]` instead of `seed` (envpool: one pool per seed, `EnvpoolXlaSweep`; gymnax: the same)."""
     if is_envpool(name):
+        if sweep_seeds is not None:
+            return EnvpoolXlaSweep(name, num_envs, sweep_seeds, sticky_actions)
         return EnvpoolXlaVecEnv(name, num_envs, seed, sticky_actions)
     if is_gymnasium(name):
         raise ConfigError(
@@ -135,6 +146,7 @@ __all__ = [
     "EnvState",
     "EnvpoolState",
     "EnvpoolVecEnv",
+    "EnvpoolXlaSweep",
     "EnvpoolXlaVecEnv",
     "LOOPS",
     "GymnasiumVecEnv",

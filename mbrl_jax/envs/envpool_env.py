@@ -295,3 +295,86 @@ class EnvpoolXlaVecEnv(VecEnv):
 
     def close(self) -> None:
         self.pool.close()
+
+
+def per_seed(fns: list, when: bool = False):
+    """One function of a program vmapped over `len(fns)` seeds whose seed s must run `fns[s]`, such as
+    stepping seed s's envpool pool, which no batching rule can do: under `jax.vmap` over the seeds it calls
+    `fns[s]` on seed s's slice of the arguments (unbatched arguments as they are) and stacks the results
+    along the seed axis (`jax.custom_batching.custom_vmap`); outside vmap it is `fns[0]`.
+
+    `when`: the first argument is a bool, the same for every seed, and the calls run only where it is true
+    (one `lax.cond` around them all; zeros otherwise). JAX refuses a `lax.cond` whose branches have side
+    effects (envpool's resets) under vmap; here the cond is taken outside the vmap."""
+
+    def pick(tree, tree_batched, s):
+        return jax.tree.map(lambda x, b: x[s] if b else x, tree, tree_batched)
+
+    def each(size, batched, *args):
+        if size != len(fns):
+            raise ValueError(f"a per-seed function of {len(fns)} seeds vmapped over {size}")
+        outs = [fn(*(pick(a, b, s) for a, b in zip(args, batched, strict=True))) for s, fn in enumerate(fns)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    if not when:
+
+        @jax.custom_batching.custom_vmap
+        def call(*args):
+            return fns[0](*args)
+
+        @call.def_vmap
+        def call_per_seed(size, batched, *args):
+            out = each(size, batched, *args)
+            return out, jax.tree.map(lambda _: True, out)
+
+        return call
+
+    def skip(fn):
+        return lambda *args: jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, *args))
+
+    @jax.custom_batching.custom_vmap
+    def call_when(flag, *args):
+        return jax.lax.cond(flag, fns[0], skip(fns[0]), *args)
+
+    @call_when.def_vmap
+    def call_when_per_seed(size, batched, flag, *args):
+        if batched[0]:
+            raise ValueError("per_seed(when=True): the condition must be the same for every seed (unbatched)")
+
+        def run(*args):
+            return each(size, batched[1:], *args)
+
+        out = jax.lax.cond(flag, run, skip(run), *args)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return call_when
+
+
+class EnvpoolXlaSweep(VecEnv):
+    """The envs of a seed sweep on envpool's XLA interface: one `EnvpoolXlaVecEnv` pool per seed, each seeded
+    as that seed's single run seeds its pool (`seeds[s] + i` for env i), for a program vmapped over the
+    sweep's leading seed axis (`mbrl_jax.parallel`). A pool is C++ on the host and cannot be vmapped, so
+    `reset` and `step` are `per_seed` functions: under vmap, pool s takes seed s's slice (one XLA custom call
+    per pool) and the results are stacked along the seed axis, while the agent, the replay and the learner
+    around them are vmapped as in a gymnax sweep. Called outside vmap they step the first seed's pool alone.
+    """
+
+    host_state = True
+
+    def __init__(self, name: str, num_envs: int, seeds: list[int], sticky_actions: float = 0.25):
+        self.pools = [EnvpoolXlaVecEnv(name, num_envs, seed, sticky_actions) for seed in seeds]
+        self.num_envs, self.spec = num_envs, self.pools[0].spec
+        self._reset = per_seed([pool.reset for pool in self.pools])
+        self._step = per_seed(
+            [lambda state, action, pool=pool: pool.step(state, action, None) for pool in self.pools]
+        )
+
+    def reset(self, key: jax.Array) -> tuple[EnvpoolState, TimeStep]:
+        return self._reset(key)
+
+    def step(self, state: EnvpoolState, action: jax.Array, key: jax.Array) -> tuple[EnvpoolState, TimeStep]:
+        return self._step(state, action)
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.close()

@@ -1,0 +1,124 @@
+"""Seeds of an envpool task in one compiled program (`--seeds` with envpool:<task>): one pool per seed on
+envpool's XLA interface (`EnvpoolXlaSweep`), each seeded as its single run seeds its pool, the agent vmapped
+over seeds. The pools against single pools stepped with the same actions (CartPole and Pong's frames), a
+sweep against its single runs seed by seed, and its resume."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mbrl_jax.config import ConfigError, make_config
+from mbrl_jax.envs import EnvpoolXlaSweep, EnvpoolXlaVecEnv
+from mbrl_jax.logging import read_metrics
+from mbrl_jax.parallel import check_devices
+from mbrl_jax.runner import train, train_sweep
+
+SEEDS = [0, 1, 2]
+SMALL = {
+    "env.name": "envpool:CartPole-v1",
+    "run.steps": 364,
+    "run.chunk_steps": 100,
+    "run.checkpoint_every": 200,
+    "replay.prefill": 64,
+    "replay.batch_length": 16,
+}
+FIELDS = ("reward", "is_first", "is_last", "is_terminal", "episode_return", "episode_length")
+
+
+def _rollout(env, actions, vmapped: bool):
+    def run(key, actions):
+        state, first = env.reset(key)
+
+        def step(state, action):
+            return env.step(state, action, key)
+
+        return first, jax.lax.scan(step, state, actions)[1]
+
+    key = jax.random.PRNGKey(0)  # unused by envpool's reset and step
+    if vmapped:
+        run, key = jax.vmap(run), jnp.stack([key] * len(SEEDS))
+    return jax.device_get(jax.jit(run)(key, jnp.asarray(actions)))
+
+
+@pytest.mark.parametrize(("task", "steps"), [("CartPole-v1", 60), ("Pong-v5", 12)])
+def test_sweep_pools_step_as_each_seeds_own_pool(task, steps):
+    """Under vmap over 3 seeds, pool s steps as seed s's own pool does with the same actions, across
+    CartPole's episode ends and on Pong's 64 x 64 x 3 frames."""
+    n = 2
+    sweep = EnvpoolXlaSweep(f"envpool:{task}", n, SEEDS)
+    actions = np.random.default_rng(0).integers(0, sweep.spec.action_dim, (len(SEEDS), steps, n))
+    first, swept = _rollout(sweep, actions.astype(np.int32), vmapped=True)
+    for s, seed in enumerate(SEEDS):
+        single_first, single = _rollout(
+            EnvpoolXlaVecEnv(f"envpool:{task}", n, seed), actions[s], vmapped=False
+        )
+        for field in ("obs", *FIELDS):
+            for got, want in zip(
+                jax.tree.leaves(getattr(swept, field)), jax.tree.leaves(getattr(single, field)), strict=True
+            ):
+                np.testing.assert_array_equal(got[s], want, err_msg=f"{task} seed {seed} {field}")
+        for got, want in zip(jax.tree.leaves(first.obs), jax.tree.leaves(single_first.obs), strict=True):
+            np.testing.assert_array_equal(got[s], want)
+    if task == "CartPole-v1":
+        assert swept.is_last.any()  # episodes ended and restarted within the rollout
+    observations = jax.tree.leaves(swept.obs)[0]
+    assert not np.array_equal(observations[0], observations[1])  # the seeds' pools really differ
+
+
+@pytest.fixture(scope="module")
+def straight_sweep(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("envpool-sweep")
+    state, records = train_sweep(make_config("debug", **SMALL), SEEDS, logdir, progress=False)
+    return logdir, state, records
+
+
+def test_each_seed_of_an_envpool_sweep_matches_its_single_run(straight_sweep):
+    """The tolerance of the gymnax sweep tests (tests/test_sweep.py: vmapped matmuls sum in another order):
+    env steps, episodes and returns exactly, losses to 1e-4."""
+    logdir, _, sweep_records = straight_sweep
+    config = make_config("debug", **SMALL)
+    for seed in SEEDS:
+        _, single = train(config.replace(**{"run.seed": seed}), None, progress=False)
+        swept = sweep_records[seed]
+        assert read_metrics(logdir / f"seed{seed}") == swept
+        assert [r["env_steps"] for r in swept] == [r["env_steps"] for r in single] == [164, 264, 364]
+        for a, b in zip(swept, single, strict=True):
+            assert a.keys() == b.keys()
+            for key in ("env_steps", "updates", "episodes", "eval_return", "episode_return"):
+                assert a.get(key) == b.get(key), (seed, key)
+            for key in (k for k in a if k.startswith("loss")):
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6, err_msg=f"{seed} {key}")
+    assert sweep_records[0][-1]["eval_return"] != sweep_records[1][-1]["eval_return"] or (
+        sweep_records[0][-1]["loss_model"] != sweep_records[1][-1]["loss_model"]
+    )
+
+
+def test_an_envpool_sweep_resumes_as_exactly_as_a_single_envpool_run(straight_sweep, tmp_path):
+    """As a single envpool run (tests/test_envpool_xla.py): the pools restart every env at the resume
+    point, so a sweep cut after its checkpoint equals the uninterrupted sweep up to the checkpoint, and the
+    same checkpoint resumed twice gives the same sweep, seed by seed."""
+    _, _, straight = straight_sweep
+    config = make_config("debug", **SMALL)
+    cut = tmp_path / "a"
+    train_sweep(config, SEEDS, cut, progress=False, stop_after_chunks=2)  # stops at its checkpoint, 264
+    shutil.copytree(cut, tmp_path / "b")
+    state_a, _ = train_sweep(config, SEEDS, cut, progress=False)
+    state_b, _ = train_sweep(config, SEEDS, tmp_path / "b", progress=False)
+    for seed in SEEDS:
+        rows_a, rows_b = read_metrics(cut / f"seed{seed}"), read_metrics(tmp_path / "b" / f"seed{seed}")
+        assert [r["env_steps"] for r in rows_a] == [164, 264, 364]
+        assert rows_a[:2] == straight[seed][:2] and rows_a == rows_b
+    for x, y in zip(jax.tree.leaves(state_a.agent), jax.tree.leaves(state_b.agent), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert jax.device_get(state_a.replay.data["is_first"])[:, :, 264 // 2].all()  # restarted at the resume
+
+
+def test_sweeps_that_cannot_be_one_program_are_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="runs on the host loop, which trains one seed"):
+        check_devices(make_config("debug", **{**SMALL, "env.loop": "host"}), SEEDS)
+    with pytest.raises(ConfigError, match="is a Gymnasium env: its envs step in Python"):
+        check_devices(make_config("debug", **{**SMALL, "env.name": "gymnasium:CartPole-v1"}), SEEDS)
+    check_devices(make_config("debug", **SMALL), SEEDS)  # quiet: the compiled loop on one device

@@ -49,6 +49,14 @@ THRESHOLDS = {"CartPole-v1": 450.0, "Pendulum-v1": -300.0, "Breakout-MinAtar": 1
 # Per (task preset, env), where its issue names another threshold than the env's (TD-MPC2 on Pendulum: issue
 # 13); the preset run on another env (`env.name=...`) takes that env's threshold, if any.
 TASK_THRESHOLDS = {("tdmpc2", "Pendulum-v1"): -250.0}
+# A note printed under a task's section: what a reader must know about runs measured with older code.
+TASK_NOTES = {
+    "tdmpc2": "Measured before TD-MPC2 followed the reference in three details (#34): the policy loss's "
+    "entropy term was the log-probability after the tanh, not the Gaussian one before it times the action "
+    "dimension; weights were drawn from a normal cut at 2 std (std 0.0176) instead of the reference's "
+    "N(0, 0.02^2); and action spaces of 20 dimensions or more did not get 2 extra MPPI iterations (these "
+    "tasks have fewer than 20). These runs were not repeated after the change.",
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -329,6 +337,7 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
                 )
             ),
             "",
+            *([TASK_NOTES[s["task"]], ""] if s["task"] in TASK_NOTES else []),
             f"![{s['task']}]({os.path.relpath(plot, results_md.parent)})",
             "",
         ]

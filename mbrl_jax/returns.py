@@ -97,7 +97,7 @@ def smoothing_margins(method: str, sigma: float, delta: int, alpha: float) -> tu
         radius, _ = gaussian_kernel(sigma)
         return radius, radius
     if method == "uniform":
-        return delta // 2, delta - 1 - delta // 2
+        return (delta - 1) // 2, delta // 2
     if method == "ema":
         return (0 if alpha == 0.0 else math.ceil(math.log(1e-7) / math.log(alpha))), 0
     return 0, 0
@@ -123,7 +123,8 @@ def smooth_rewards(
 
     reward: [N, L] float, starts: [N, L] bool (is_first; position 0 always starts a segment).
     method: 'gaussian' (scipy.ndimage.gaussian_filter1d(r, sigma, mode='nearest') per episode), 'uniform'
-    (scipy.ndimage.uniform_filter1d(r, delta, mode='nearest') per episode), 'ema' (s_0 = r_0,
+    (scipy.ndimage.convolve(r, np.ones(delta) / delta, mode='nearest') per episode, as the authors' code; for
+    an even delta this reads one step further ahead than uniform_filter1d), 'ema' (s_0 = r_0,
     s_t = alpha * s_{t-1} + (1 - alpha) * r_t, as the authors' code), or 'none'.
     Returns [N, L] float32; no value crosses an episode start.
     """
@@ -145,7 +146,8 @@ def smooth_rewards(
         radius, weights = gaussian_kernel(sigma)
         offsets = range(-radius, radius + 1)
     elif method == "uniform":
-        offsets = range(-(delta // 2), delta - delta // 2)
+        # convolve flips the kernel: an even window reaches delta // 2 steps ahead, (delta - 1) // 2 back.
+        offsets = range(-((delta - 1) // 2), delta // 2 + 1)
         weights = [1.0 / delta] * delta
     else:
         raise ValueError(f"unknown reward smoothing {method!r}; allowed: {', '.join(SMOOTHINGS)}")

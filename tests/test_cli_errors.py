@@ -40,7 +40,6 @@ BAD_INPUTS = [
     (["agent=tdmpc3"], ["agent", "tdmpc3", "allowed", "did you mean 'tdmpc2'"]),
     (["agent=tdmpc2", "--env", "CartPole-v1"], ["CartPole-v1", "tdmpc2", "continuous actions"]),
     (["run.eval_policy=greedy"], ["eval_policy", "greedy", "'sample', 'mode'"]),
-    (["--env", "Catch-bsuite"], ["env", "Catch-bsuite", "(10, 5)", "vectors", "images"]),
     (["--env", "Breakout-MinAtar-rgb"], ["env", "Breakout-MinAtar-rgb", "Breakout-MinAtar-rgb64"]),
     (
         ["--new", "--preset", "minatar", "replay.max_gib=0.01"],

@@ -189,6 +189,7 @@ def test_envpool_names_need_envpool(monkeypatch):
 
 def test_envpool_timesteps_match_a_hand_stepped_pool():
     import envpool
+
     with pytest.raises(ConfigError, match="'CartPol-v1' is not an envpool task.*CartPole-v1"):
         make_config("debug", **{"env.name": "envpool:CartPol-v1"})
     n, steps = 3, 60
@@ -391,6 +392,7 @@ def test_envpool_dmc_dict_observations_and_action_repeat():
     """envpool's DMC Walker Walk with action repeat 2 equals a repeat-1 pool of the same seed stepped twice
     per action: observations, summed rewards, and episodes of 500 agent steps (1,000 env steps)."""
     import envpool
+
     name, n = "envpool:WalkerWalk-v1", 2
     env = make_host_env(name, n, action_repeat=2)
     assert env.spec.obs_shapes == {"orientations": (14,), "height": (1,), "velocity": (9,)}

@@ -1,5 +1,7 @@
-"""DreamSmooth: gaussian and uniform smoothing equal scipy's 'nearest' filters on each episode alone, EMA
-equals a hand loop, and the windows the trainer samples get the whole-episode values from the replay."""
+"""DreamSmooth: gaussian and uniform smoothing equal the authors' scipy 'nearest' filters on each episode
+alone (`gaussian_filter1d`; `ndimage.convolve` with a box of delta, which for an even delta is not
+`uniform_filter1d`), EMA equals a hand loop, and the windows the trainer samples get the whole-episode values
+from the replay."""
 
 from __future__ import annotations
 
@@ -7,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter1d, uniform_filter1d
+from scipy.ndimage import convolve, gaussian_filter1d, uniform_filter1d
 
 from mbrl_jax.config import ConfigError, make_config
 from mbrl_jax.replay import replay_add, replay_init, replay_sample
-from mbrl_jax.returns import smooth_rewards
+from mbrl_jax.returns import smooth_rewards, smoothing_margins
 from mbrl_jax.trainer import smoothed_window_rewards
 
 # Episode lengths of two rows, 1- and 2-step episodes included: every filter reaches across a boundary.
@@ -33,6 +35,11 @@ def per_episode(reward: np.ndarray, is_first: np.ndarray, filter_one) -> np.ndar
     return np.concatenate(
         [filter_one(reward[a:b].astype(np.float64)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     )
+
+
+def box(delta: int):
+    """The authors' uniform smoothing (dreamsmooth's `uniform_rewards`): a box of delta convolved."""
+    return lambda r: convolve(r, np.full(delta, 1.0 / delta), mode="nearest")
 
 
 def ema_loop(reward: np.ndarray, is_first: np.ndarray, alpha: float) -> np.ndarray:
@@ -59,13 +66,26 @@ def test_gaussian_equals_scipy_per_episode(sigma):
         np.testing.assert_allclose(got[row], want, atol=1e-5)
 
 
-@pytest.mark.parametrize("delta", [1, 4, 9, 12])
-def test_uniform_equals_scipy_per_episode(delta):
+@pytest.mark.parametrize("delta", [1, 2, 4, 9, 12])
+def test_uniform_equals_scipy_convolve_per_episode(delta):
     reward, is_first = batch(1)
     got = np.asarray(smooth_rewards(jnp.asarray(reward), jnp.asarray(is_first), "uniform", delta=delta))
     for row in range(len(reward)):
-        want = per_episode(reward[row], is_first[row], lambda r: uniform_filter1d(r, delta, mode="nearest"))
+        want = per_episode(reward[row], is_first[row], box(delta))
         np.testing.assert_allclose(got[row], want, atol=1e-5)
+        if delta % 2 == 0:  # the two scipy filters differ here: the test can tell which one the code follows
+            centred = lambda r: uniform_filter1d(r, delta, mode="nearest")  # noqa: E731
+            other = per_episode(reward[row], is_first[row], centred)
+            assert np.abs(got[row] - other).max() > 1e-3
+
+
+@pytest.mark.parametrize("delta", [1, 2, 5, 8])
+def test_uniform_margins_are_the_reach_of_scipy_convolve(delta):
+    """smoothing_margins (what the trainer reads around a window) = how far convolve spreads an impulse."""
+    impulse = np.zeros(41)
+    impulse[20] = 1.0
+    reach = 20 - np.flatnonzero(box(delta)(impulse))  # output i reads input i + offset; offsets it reads
+    assert smoothing_margins("uniform", 3.0, delta, 0.33) == (-reach.min(), reach.max())
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.33, 0.9])
@@ -90,8 +110,8 @@ def test_nothing_leaks_across_an_episode_start():
     np.testing.assert_array_equal(np.asarray(none), reward)
 
 
-@pytest.mark.parametrize("method", ["gaussian", "uniform", "ema"])
-def test_sampled_windows_get_the_whole_episode_values(method):
+@pytest.mark.parametrize("method,delta", [("gaussian", 9), ("uniform", 9), ("uniform", 4), ("ema", 9)])
+def test_sampled_windows_get_the_whole_episode_values(method, delta):
     """Windows sampled from a wrapped ring buffer, their rewards smoothed as the trainer does, equal the
     per-episode filter over each env's valid data (boundaries at is_first and at the oldest valid step)."""
     num_envs, capacity, writes, length = 2, 60, 97, 16
@@ -104,10 +124,10 @@ def test_sampled_windows_get_the_whole_episode_values(method):
             "is_first": np.array([s[1][t] for s in streams]),
         }
         replay = replay_add(replay, {k: jnp.asarray(v) for k, v in step.items()})
-    config = make_config("debug", **{"replay.reward_smoothing": method}).replay
+    config = make_config("debug", **{"replay.reward_smoothing": method, "replay.smooth_delta": delta}).replay
     filters = {
         "gaussian": lambda r: gaussian_filter1d(r, config.smooth_sigma, mode="nearest"),
-        "uniform": lambda r: uniform_filter1d(r, config.smooth_delta, mode="nearest"),
+        "uniform": box(config.smooth_delta),
     }
     oldest = writes - capacity
     want = []

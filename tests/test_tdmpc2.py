@@ -1,12 +1,16 @@
 """TD-MPC2: SimNorm, the MPPI planner on a hand-made latent model, the two-hot value head, determinism of
-planning, masking of episode starts in the losses, the refusal of discrete envs, and exact resume."""
+planning, masking of episode starts in the losses, the refusal of discrete envs, exact resume, and three
+details against the reference (nicklashansen/tdmpc2) computed with scipy: the policy loss's entropy term,
+the extra MPPI iterations of large action spaces, and the weight init."""
 
+import dataclasses
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from experiments import run as run_cli
 from mbrl_jax.agents import make_agent
@@ -16,6 +20,8 @@ from mbrl_jax.agents.tdmpc2 import (
     make_networks,
     model_loss,
     mppi_plan,
+    plan_settings,
+    policy_loss,
     shift_plan,
     simnorm,
     window_rows,
@@ -24,6 +30,7 @@ from mbrl_jax.config import make_config
 from mbrl_jax.envs import env_spec
 from mbrl_jax.logging import read_metrics
 from mbrl_jax.nets.distributions import symlog, twohot_bins, twohot_encode, twohot_mean
+from mbrl_jax.returns import return_norm_init
 from mbrl_jax.runner import train
 
 # A model small enough to compile in seconds; one update per env step (16 x 4 replayed steps per env step).
@@ -223,3 +230,72 @@ def test_a_tdmpc2_run_resumes_bit_for_bit(tmp_path: Path):
     assert [r["env_steps"] for r in records] == [200, 300, 400]
     assert all(np.isfinite(r["loss_model"]) for r in records)
     assert "eval_return" in records[1] and "eval_return" not in records[0]
+
+
+def _policy_draw(nets, pi_params, z, key):
+    """The policy head's Gaussian before the tanh, in float64: (u [..., A], mean, std), with u drawn from the
+    same standard normal numbers as `Networks.policy` (mean + std * eps, eps = normal(key))."""
+    t = nets.config.tdmpc2
+    mu, raw = np.split(np.asarray(nets.pi.apply(pi_params, z), np.float64), 2, -1)
+    log_std = t.log_std_min + 0.5 * (t.log_std_max - t.log_std_min) * (np.tanh(raw) + 1.0)
+    eps = np.asarray(jax.random.normal(key, mu.shape), np.float64)
+    return mu + eps * np.exp(log_std), mu, np.exp(log_std)
+
+
+def test_the_policy_entropy_term_is_the_reference_one(tiny_agent):
+    """The reference's policy loss (tdmpc2.py `update_pi`, world_model.py `pi`) weighs the Gaussian
+    log-density of the pre-tanh sample u, times the action dimension A: scipy's norm.logpdf(u; mean, std)
+    summed over A, times A. The squashed log-probability (a metric) subtracts sum log(1 - tanh(u)^2)."""
+    config, spec, agent, state = tiny_agent
+    nets, pi = agent.networks, state.params.pi
+    A, key = spec.action_dim, jax.random.PRNGKey(3)
+    zs = jax.random.normal(jax.random.PRNGKey(4), (4, 6, config.tdmpc2.latent_dim))
+    action, log_prob, _ = nets.policy(pi, zs, key)
+    u, mu, std = _policy_draw(nets, pi, zs, key)
+    gaussian = scipy.stats.norm.logpdf(u, loc=mu, scale=std).sum(-1)
+    np.testing.assert_allclose(np.asarray(log_prob.scaled), A * gaussian, rtol=1e-5, atol=1e-4)
+    squashed = gaussian - np.log(np.maximum(1.0 - np.tanh(u) ** 2, 0.0) + 1e-6).sum(-1)
+    np.testing.assert_allclose(np.asarray(log_prob.squashed), squashed, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(action), np.tanh(u), atol=1e-5)
+
+    # In the loss: two entropy coefficients, the same keys; the Q part cancels in the difference, which is
+    # (c1 - c2) * mean over steps and batch of rho^t * valid * A * log N(u).
+    valid = np.ones((4, 6), np.float32)
+    valid[2:, 1] = 0.0
+    rho = config.tdmpc2.rho ** np.arange(4)[:, None]
+    k_pi, _ = jax.random.split(key)  # policy_loss draws the policy's sample with the first half of its key
+    u, mu, std = _policy_draw(nets, pi, zs, k_pi)
+    gaussian = scipy.stats.norm.logpdf(u, loc=mu, scale=std).sum(-1)
+    losses = []
+    for coef in (0.5, 2.0):
+        c = dataclasses.replace(config, tdmpc2=dataclasses.replace(config.tdmpc2, entropy_coef=coef))
+        n = dataclasses.replace(nets, config=c)
+        loss, _ = policy_loss(n, pi, state.params.model.q, zs, jnp.asarray(valid), return_norm_init(), key)
+        losses.append(float(loss))
+    want = (0.5 - 2.0) * np.mean(rho * valid * A * gaussian)
+    np.testing.assert_allclose(losses[0] - losses[1], want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("action_dim", [1, 6, 19, 20, 21, 38])
+def test_large_action_spaces_get_two_more_mppi_iterations(action_dim):
+    """The reference: `cfg.iterations += 2 * int(cfg.action_dim >= 20)`; `PlanSettings.iterations` is the
+    length of mppi_plan's scan over iterations."""
+    config = make_config("tdmpc2")
+    extra = 2 if action_dim >= 20 else 0
+    assert plan_settings(config, 0.99, action_dim).iterations == config.tdmpc2.iterations + extra
+
+
+def test_weights_are_initialised_as_the_reference():
+    """The reference's `trunc_normal_(w, std=0.02)` cuts at the absolute values -2 and 2 (100 std): its
+    weights are scipy's truncnorm(-100, 100, scale=0.02), practically N(0, 0.02^2); a cut at 2 std (std
+    0.0176) fails this Kolmogorov-Smirnov test by far (statistic about 0.06 on 262,144 weights)."""
+    config = make_config("tdmpc2", **{**TINY, "tdmpc2.mlp_dim": 512})
+    nets = make_networks(config, env_spec(config.env.name))
+    params = nets.dynamics.init(jax.random.PRNGKey(0), jnp.zeros((1, 16 + 1)))
+    kernel = np.asarray(params["params"]["NormedDense_1"]["Dense_0"]["kernel"], np.float64).ravel()
+    assert kernel.size == 512 * 512
+    reference = scipy.stats.truncnorm(-2.0 / 0.02, 2.0 / 0.02, scale=0.02)
+    assert scipy.stats.kstest(kernel, reference.cdf).pvalue > 1e-3
+    two_sigma = scipy.stats.truncnorm(-2.0, 2.0, scale=0.02)
+    assert scipy.stats.kstest(kernel, two_sigma.cdf).pvalue < 1e-6  # the test can tell the two apart
+    assert np.all(np.asarray(params["params"]["NormedDense_1"]["Dense_0"]["bias"]) == 0.0)

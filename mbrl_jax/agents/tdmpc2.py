@@ -37,8 +37,10 @@ from mbrl_jax.returns import ReturnNorm, return_norm_init, return_scale, update_
 
 sg = jax.lax.stop_gradient
 
-# The reference initialises every linear layer from a truncated normal with std 0.02.
-weight_init = nn.initializers.truncated_normal(0.02)
+# The reference initialises every linear weight with torch's `trunc_normal_(w, std=0.02)`, whose cut-offs
+# a=-2, b=2 are absolute values, not multiples of std: at +-100 std nothing is cut, so the weights are
+# N(0, 0.02^2). flax's bounds are in std units (its default +-2 std would give a std of 0.0176).
+weight_init = nn.initializers.truncated_normal(0.02, lower=-2.0 / 0.02, upper=2.0 / 0.02)
 
 
 # ---- networks ----------------------------------------------------------------------------------------------
@@ -153,6 +155,16 @@ class PlanCarry:
     mean: jax.Array  # [n, H, A] the last plan's mean, warm start of the next plan
 
 
+@struct.dataclass
+class PolicyLogProbs:
+    """Log-probabilities [...] of a policy sample. `squashed`: log pi(a|z) of the tanh-squashed action (the
+    reference's `entropy` is minus it; a metric here). `scaled`: the action dimension times the Gaussian
+    log-probability before the tanh, the policy loss's entropy term (the reference's `scaled_entropy`)."""
+
+    squashed: jax.Array
+    scaled: jax.Array
+
+
 @dataclasses.dataclass(frozen=True)
 class Networks:
     """The flax modules and static settings the losses and the planner read."""
@@ -195,8 +207,9 @@ class Networks:
         pick = jax.random.choice(key, self.config.tdmpc2.num_q, (2,), replace=False)
         return reduce(self.q_values(q_params, z, a)[pick], axis=0)
 
-    def policy(self, pi_params, z: jax.Array, key) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Squashed Gaussian policy prior: z [..., L] -> (sample [..., A], its log-prob [...], tanh(mean)).
+    def policy(self, pi_params, z: jax.Array, key) -> tuple[jax.Array, PolicyLogProbs, jax.Array]:
+        """Squashed Gaussian policy prior: z [..., L] -> (sample [..., A], its log-probabilities [...],
+        tanh(mean) [..., A]).
 
         log std = min + (max - min) * (tanh(raw) + 1) / 2, as the reference bounds it."""
         t = self.config.tdmpc2
@@ -204,10 +217,12 @@ class Networks:
         log_std = t.log_std_min + 0.5 * (t.log_std_max - t.log_std_min) * (jnp.tanh(raw) + 1.0)
         eps = jax.random.normal(key, mu.shape)
         x = mu + eps * jnp.exp(log_std)
-        log_prob = jnp.sum(-0.5 * eps**2 - log_std - 0.5 * jnp.log(2 * jnp.pi), -1)
+        gaussian = jnp.sum(-0.5 * eps**2 - log_std - 0.5 * jnp.log(2 * jnp.pi), -1)
         action = jnp.tanh(x)
-        log_prob = log_prob - jnp.sum(jnp.log(jax.nn.relu(1.0 - action**2) + 1e-6), -1)
-        return action, log_prob, jnp.tanh(mu)
+        squashed = gaussian - jnp.sum(jnp.log(jax.nn.relu(1.0 - action**2) + 1e-6), -1)
+        # The reference's `scaled_entropy` is -squashed * (A * gaussian) / (squashed + 1e-8): up to that
+        # 1e-8, minus the Gaussian log-probability before the tanh times the action dimension.
+        return action, PolicyLogProbs(squashed, mu.shape[-1] * gaussian), jnp.tanh(mu)
 
 
 def tdmpc2_discount(config: Config, spec: EnvSpec) -> float:
@@ -361,11 +376,13 @@ def shift_plan(mean: jax.Array, is_first: jax.Array) -> jax.Array:
     return jnp.where(is_first[:, None, None], 0.0, shifted)
 
 
-def plan_settings(config: Config, discount: float) -> PlanSettings:
+def plan_settings(config: Config, discount: float, action_dim: int) -> PlanSettings:
+    """The planner's settings from the config group `tdmpc2`; as the reference, 2 more MPPI iterations for
+    action spaces of 20 dimensions or more (its "heuristic for large action spaces")."""
     t = config.tdmpc2
     return PlanSettings(
         horizon=t.horizon,
-        iterations=t.iterations,
+        iterations=t.iterations + (2 if action_dim >= 20 else 0),
         num_samples=t.num_samples,
         num_elites=t.num_elites,
         num_pi_trajs=t.num_pi_trajs,
@@ -456,9 +473,11 @@ def model_loss(
 def policy_loss(
     nets: Networks, pi_params, q_params, zs: jax.Array, valid: jax.Array, q_scale: ReturnNorm, key
 ) -> tuple[jax.Array, tuple[ReturnNorm, dict]]:
-    """TD-MPC2's policy prior objective (paper eq. 4): sum_t rho^t (beta * log pi(a_t|z_t) - Q(z_t, a_t) / S)
-    on the latent rollout zs [H+1, B, L] (no gradient into the model), a_t ~ pi, Q the mean of two random
-    members, S = max(1, EMA of the 5-95 percentile range of Q at z_0). valid [H+1, B] weights the steps."""
+    """TD-MPC2's policy prior objective (paper eq. 4): sum_t rho^t (beta * A * log N(u_t) - Q(z_t, a_t) / S)
+    on the latent rollout zs [H+1, B, L] (no gradient into the model), a_t = tanh(u_t) ~ pi, Q the mean of
+    two random members, S = max(1, EMA of the 5-95 percentile range of Q at z_0). The entropy term is the
+    reference's: the Gaussian log-probability of u_t before the tanh, times the action dimension A.
+    valid [H+1, B] weights the steps."""
     t = nets.config.tdmpc2
     k_pi, k_q = jax.random.split(key)
     action, log_prob, _ = nets.policy(pi_params, zs, k_pi)
@@ -466,8 +485,14 @@ def policy_loss(
     q_scale = update_return_norm(q_scale, sg(q[0]), t.tau)
     scale = return_scale(q_scale)
     weight = valid * (t.rho ** jnp.arange(zs.shape[0]))[:, None]
-    loss = jnp.mean(jnp.mean(weight * (t.entropy_coef * log_prob - q / scale), 1))
-    metrics = {"loss_pi": loss, "pi_log_prob": log_prob.mean(), "q_scale": scale, "q_value": q.mean()}
+    loss = jnp.mean(jnp.mean(weight * (t.entropy_coef * log_prob.scaled - q / scale), 1))
+    metrics = {
+        "loss_pi": loss,
+        "pi_log_prob": log_prob.squashed.mean(),
+        "pi_scaled_log_prob": log_prob.scaled.mean(),
+        "q_scale": scale,
+        "q_value": q.mean(),
+    }
     return loss, (q_scale, metrics)
 
 
@@ -484,7 +509,7 @@ def make_tdmpc2(config: Config, spec: EnvSpec) -> TDMPC2:
     check_tdmpc2(config, spec)
     t, A = config.tdmpc2, spec.action_dim
     nets = make_networks(config, spec)
-    settings = plan_settings(config, nets.discount)
+    settings = plan_settings(config, nets.discount, A)
     model_optimizer = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), optax.adam(t.lr))
     pi_optimizer = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), optax.adam(t.lr, eps=1e-5))
     obs_dim = sum(spec.obs_shapes[k][0] for k in spec.vector_keys)
@@ -578,6 +603,7 @@ __all__ = [
     "Networks",
     "PlanCarry",
     "PlanSettings",
+    "PolicyLogProbs",
     "TDMPC2",
     "TDMPC2Params",
     "check_tdmpc2",
@@ -585,6 +611,7 @@ __all__ = [
     "make_tdmpc2",
     "model_loss",
     "mppi_plan",
+    "plan_settings",
     "policy_loss",
     "shift_plan",
     "simnorm",

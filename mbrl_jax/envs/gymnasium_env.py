@@ -11,11 +11,19 @@ the first observation of a new episode with reward 0 and terminated = truncated 
 convention of `mbrl_jax.envs.base`; the adapter only marks that step `is_first` and restarts its episode
 counters. Seeding: `reset(seed)` seeds env i with `seed + i` (Gymnasium's rule); later auto-resets draw from
 each env's own generator, so a run is reproducible from its seed.
+
+Observation spaces, as DreamerV3 takes observations: a Box image (H, W, C) of uint8 is an image; any other
+Box goes flattened into a vector (a scalar as a vector of one; a 2-D board of n x m as n * m floats), a
+MultiBinary too; a Discrete space of n values is one-hot (n floats); a Dict keeps its keys and a Tuple numbers
+its members ("0", "1", ...; nested spaces join their keys with "/"). A lone Box or Discrete is "image" or
+"vector". Other spaces (MultiDiscrete, Text, Graph, Sequence, non-uint8 H x W x C arrays) are refused, with
+the reason, before anything compiles.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from typing import Any
 
@@ -51,28 +59,71 @@ def _spec(name: str, env: Any) -> EnvSpec:
     return spaces_spec(name, env.observation_space, env.action_space, steps)
 
 
-def _obs_shapes(name: str, obs_space: Any) -> dict[str, tuple[int, ...]]:
-    """{key: shape} of one env's observation space: a Box vector ("vector") or image ("image"), or a Dict
-    of Boxes under their own keys (scalars as vectors of one, DMC's way); ConfigError for anything else."""
+@dataclasses.dataclass(frozen=True)
+class ObsLeaf:
+    """One observation key the agent sees, and where it comes from in the env's (batched) observation."""
+
+    key: str
+    path: tuple[str | int, ...]  # Dict keys and Tuple indices from the top of the observation to this leaf
+    shape: tuple[int, ...]  # as the agent sees it: (H, W, C) for an image, (d,) for anything else
+    onehot_start: int | None = None  # a Discrete space's first value: one-hot over shape[0] values
+
+
+def _obs_leaves(name: str, obs_space: Any) -> list[ObsLeaf]:
+    """The observation keys of one env's observation space (see the module docstring); ConfigError, naming
+    the space and what is allowed, for a space the agents cannot take."""
     from gymnasium import spaces
 
     allowed = (
-        "the adapter takes a Box vector (rank 1), a Box image (H, W, C) of uint8, or a Dict of those and "
-        "scalar Boxes"
+        "the adapter takes Box arrays (a uint8 (H, W, C) one as an image, any other flattened into a "
+        "vector), MultiBinary, Discrete (one-hot), and Dict and Tuple spaces of those"
     )
-    boxes = dict(obs_space.spaces) if isinstance(obs_space, spaces.Dict) else {"": obs_space}
-    shapes = {}
-    for key, space in boxes.items():
-        where = f" (key {key!r})" if key else ""
-        if not isinstance(space, spaces.Box) or len(space.shape) not in ((0, 1, 3) if key else (1, 3)):
+    leaves = []
+
+    def walk(space: Any, path: tuple) -> None:
+        key = "/".join(map(str, path))
+        where = f" (key {key!r})" if path else ""
+        if isinstance(space, spaces.Dict | spaces.Tuple):
+            items = space.spaces.items() if isinstance(space, spaces.Dict) else enumerate(space.spaces)
+            for sub, member in items:
+                walk(member, (*path, sub))
+        elif isinstance(space, spaces.Discrete):
+            leaves.append(ObsLeaf(key or "vector", path, (int(space.n),), int(space.start)))
+        elif isinstance(space, spaces.Box | spaces.MultiBinary):
+            shape = tuple(space.shape)
+            if len(shape) == 3 and space.dtype != np.uint8:
+                raise ConfigError(
+                    f"env.name={name!r} has {space.dtype} images of shape {shape}{where}; the adapter takes "
+                    "uint8 images (H, W, C), as DreamerV3's image encoder does"
+                )
+            if len(shape) != 3:
+                shape = (math.prod(shape),)  # a scalar as a vector of one (DMC's way), a board flattened
+            leaves.append(ObsLeaf(key or ("image" if len(shape) == 3 else "vector"), path, shape))
+        else:
             raise ConfigError(f"env.name={name!r} has observation space {obs_space}{where}; {allowed}")
-        if len(space.shape) == 3 and space.dtype != np.uint8:
-            raise ConfigError(
-                f"env.name={name!r} has {space.dtype} images{where}; the adapter takes uint8 images"
-            )
-        shape = tuple(space.shape) or (1,)
-        shapes[key or ("image" if len(shape) == 3 else "vector")] = shape
-    return shapes
+
+    walk(obs_space, ())
+    return leaves
+
+
+def _obs_shapes(name: str, obs_space: Any) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of one env's observation space, as the agent sees it (`_obs_leaves`)."""
+    return {leaf.key: leaf.shape for leaf in _obs_leaves(name, obs_space)}
+
+
+def gather_obs(leaves: list[ObsLeaf], obs: Any, n: int) -> dict[str, np.ndarray]:
+    """A vector env's batched observation (an array, or dicts / tuples of them, each [n, ...]) -> {key: [n,
+    ...]} per leaf, Discrete values one-hot (float32 [n, values])."""
+    out = {}
+    for leaf in leaves:
+        value = obs
+        for step in leaf.path:
+            value = value[step]
+        if leaf.onehot_start is not None:
+            index = np.asarray(value, np.int64).reshape(n) - leaf.onehot_start
+            value = np.eye(leaf.shape[0], dtype=np.float32)[index]
+        out[leaf.key] = np.asarray(value)
+    return out
 
 
 def spaces_spec(name: str, obs_space: Any, act_space: Any, steps: int | None) -> EnvSpec:
@@ -254,6 +305,11 @@ class GymnasiumVecEnv(HostVecEnv):
             [lambda: gymnasium.make(env_id) for _ in range(num_envs)], autoreset_mode=AutoresetMode.NEXT_STEP
         )
         self._start(name, num_envs, _spec(name, self.envs.envs[0]), self.envs.single_action_space)
+        self._leaves = _obs_leaves(name, self.envs.single_observation_space)
+
+    def _obs(self, obs: Any) -> dict[str, np.ndarray]:
+        """Dict and Tuple members by their keys, Discrete values one-hot, then `HostVecEnv._obs`."""
+        return super()._obs(gather_obs(self._leaves, obs, self.num_envs))
 
     def _reset(self, seed: int) -> np.ndarray:
         return self.envs.reset(seed=seed)[0]

@@ -4,9 +4,11 @@ gymnax's own `step` auto-resets and so hides the terminal observation; we vmap `
 instead and pick per env with `jnp.where`.
 
 Observations become a dict: a vector env's under "vector" (float32), a MinAtar grid's (10 x 10 x C channels
-of 0 / 1) under "image" as uint8 0 / 255. A name with the suffix `-rgb64` ("Breakout-MinAtar-rgb64") renders
-a grid env to a 64 x 64 x 3 uint8 image, DreamerV3's Atari / DMC input: each channel gets a fixed colour and
-each cell a 6 x 6 block, centred with a 2-pixel border.
+of 0 / 1) under "image" as uint8 0 / 255. As DreamerV3 takes observations, any other array goes flattened
+into a vector (bsuite's Catch, 10 x 5, as 50 floats; a scalar as a vector of one) and a Discrete observation
+space one-hot (FrozenLake-misc's 16 cells as 16 floats). A name with the suffix `-rgb64`
+("Breakout-MinAtar-rgb64") renders a grid env to a 64 x 64 x 3 uint8 image, DreamerV3's Atari / DMC input:
+each channel gets a fixed colour and each cell a 6 x 6 block, centred with a 2-pixel border.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from mbrl_jax.config import did_you_mean
+from mbrl_jax.config import ConfigError, did_you_mean
 from mbrl_jax.envs.base import EnvSpec, TimeStep, VecEnv, first_timestep, rescale_action
 
 RGB64 = "-rgb64"
@@ -53,7 +55,13 @@ def _make_gymnax(name: str) -> tuple[Any, Any]:
         )
     import gymnax
 
-    return gymnax.make(name.removesuffix(RGB64))
+    try:
+        return gymnax.make(name.removesuffix(RGB64))
+    except OSError as err:  # MNISTBandit-bsuite downloads MNIST when it is built; offline that fails
+        raise ConfigError(
+            f"env.name={name!r}: gymnax could not build this env ({type(err).__name__}: {err}); it fetches "
+            "data when it is made, which needs a network connection or the data in its cache"
+        ) from None
 
 
 def _palette(channels: int) -> jax.Array:
@@ -65,25 +73,42 @@ def _palette(channels: int) -> jax.Array:
     )
 
 
-def observe(name: str, obs: jax.Array, grid: bool) -> dict[str, jax.Array]:
-    """Gymnax observations [N, *shape] -> the adapter's dict (see the module docstring). `grid`: the env's
-    observation is an H x W x C grid of 0 / 1 channels (MinAtar)."""
-    if grid and name.endswith(RGB64):  # [N, 10, 10, C] -> [N, 64, 64, 3] uint8
+def observation_kind(env: Any, params: Any) -> tuple[str, tuple[int, ...]]:
+    """How the adapter presents the env's observation, and the shape the agent sees (without the env axis):
+    ("grid", (H, W, C)) for an H x W x C grid (MinAtar), ("onehot", (n,)) for a Discrete space of n values,
+    ("vector", (d,)) for any other array, flattened (d = 1 for a scalar)."""
+    from gymnax.environments import spaces
+
+    shape = tuple(jax.eval_shape(env.reset_env, jax.random.key(0), params)[0].shape)
+    if isinstance(env.observation_space(params), spaces.Discrete):
+        return "onehot", (int(env.observation_space(params).n),)
+    if len(shape) == 3:
+        return "grid", shape
+    return "vector", (math.prod(shape),)
+
+
+def observe(name: str, obs: jax.Array, kind: str, shape: tuple[int, ...]) -> dict[str, jax.Array]:
+    """Gymnax observations [N, *env shape] -> the adapter's dict (see the module docstring); `kind` and
+    `shape` from `observation_kind`."""
+    n = obs.shape[0]
+    if kind == "grid" and name.endswith(RGB64):  # [N, 10, 10, C] -> [N, 64, 64, 3] uint8
         colour = jnp.minimum(obs.astype(jnp.float32) @ _palette(obs.shape[-1]), 255.0)
         big = jnp.repeat(jnp.repeat(colour, RGB64_CELL, -3), RGB64_CELL, -2)
         pad = (RGB64_SIZE - big.shape[-2]) // 2
         return {"image": jnp.pad(big, [(0, 0), (pad, pad), (pad, pad), (0, 0)]).astype(jnp.uint8)}
-    if grid:
+    if kind == "grid":
         return {"image": (obs * 255).astype(jnp.uint8)}
-    return {"vector": obs.astype(jnp.float32)}
+    if kind == "onehot":
+        return {"vector": jax.nn.one_hot(obs.reshape(n), shape[0], dtype=jnp.float32)}
+    return {"vector": obs.astype(jnp.float32).reshape(n, *shape)}
 
 
 def _spec(name: str, env: Any, params: Any) -> EnvSpec:
-    shape = tuple(jax.eval_shape(env.reset_env, jax.random.key(0), params)[0].shape)
+    kind, shape = observation_kind(env, params)
     if name.endswith(RGB64):
         shapes = {"image": (RGB64_SIZE, RGB64_SIZE, 3)}
     else:
-        shapes = {"image" if len(shape) == 3 else "vector": shape}
+        shapes = {"image" if kind == "grid" else "vector": shape}
     from gymnax.environments import spaces
 
     space = env.action_space(params)
@@ -108,7 +133,7 @@ class GymnaxVecEnv(VecEnv):
         self.env, self.params = _make_gymnax(name)
         self.name = name
         self.spec = _spec(name, self.env, self.params)
-        self._grid = bool(self.spec.image_keys)
+        self._obs_kind, self._obs_shape = observation_kind(self.env, self.params)
         self.num_envs = num_envs
         self._space = self.env.action_space(self.params)
         # gymnax >= 1.0 reports truncation apart (`is_truncated`); older versions merge it into `done`.
@@ -129,7 +154,7 @@ class GymnaxVecEnv(VecEnv):
     def reset(self, key: jax.Array) -> tuple[GymnaxState, TimeStep]:
         """Reset all envs. TimeStep leaves are [N, ...] with is_first all True."""
         obs, env_state = self._reset_envs(key)
-        ts = first_timestep(observe(self.name, obs, self._grid))
+        ts = first_timestep(observe(self.name, obs, self._obs_kind, self._obs_shape))
         return GymnaxState(env_state, ts.is_last, ts.episode_return, ts.episode_length), ts
 
     def step(self, state: GymnaxState, action: jax.Array, key: jax.Array) -> tuple[GymnaxState, TimeStep]:
@@ -160,7 +185,7 @@ class GymnaxVecEnv(VecEnv):
         episode_return = jnp.where(reset, 0.0, state.episode_return + reward)
         episode_length = jnp.where(reset, 0, state.episode_length + 1).astype(jnp.int32)
         ts = TimeStep(
-            obs=observe(self.name, pick(obs0, obs), self._grid),
+            obs=observe(self.name, pick(obs0, obs), self._obs_kind, self._obs_shape),
             reward=reward,
             is_first=reset,
             is_last=is_last,

@@ -19,8 +19,8 @@ The config, by one rule:
 Everything is validated, device memory included, before anything is allocated or compiled.
 
 Run directory: --logdir, by default runs/<env>-<presets>-seed<seed>. Running again with the same directory
-resumes the run there; only run.steps, run.checkpoint_every, run.checkpoint_minutes and
-run.keep_checkpoints may differ.
+resumes the run there; only run.steps, run.checkpoint_every, run.checkpoint_minutes, run.keep_checkpoints,
+run.eval_policy and wm.conv may differ.
 --new starts a fresh run in <logdir>-2 (-3, ...) when <logdir> already holds one.
 Ctrl-C or SIGTERM: the chunk in flight finishes and is checkpointed, then the run exits with status 130 / 143
 and prints how to resume it (a second signal stops at once, losing only that chunk).

@@ -213,6 +213,13 @@ class WorldModelConfig:
     depth: int = setting(
         4, "image encoder / decoder channels: depth x (2, 3, 4, 4) per stride-2 stage (reference)", POSITIVE
     )
+    conv: str = setting(
+        "auto",
+        "image convolutions as 'patches' (patch matrices times kernels: fast in CPU loops, k*k x the "
+        "memory) or 'xla' (XLA's convolution ops: native on GPU and TPU), same function and parameters; "
+        "'auto' takes patches on CPU and xla on GPU / TPU (jax.default_backend() when networks are built)",
+        one_of("auto", "patches", "xla"),
+    )
     enc_layers: int = setting(3, "encoder MLP layers", POSITIVE)
     dec_layers: int = setting(3, "decoder MLP layers", POSITIVE)
     head_layers: int = setting(1, "reward and continue head MLP layers", NON_NEGATIVE)
@@ -925,7 +932,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 # Fields added after runs were already stored, with the value that earlier runs behaved as: a stored config
 # without the field reads as what it ran with, not as today's default.
-ADDED_FIELDS_BEFORE: dict[str, Any] = {"run.eval_policy": "mode"}
+ADDED_FIELDS_BEFORE: dict[str, Any] = {"run.eval_policy": "mode", "wm.conv": "patches"}
 
 # The flat keys of mbrl_jax 0.1 (before the groups), so that its run folders stay readable and resumable.
 _RENAMED = {
@@ -967,9 +974,17 @@ def config_from_dict(values: Mapping[str, Any]) -> Config:
 
 
 # Fields that change how long a run trains, how often it saves or how it is evaluated, never what it learns
-# (evaluation draws its keys apart from training's): a run may be resumed with different values of these.
+# (evaluation draws its keys apart from training's), and `wm.conv`, which computes the same function with the
+# same parameters (a checkpoint moves between CPU and GPU): a run may be resumed with different values.
 RESUMABLE_FIELDS = frozenset(
-    {"run.steps", "run.checkpoint_every", "run.checkpoint_minutes", "run.keep_checkpoints", "run.eval_policy"}
+    {
+        "run.steps",
+        "run.checkpoint_every",
+        "run.checkpoint_minutes",
+        "run.keep_checkpoints",
+        "run.eval_policy",
+        "wm.conv",
+    }
 )
 
 

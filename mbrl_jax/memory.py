@@ -7,6 +7,11 @@ replayed start (batch_size * batch_length of them), the world model's step and `
 steps for the backward pass. The per-step coefficients below were fitted to XLA's own figure
 (`compiled.memory_analysis().temp_size_in_bytes` of a chunk) over batch, length, horizon, deter, units,
 latent and bin sizes, and err on the high side by about 10-20%; `tests/test_memory.py` keeps them honest.
+The image encoder and decoder are fitted the same way, per convolution form (`wm.conv`), from the temporaries
+of their gradient at 64 x 64 x 3, depths 4 and 16 (benchmarks/memory_breakdown.py).
+
+Where the device is the host (the CPU backend) the process itself also counts: the imported libraries, XLA's
+compiler and the compiled programs (`runtime`, measured as peak RSS less the state and XLA's temporaries).
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ import numpy as np
 from mbrl_jax.config import Config, ConfigError
 
 GIB = 2**30
+# Resident memory of a CPU process beyond its state and XLA's temporaries: the imported libraries (0.4 GiB)
+# and what XLA's compiler of init and chunk leaves allocated (1.1 GiB for cartpole, 1.6 GiB for rgb64 at
+# size1m and size12m), measured with benchmarks/memory_breakdown.py (results/memory-breakdown-cpu.json). With
+# the activations' estimate 7-12% high there, 1.5 GiB puts the total within 5% of those three peak RSS.
+CPU_RUNTIME_BYTES = 3 * GIB // 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +41,16 @@ class MemoryEstimate:
     optimiser: int
     other_state: int  # env states, policy carry, keys, counters
     activations: int  # kept for the backward pass of one update, plus the gradients
+    runtime: int = 0  # the process itself where the device is the host (CPU_RUNTIME_BYTES), else 0
+
+    @property
+    def device(self) -> int:
+        """What XLA allocates: the state and one update's temporaries."""
+        return self.replay + self.params + self.optimiser + self.other_state + self.activations
 
     @property
     def total(self) -> int:
-        return self.replay + self.params + self.optimiser + self.other_state + self.activations
+        return self.device + self.runtime
 
     def describe(self) -> str:
         parts = {
@@ -43,6 +59,8 @@ class MemoryEstimate:
             "optimiser": self.optimiser,
             "activations of one update": self.activations,
         }
+        if self.runtime:
+            parts["jax and XLA's compiler in the process"] = self.runtime
         return ", ".join(f"{name} {_gib(size)}" for name, size in parts.items())
 
 
@@ -72,21 +90,32 @@ def activation_floats_per_start(config: Config) -> int:
 
 
 def image_floats_per_step(config: Config, obs_shapes: dict[str, tuple[int, ...]]) -> int:
-    """float32 values the image encoder and decoder keep per replayed step for the backward pass: each
-    stage's feature map about 3 times (convolution, norm, activation) on both sides, and the image itself
-    (input, prediction and its error)."""
-    from mbrl_jax.nets.image import image_depths
+    """float32 values the image encoder and decoder hold per replayed step for one update: each stage's
+    feature map about 18 times (convolution, norm and activation, forward and backward, on both sides), the
+    image about 4 times (input, prediction, error), and in the patch form (`wm.conv`) every layer's patch
+    matrix, which XLA keeps for the kernel's gradient (a `jax.checkpoint` does not stop it: XLA CPU drops
+    the barrier and merges the recomputation with the forward's), with 20% for the largest layer's patch
+    gradient and window copies. Fitted to XLA's temporaries of the two networks' gradient at 64 x 64 x 3,
+    depths 4 and 16: 8% high without the patches, 2-8% high with them."""
+    from mbrl_jax.nets.image import KERNEL, _subpixel_taps, conv_form, image_depths
 
     images = [shape for shape in obs_shapes.values() if len(shape) == 3]
     if not images:
         return 0
     height, width = images[0][:2]
     pixels = sum(h * w * c for h, w, c in images)
-    maps = sum(
-        (height >> (i + 1)) * (width >> (i + 1)) * d
-        for i, d in enumerate(image_depths(height, width, config.wm.depth))
-    )
-    return 2 * 3 * maps + 4 * pixels
+    depths = image_depths(height, width, config.wm.depth)
+    sides = [(height >> (i + 1)) * (width >> (i + 1)) for i in range(len(depths))]  # positions per stage
+    maps = sum(s * d for s, d in zip(sides, depths, strict=True))
+    floats = 18 * maps + 4 * pixels
+    if conv_form(config.wm.conv) == "patches":
+        taps = _subpixel_taps(KERNEL)[0].shape[1]  # the decoder's sub-pixel kernel side
+        inputs = [sum(c for *_, c in images), *depths[:-1]]  # channels into each encoder stage
+        encoder = sum(s * KERNEL * KERNEL * c for s, c in zip(sides, inputs, strict=True))
+        # the decoder's transposed convolutions read every stage's map, the smallest from its `space` layer
+        decoder = sum(s * taps * taps * d for s, d in zip(sides, depths, strict=True))
+        floats += (12 * (encoder + decoder)) // 10
+    return floats
 
 
 def abstract_state(config: Config):
@@ -117,6 +146,7 @@ def estimate_memory(config: Config) -> MemoryEstimate:
         optimiser=agent - params,
         other_state=_nbytes(state) - replay - agent,
         activations=activations,
+        runtime=CPU_RUNTIME_BYTES if jax.default_backend() == "cpu" else 0,
     )
 
 
@@ -164,8 +194,10 @@ def check_memory(config: Config, available: int | None = None, seeds: int = 1) -
     at once) exceeds `available` bytes (default: what the first device has). Returns the estimate (for all
     seeds). Nothing is allocated."""
     estimate = estimate_memory(config)
-    if seeds > 1:
-        estimate = MemoryEstimate(**{k: v * seeds for k, v in dataclasses.asdict(estimate).items()})
+    if seeds > 1:  # one process: its runtime counts once
+        estimate = MemoryEstimate(
+            **{k: v if k == "runtime" else v * seeds for k, v in dataclasses.asdict(estimate).items()}
+        )
     if available is None:
         available = device_memory()
     if available is not None and estimate.total > available:

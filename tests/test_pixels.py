@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 from mbrl_jax.agents.dreamer import make_dreamer, world_model_loss
-from mbrl_jax.config import make_config
+from mbrl_jax.config import ConfigError, make_config
 from mbrl_jax.envs import EnvSpec, env_spec, make_env
 from mbrl_jax.nets.image import (
     Conv,
     ConvTranspose,
     ImageDecoder,
     ImageEncoder,
+    conv_form,
     conv_same,
     conv_transpose_same,
     image_stages,
@@ -47,21 +48,23 @@ def test_encoder_and_decoder_shapes(shape, depth, stages, embed):
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0  # sigmoid: the range of pixels / 255
 
 
+@pytest.mark.parametrize("form", ["patches", "xla"])
 @pytest.mark.parametrize(("side", "size"), [(64, 5), (10, 5), (5, 5), (8, 3), (6, 4)])
-def test_patch_convolutions_equal_flax_convolutions(side, size):
-    """`conv_same` (stride 2 and 1) and the sub-pixel `conv_transpose_same` against flax.linen.Conv and
-    ConvTranspose with 'SAME' padding (XLA's convolution op), values and gradients, and with the same
-    parameter tree, so that either module loads the other's parameters."""
+def test_both_convolution_forms_equal_flax_convolutions(side, size, form):
+    """`Conv` (stride 2 and 1) and `ConvTranspose` in either form (the patch form's transposed convolution is
+    sub-pixel) against flax.linen.Conv and ConvTranspose with 'SAME' padding (XLA's convolution op), values
+    and gradients, and with the same parameter tree, so that either module loads the other's parameters."""
     import flax.linen as nn
 
     x = jax.random.normal(jax.random.PRNGKey(0), (2, side, side, 3))
     for stride in (2, 1):
-        ours, flax_conv = Conv(5, size, stride), nn.Conv(5, (size, size), strides=stride, padding="SAME")
+        ours = Conv(5, size, stride, form)
+        flax_conv = nn.Conv(5, (size, size), strides=stride, padding="SAME")
         params = flax_conv.init(jax.random.PRNGKey(1), x)
         params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
         assert jax.tree.structure(ours.init(jax.random.PRNGKey(1), x)) == jax.tree.structure(params)
         np.testing.assert_allclose(ours.apply(params, x), flax_conv.apply(params, x), atol=1e-5)
-    ours, flax_t = ConvTranspose(5, size), nn.ConvTranspose(5, (size, size), strides=(2, 2), padding="SAME")
+    ours, flax_t = ConvTranspose(5, size, form), nn.ConvTranspose(5, (size, size), (2, 2), padding="SAME")
     params = jax.tree.map(lambda p: p + 0.1, flax_t.init(jax.random.PRNGKey(2), x))
     want = flax_t.apply(params, x)
     assert want.shape == (2, 2 * side, 2 * side, 5)
@@ -79,11 +82,12 @@ def test_patch_convolutions_equal_flax_convolutions(side, size):
     assert conv_same(x, kernel[..., :3, :], bias, 2).shape == (2, -(-side // 2), -(-side // 2), 5)
 
 
-def test_encoder_matches_a_hand_written_stage_on_pixels_scaled_to_plus_minus_half():
+@pytest.mark.parametrize("form", ["patches", "xla"])
+def test_encoder_matches_a_hand_written_stage_on_pixels_scaled_to_plus_minus_half(form):
     """One stage (MinAtar) computed by hand: pixels / 255 - 0.5, stride-2 'SAME' convolution, RMSNorm over
     channels (eps 1e-4, learned scale), SiLU, flattened."""
     image = jax.random.randint(jax.random.PRNGKey(0), (3, 10, 10, 4), 0, 256).astype(jnp.uint8)
-    encoder = ImageEncoder(4)
+    encoder = ImageEncoder(4, form)
     params = encoder.init(jax.random.PRNGKey(1), image)
     p = jax.tree.map(np.asarray, params["params"])
     x = np.asarray(image, np.float64) / 255.0 - 0.5
@@ -100,6 +104,80 @@ def test_encoder_matches_a_hand_written_stage_on_pixels_scaled_to_plus_minus_hal
     y = y / np.sqrt((y**2).mean(-1, keepdims=True) + 1e-4) * p["norm0"]["scale"]
     y = y / (1 + np.exp(-y))
     np.testing.assert_allclose(encoder.apply(params, image), y.reshape(3, -1), rtol=2e-4, atol=2e-5)
+
+
+def _close(got, want, rel: float):
+    """float32 agreement of two computations that sum in different orders: within `rel` of the largest
+    magnitude of `want`, element by element."""
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        b = np.asarray(b)
+        np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=rel * max(float(np.abs(b).max()), 1e-30))
+
+
+@pytest.mark.parametrize(("shape", "depth"), [((64, 64, 3), 4), ((10, 10, 4), 16), ((10, 10, 7), 4)])
+def test_xla_form_equals_patch_form_for_encoder_and_decoder(shape, depth):
+    """The two forms of `wm.conv` on the whole encoder and decoder, with one set of parameters: the same
+    parameter tree from either form's init, and the same features, pixels and gradients (parameters and
+    decoder input) up to float32 rounding."""
+    image = jax.random.randint(jax.random.PRNGKey(0), (2, 3, *shape), 0, 256).astype(jnp.uint8)
+    feat = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 40))
+    weights = jax.random.uniform(jax.random.PRNGKey(2), (2, 3, *shape))  # so no gradient is trivially 0
+    encoders = {form: ImageEncoder(depth, form) for form in ("patches", "xla")}
+    decoders = {form: ImageDecoder(shape, depth, form) for form in ("patches", "xla")}
+    enc_params = encoders["patches"].init(jax.random.PRNGKey(3), image)
+    dec_params = decoders["patches"].init(jax.random.PRNGKey(4), feat)
+    for modules, params, x in ((encoders, enc_params, image), (decoders, dec_params, feat)):
+        other = modules["xla"].init(jax.random.PRNGKey(3 if modules is encoders else 4), x)
+        assert jax.tree.structure(other) == jax.tree.structure(params)
+        _close(other, params, 0.0)  # the forms declare the same parameters, drawn the same way
+    # nonzero biases and norm scales away from 1, so that every parameter matters
+    enc_params, dec_params = (
+        jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(5), p.shape), ps)
+        for ps in (enc_params, dec_params)
+    )
+
+    def enc_loss(form):
+        return lambda p: (jnp.sin(encoders[form].apply(p, image)) * jnp.arange(1.0, 3.0)[:, None, None]).sum()
+
+    def dec_loss(form):
+        return lambda p, f: ((decoders[form].apply(p, f) - 0.3) ** 2 * weights).sum()
+
+    _close(encoders["xla"].apply(enc_params, image), encoders["patches"].apply(enc_params, image), 1e-5)
+    _close(decoders["xla"].apply(dec_params, feat), decoders["patches"].apply(dec_params, feat), 1e-5)
+    _close(jax.grad(enc_loss("xla"))(enc_params), jax.grad(enc_loss("patches"))(enc_params), 1e-4)
+    want = jax.grad(dec_loss("patches"), argnums=(0, 1))(dec_params, feat)
+    _close(jax.grad(dec_loss("xla"), argnums=(0, 1))(dec_params, feat), want, 1e-4)
+    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(want))
+
+
+def test_auto_conv_form_is_patches_on_cpu_and_xla_on_gpu_and_tpu():
+    assert conv_form("auto", "cpu") == "patches"
+    assert conv_form("auto", "gpu") == conv_form("auto", "tpu") == "xla"
+    for form in ("patches", "xla"):  # an explicit form is kept on every backend
+        assert conv_form(form, "cpu") == conv_form(form, "gpu") == form
+    assert conv_form("auto") == ("patches" if jax.default_backend() == "cpu" else "xla")
+    with pytest.raises(ValueError, match="'cudnn'"):
+        conv_form("cudnn", "gpu")
+    with pytest.raises(ConfigError, match=r"wm.conv='cudnn' must be one of 'auto', 'patches', 'xla'"):
+        make_config("debug", **{"wm.conv": "cudnn"})
+    spec = EnvSpec("synthetic", {"image": (10, 10, 2)}, True, 3, 100)
+    for setting in ("auto", "patches", "xla"):  # the agent is built with the resolved form
+        nets = make_dreamer(make_config("debug", **{"wm.conv": setting}), spec).networks
+        assert nets.world_model.conv == conv_form(setting)
+
+
+def test_a_checkpoint_moves_between_conv_forms():
+    """The world-model loss of the dict-observation agent from one set of parameters, built with either
+    form: the same loss and gradients up to float32 rounding."""
+    spec, _, _, state = _dict_obs_agent()
+    batch, keys = _dict_batch(), jax.random.split(jax.random.PRNGKey(2), 5)
+    results = {}
+    for form in ("patches", "xla"):
+        nets = make_dreamer(make_config("debug", **{"wm.conv": form}), spec).networks
+        loss = jax.jit(jax.value_and_grad(lambda p, n=nets: world_model_loss(n, p, batch, keys)[0]))
+        results[form] = loss(state.params.wm)
+    np.testing.assert_allclose(results["xla"][0], results["patches"][0], rtol=1e-5)
+    _close(results["xla"][1], results["patches"][1], 1e-4)
 
 
 def test_minatar_observations_are_uint8_images_and_round_trip_through_the_replay():

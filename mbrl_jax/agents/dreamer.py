@@ -38,7 +38,7 @@ from mbrl_jax.nets.distributions import (
     twohot_mean,
     unimix_logits,
 )
-from mbrl_jax.nets.image import MIN_RES, image_stages
+from mbrl_jax.nets.image import MIN_RES, conv_form, image_stages
 from mbrl_jax.nets.layers import Head
 from mbrl_jax.optim import make_optimizer
 from mbrl_jax.returns import ReturnNorm, lambda_returns, return_norm_init, return_scale, update_return_norm
@@ -127,6 +127,7 @@ def make_networks(config: Config, spec: EnvSpec) -> Networks:
         core=make_backbone(c.wm),
         obs_shapes=tuple(sorted(spec.obs_shapes.items())),
         depth=c.wm.depth,
+        conv=conv_form(c.wm.conv),  # 'auto' resolved here, for the backend the networks are built on
         deter=c.wm.deter,
         hidden=c.wm.hidden,
         stoch=c.wm.stoch,

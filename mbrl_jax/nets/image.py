@@ -9,14 +9,23 @@ with transposed convolutions; its last one outputs the image's channels through 
 in [0, 1] like the target pixels / 255. The reference halves with convolution then 2 x 2 max-pooling by
 default ("strided: False"); the strided form used here is its `strided: True` option and the paper's.
 
-The convolutions are computed as matrix products of image patches (`conv_same`, `conv_transpose_same`),
-not with XLA's convolution op: on CPU, XLA runs a convolution inside a loop body (the compiled chunk's
-`lax.scan` over learner updates) 10-100x slower than the same convolution outside one (jax-ml/jax#12868);
-a patch matrix times the kernel is a plain dot, which loops do not slow down. The transposed convolution is
-written in its sub-pixel form: one stride-1 convolution giving each of the 2 x 2 output phases, then
-depth-to-space, so no multiply is spent on the zeros a stride-2 transposed convolution inserts. Both
-compute the same function as `flax.linen.Conv` / `ConvTranspose` with 'SAME' padding, with the same
-parameters (tests/test_pixels.py checks them against flax's).
+Each convolution takes one of two forms (`wm.conv`, resolved by `conv_form`), which compute the same
+function as `flax.linen.Conv` / `ConvTranspose` with 'SAME' padding from the same parameters (flax's
+'kernel' HWIO and 'bias'), so a checkpoint moves between them (tests/test_pixels.py checks both against
+flax's and against each other, values and gradients):
+
+- `patches`: matrix products of image patches (`conv_same`, `conv_transpose_same`). On CPU, XLA runs a
+  convolution inside a loop body (the compiled chunk's `lax.scan` over learner updates) 10-100x slower than
+  the same convolution outside one (jax-ml/jax#12868); a patch matrix times the kernel is a plain dot, which
+  loops do not slow down. The transposed convolution is written in its sub-pixel form: one stride-1
+  convolution giving each of the 2 x 2 output phases, then depth-to-space, so no multiply is spent on the
+  zeros a stride-2 transposed convolution inserts. The price is memory: a k x k patch matrix holds k * k
+  times its input.
+- `xla`: XLA's convolution ops (`conv_same_xla`, `conv_transpose_same_xla`), which GPUs (cuDNN) and TPUs (the
+  MXU) run natively, without the memory-bound patch copies.
+
+`auto`, the default, is `patches` on CPU and `xla` on GPU and TPU, decided by `jax.default_backend()` when
+the networks are built.
 """
 
 from __future__ import annotations
@@ -25,12 +34,25 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from mbrl_jax.nets.layers import dense_init
 
 MIN_RES = 4
 MULTS = (2, 3, 4, 4)
 KERNEL = 5
+CONV_FORMS = ("patches", "xla")  # what `wm.conv` resolves to; "auto" picks one per backend
+_NHWC = ("NHWC", "HWIO", "NHWC")  # flax's layouts: images NHWC, kernels HWIO
+
+
+def conv_form(setting: str, backend: str | None = None) -> str:
+    """`wm.conv` -> the form the convolutions are computed in: "auto" is "patches" on the CPU backend and
+    "xla" on any other ("gpu", "tpu"); `backend` is `jax.default_backend()` unless given."""
+    if setting == "auto":
+        return "patches" if (backend or jax.default_backend()) == "cpu" else "xla"
+    if setting not in CONV_FORMS:
+        raise ValueError(f"conv form {setting!r}: allowed 'auto', " + ", ".join(map(repr, CONV_FORMS)))
+    return setting
 
 
 def image_stages(height: int, width: int) -> int:
@@ -122,6 +144,22 @@ def conv_transpose_same(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax
     return y.reshape(n, 2 * height, 2 * width, features) + bias
 
 
+def conv_same_xla(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
+    """`conv_same` with XLA's convolution op: NHWC `x` [N, H, W, C], HWIO `kernel` -> [N, ceil(H / s),
+    ceil(W / s), F]."""
+    return lax.conv_general_dilated(x, kernel, (stride, stride), "SAME", dimension_numbers=_NHWC) + bias
+
+
+def conv_transpose_same_xla(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """`conv_transpose_same` with XLA's transposed convolution, as flax.linen.ConvTranspose computes it:
+    [N, H, W, C] -> [N, 2H, 2W, F]."""
+    return lax.conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=_NHWC) + bias
+
+
+_CONV = {"patches": conv_same, "xla": conv_same_xla}
+_CONV_TRANSPOSE = {"patches": conv_transpose_same, "xla": conv_transpose_same_xla}
+
+
 def _kernel_and_bias(module: nn.Module, x: jax.Array, size: int, features: int) -> tuple:
     """A convolution's parameters as flax.linen.Conv and ConvTranspose declare them: 'kernel' (HWIO) and
     'bias' (zeros)."""
@@ -131,33 +169,38 @@ def _kernel_and_bias(module: nn.Module, x: jax.Array, size: int, features: int) 
 
 class Conv(nn.Module):
     """A square stride-s 'SAME' convolution with flax.linen.Conv's parameters ('kernel' HWIO, 'bias'),
-    computed by `conv_same`."""
+    computed by `conv_same` (form "patches") or `conv_same_xla` ("xla")."""
 
     features: int
     size: int
     stride: int
+    form: str = "patches"  # one of CONV_FORMS (module docstring)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return conv_same(x, *_kernel_and_bias(self, x, self.size, self.features), self.stride)
+        kernel, bias = _kernel_and_bias(self, x, self.size, self.features)
+        return _CONV[conv_form(self.form)](x, kernel, bias, self.stride)
 
 
 class ConvTranspose(nn.Module):
     """A square stride-2 'SAME' transposed convolution with flax.linen.ConvTranspose's parameters,
-    computed by `conv_transpose_same`."""
+    computed by `conv_transpose_same` (form "patches") or `conv_transpose_same_xla` ("xla")."""
 
     features: int
     size: int
+    form: str = "patches"  # one of CONV_FORMS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return conv_transpose_same(x, *_kernel_and_bias(self, x, self.size, self.features))
+        kernel, bias = _kernel_and_bias(self, x, self.size, self.features)
+        return _CONV_TRANSPOSE[conv_form(self.form)](x, kernel, bias)
 
 
 class ImageEncoder(nn.Module):
     """[..., H, W, C] uint8 -> [..., h * w * depths[-1]] features."""
 
     depth: int
+    conv: str = "patches"  # the convolutions' form: one of CONV_FORMS, or "auto" (`conv_form`)
 
     @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
@@ -169,7 +212,7 @@ class ImageEncoder(nn.Module):
             )
         x = scale_image(image).reshape(-1, height, width, channels)
         for i, d in enumerate(depths):
-            x = Conv(d, KERNEL, 2, name=f"conv{i}")(x)
+            x = Conv(d, KERNEL, 2, self.conv, name=f"conv{i}")(x)
             x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name=f"norm{i}")(x))
         return x.reshape(*lead, -1)
 
@@ -179,6 +222,7 @@ class ImageDecoder(nn.Module):
 
     shape: tuple[int, int, int]  # H, W, C of the image
     depth: int
+    conv: str = "patches"  # as ImageEncoder's
 
     @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
@@ -191,7 +235,7 @@ class ImageDecoder(nn.Module):
         x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name="space_norm")(x))
         x = x.reshape(-1, *small)
         for i, d in reversed(list(enumerate(depths[:-1]))):
-            x = ConvTranspose(d, KERNEL, name=f"conv{i}")(x)
+            x = ConvTranspose(d, KERNEL, self.conv, name=f"conv{i}")(x)
             x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name=f"norm{i}")(x))
-        x = ConvTranspose(channels, KERNEL, name="out")(x)
+        x = ConvTranspose(channels, KERNEL, self.conv, name="out")(x)
         return jax.nn.sigmoid(x).reshape(*lead, height, width, channels)

@@ -88,6 +88,7 @@ class WorldModel(nn.Module):
     core: nn.Module  # the backbone, from `make_backbone(config.wm)`; its parameters are "core"
     obs_shapes: tuple[tuple[str, tuple[int, ...]], ...]  # (key, shape) pairs, sorted by key
     depth: int  # image encoder / decoder channels of the first stage / 2 (reference `depth`)
+    conv: str  # the image convolutions' form, "patches" or "xla" (mbrl_jax/nets/image.py, `conv_form`)
     deter: int
     hidden: int
     stoch: int
@@ -115,8 +116,8 @@ class WorldModel(nn.Module):
         if self.image_keys:
             height, width = shapes[self.image_keys[0]][:2]
             channels = sum(shapes[k][2] for k in self.image_keys)
-            self.image_encoder = ImageEncoder(self.depth)
-            self.image_decoder = ImageDecoder((height, width, channels), self.depth)
+            self.image_encoder = ImageEncoder(self.depth, self.conv)
+            self.image_decoder = ImageDecoder((height, width, channels), self.depth, self.conv)
         if self.parallel:
             self.core_in = nn.Dense(self.deter, kernel_init=dense_init)
         self.prior_net = MLP(self.hidden, 2)  # "imglayers" = 2 in the reference

@@ -50,17 +50,22 @@ def measure(config, seeds: list[int] | None, chunks: int) -> dict[str, Any]:
     import jax
 
     from mbrl_jax.runner import make_programs
+    from mbrl_jax.trainer import plan_chunk
+
+    def plan(done: int):  # the plan of a whole chunk after `done` chunks, as in a run far from its end
+        steps = config.prefill_steps_per_env * config.env.num_envs + done * config.env_steps_per_chunk
+        return plan_chunk(config, steps, 2**31 - 1)
 
     programs = make_programs(config, seeds)
     start = time.perf_counter()
     state = programs.init(programs.key)
-    chunk = programs.chunk.lower(state).compile()
+    chunk = programs.chunk.lower(state, plan(0)).compile()
     compile_s = time.perf_counter() - start
-    state = jax.block_until_ready(chunk(state)[0])  # warm-up
+    state = jax.block_until_ready(chunk(state, plan(0))[0])  # warm-up
     steps0 = int(jax.numpy.ravel(state.env_steps)[0])
     start = time.perf_counter()
-    for _ in range(chunks):
-        state = chunk(state)[0]
+    for done in range(1, chunks + 1):
+        state = chunk(state, plan(done))[0]
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
     members = 1 if seeds is None else len(seeds)

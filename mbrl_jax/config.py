@@ -932,7 +932,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 # Fields added after runs were already stored, with the value that earlier runs behaved as: a stored config
 # without the field reads as what it ran with, not as today's default.
-ADDED_FIELDS_BEFORE: dict[str, Any] = {"run.eval_policy": "mode", "wm.conv": "patches"}
+ADDED_FIELDS_BEFORE: dict[str, Any] = {"run.eval_policy": "mode"}
 
 # The flat keys of mbrl_jax 0.1 (before the groups), so that its run folders stay readable and resumable.
 _RENAMED = {

@@ -140,11 +140,8 @@ def test_config_yaml_is_grouped_and_reads_back_to_the_same_config():
 
 
 def test_a_flat_config_of_version_0_1_reads_to_the_same_config():
-    # 0.1 evaluated with the policy's mode and convolved by patches; a stored config without run.eval_policy
-    # or wm.conv reads as that
-    config = make_config(
-        "cartpole", **{"run.seed": 3, "optim.lr": 1e-4, "run.eval_policy": "mode", "wm.conv": "patches"}
-    )
+    # 0.1 evaluated with the policy's mode; a stored config without run.eval_policy reads as that
+    config = make_config("cartpole", **{"run.seed": 3, "optim.lr": 1e-4, "run.eval_policy": "mode"})
     flat = {legacy: config.flat()[paths[0]] for legacy, paths in LEGACY_KEYS.items()}
     flat["agent"] = "dreamer"
     added = set(ADDED_FIELDS_BEFORE)

@@ -12,6 +12,7 @@ from experiments import run as run_cli
 from mbrl_jax.config import make_config
 from mbrl_jax.logging import read_metrics
 from mbrl_jax.runner import describe_budget, make_programs, train
+from mbrl_jax.trainer import plan_chunk
 
 # debug preset: 2 envs, iterations of 2 env steps; prefill 64, chunks of 100
 SMALL = {"run.chunk_steps": 100, "replay.prefill": 64, "replay.batch_length": 16, "run.checkpoint_every": 100}
@@ -72,13 +73,13 @@ def test_cli_states_the_budget_and_does_it(tmp_path, capsys):
 
 
 def test_runs_of_every_length_share_one_chunk_program():
-    """The budget is an argument of the compiled chunk, not a constant in it: a resume with a raised
+    """The chunk's plan is an argument of the compiled chunk, not a constant in it: a resume with a raised
     budget, and every test or user run of another length, hit the compilation cache."""
     texts = []
     for steps in (364, 400, 5_000):
         programs = make_programs(_config(steps))
         target = jax.eval_shape(programs.init, programs.key)
-        texts.append(programs.chunk.lower(target, np.int32(steps)).as_text())
+        texts.append(programs.chunk.lower(target, plan_chunk(_config(steps), 64, steps)).as_text())
     assert texts[0] == texts[1] == texts[2]
 
 

@@ -98,12 +98,13 @@ def test_each_seed_of_an_envpool_sweep_matches_its_single_run(straight_sweep):
 
 def test_an_envpool_sweep_resumes_as_exactly_as_a_single_envpool_run(straight_sweep, tmp_path):
     """As a single envpool run (tests/test_envpool_xla.py): the pools restart every env at the resume
-    point, so a sweep cut after its checkpoint equals the uninterrupted sweep up to the checkpoint, and the
+    point, so a sweep resumed from its checkpoint at 264 equals the uninterrupted sweep up to there, and the
     same checkpoint resumed twice gives the same sweep, seed by seed."""
-    _, _, straight = straight_sweep
+    logdir, _, straight = straight_sweep
     config = make_config("debug", **SMALL)
     cut = tmp_path / "a"
-    train_sweep(config, SEEDS, cut, progress=False, stop_after_chunks=2)  # stops at its checkpoint, 264
+    shutil.copytree(logdir, cut)
+    shutil.rmtree(cut / "checkpoints" / "364")  # as if stopped after its checkpoint at 264
     shutil.copytree(cut, tmp_path / "b")
     state_a, _ = train_sweep(config, SEEDS, cut, progress=False)
     state_b, _ = train_sweep(config, SEEDS, tmp_path / "b", progress=False)

@@ -109,7 +109,8 @@ def test_xla_run_resumes_deterministically_and_exactly_up_to_the_checkpoint(tmp_
     assert first[:, 0].all() and first.sum() > 4 and (action[first] == 0).all()
     np.testing.assert_array_equal(action[~first].sum(-1), 1.0)
     cut = tmp_path / "a"
-    train(config, cut, progress=False, stop_after_chunks=3)  # checkpoint after chunk 2; chunk 3 lost
+    shutil.copytree(tmp_path / "straight", cut)
+    shutil.rmtree(cut / "checkpoints" / "464")  # as if stopped in chunk 4, after its checkpoint at 264
     shutil.copytree(cut, tmp_path / "b")
     state_a, _ = train(config, cut, progress=False)
     state_b, _ = train(config, tmp_path / "b", progress=False)

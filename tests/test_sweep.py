@@ -29,6 +29,17 @@ def _seed_leaves(state, i):
     return [np.asarray(x[i]) for x in jax.tree.leaves(jax.device_get(state.agent))]
 
 
+def assert_records_match_single_run(swept: list[dict], single: list[dict], seed: int) -> None:
+    """A sweep seed's records against its single run's: the same keys, env steps, updates, episodes and
+    returns exactly, losses to 1e-4 (see test_each_seed_of_a_sweep_matches_its_single_run for why)."""
+    for a, b in zip(swept, single, strict=True):
+        assert a.keys() == b.keys()
+        for key in ("env_steps", "updates", "episodes", "eval_return", "episode_return"):
+            assert a.get(key) == b.get(key), (seed, key)
+        for key in (k for k in a if k.startswith("loss")):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6, err_msg=f"{seed} {key}")
+
+
 @pytest.fixture(scope="module")
 def straight_sweep(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("sweep")
@@ -49,12 +60,7 @@ def test_each_seed_of_a_sweep_matches_its_single_run(straight_sweep):
         swept = sweep_records[seed]
         assert read_metrics(logdir / f"seed{seed}") == swept
         assert len(swept) == len(single) == config.num_chunks
-        for a, b in zip(swept, single, strict=True):
-            assert a.keys() == b.keys()
-            for key in ("env_steps", "updates", "episodes", "eval_return", "episode_return"):
-                assert a.get(key) == b.get(key), (seed, key)
-            for key in (k for k in a if k.startswith("loss")):
-                np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6, err_msg=f"{seed} {key}")
+        assert_records_match_single_run(swept, single, seed)
         for x, y in zip(
             _seed_leaves(sweep_state, i), jax.tree.leaves(jax.device_get(state.agent)), strict=True
         ):

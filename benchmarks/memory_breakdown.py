@@ -186,24 +186,9 @@ ROWS = (  # (label, function of a result -> value or None, format)
 
 
 def print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from benchmarks.throughput import print_preset_table
 
-    m = report["machine"]
-    table = Table(
-        title="mbrl_jax memory breakdown",
-        caption=f"{m['device_kind']} ({m['platform']}), {m['cpu_count']} CPUs, jax {m['jax_version']}",
-    )
-    table.add_column("")
-    for result in report["results"]:
-        table.add_column(result["preset"], justify="right")
-    for label, value, fmt in ROWS:
-        cells = []
-        for r in report["results"]:
-            v = value(r)
-            cells.append("–" if v is None else fmt.format(v))
-        table.add_row(label, *cells)
-    Console(stderr=True).print(table)
+    print_preset_table("mbrl_jax memory breakdown", report, ROWS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -455,21 +455,29 @@ ROWS = (  # (field, label, format)
 )
 
 
-def print_table(report: dict[str, Any]) -> None:
+def print_preset_table(title: str, report: dict[str, Any], rows) -> None:
+    """A table on stderr, one column per preset of `report["results"]`: `rows` are (label, value of a
+    result or None, format); None shows as '–'. Shared by the benchmarks that compare presets."""
     from rich.console import Console
     from rich.table import Table
 
     m = report["machine"]
     table = Table(
-        title="mbrl_jax throughput",
+        title=title,
         caption=f"{m['device_kind']} ({m['platform']}), {m['cpu_count']} CPUs, jax {m['jax_version']}",
     )
     table.add_column("")
     for result in report["results"]:
         table.add_column(result["preset"], justify="right")
-    for field, label, fmt in ROWS:
-        table.add_row(label, *(fmt.format(r[field]) if field in r else "–" for r in report["results"]))
+    for label, value, fmt in rows:
+        cells = (value(r) for r in report["results"])
+        table.add_row(label, *("–" if v is None else fmt.format(v) for v in cells))
     Console(stderr=True).print(table)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    rows = [(label, lambda r, f=field: r.get(f), fmt) for field, label, fmt in ROWS]
+    print_preset_table("mbrl_jax throughput", report, rows)
 
 
 def split_preset(value: str) -> tuple[list[str], dict[str, Any]]:

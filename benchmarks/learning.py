@@ -5,11 +5,21 @@
     taskset -c 1 python benchmarks/learning.py --task mountaincar:0 &
     python benchmarks/learning.py --report-only --out benchmarks/results      # rewrite RESULTS.md from runs
 
-Each (task, seed) trains with `mbrl_jax.make_train` (the seeds given for a task vmapped in one program) into
-`<out>/runs/<task>-s<seed>/` (a finished run is skipped, so the command can be re-run after an
-interruption). On a 2-core CPU one XLA process barely uses the second core and vmapping seeds buys nothing
-(cartpole preset: 84 ms per update for one seed, 88 ms per seed-update for three vmapped; 102 ms on one
-core), so runs pinned one per core in parallel give the most runs per hour there.
+Every run trains through the library's driver, `mbrl_jax.runner`, as `experiments/run.py` does: the seeds
+given for a task as one sweep (`train_sweep`: one compiled program, the train state vmapped over seeds) in
+`<out>/runs/<task>-seeds<seeds>/` with a `seed<s>/` folder per seed; one seed, or each seed of an env that
+cannot be swept (Gymnasium, envpool on the host loop), with `train` in `<out>/runs/<task>-s<seed>/`. So the
+runner's non-finite guard (losses and agent state; a seed that turns stops with its `diverged.json`, the
+other seeds of its sweep go on), metric logs, checkpoints and exact resume hold here too: the command re-run
+after an interruption (Ctrl-C, a kill, a lost machine) resumes every unfinished run from its last
+checkpoint, skips finished ones (a seed stored in either layout), and with a raised `run.steps` continues
+finished runs. Each run folder also gets `run.json` (commit, device, loop, and the wall time so far, after
+every chunk) and, once its program ends, `wall_time.json`. Runs stored by the earlier driver (its own loop,
+`<task>-s<seed>/` without checkpoints) are read the same way.
+On a 2-core CPU one XLA process barely uses the second core and vmapping seeds buys nothing (cartpole preset:
+84 ms per update for one seed, 88 ms per seed-update for three vmapped; 102 ms on one core), so there one
+seed per command, pinned one per core in parallel, gives the most runs per hour. On a GPU a sweep is what
+pays: 8 cartpole seeds in one program took 1.27 times one seed's wall time on an H100 (`scaling-h100.json`).
 Then `benchmarks/RESULTS.md` is written from the runs' metrics: per task the final and best evaluation
 return (mean, IQM and bootstrap 95% CI over seeds), the first env step at which the threshold was reached,
 wall time, and the machine; a PNG of the curves (mean and band over seeds); and the tables of the JSON files
@@ -24,13 +34,13 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,6 +53,7 @@ from mbrl_jax.config import (  # noqa: E402
     parse_overrides,
 )
 from mbrl_jax.logging import read_metrics  # noqa: E402
+from mbrl_jax.parallel import DIVERGED_FILE, seed_logdir, stored_seeds  # noqa: E402
 
 # Thresholds the issues name, per env; a run "solves" the task at the first eval at or above it.
 THRESHOLDS = {"CartPole-v1": 450.0, "Pendulum-v1": -300.0, "Breakout-MinAtar": 10.0}
@@ -58,6 +69,10 @@ TASK_NOTES = {
     "tasks have fewer than 20). These runs were not repeated after the change.",
 }
 ROOT = Path(__file__).resolve().parents[1]
+# Run folders under <out>/runs: `<task>-s<seed>` (one seed in its program) and `<task>-seeds<seeds>` (a sweep)
+SWEEP_INFIX = "-seeds"
+_SINGLE_RUN = re.compile(r"^(?P<task>.+)-s(?P<seed>\d+)$")
+_SEED = re.compile(r"(?:-s|^seed)(?P<seed>\d+)$")
 
 
 def random_policy_return(env_name: str, episodes: int = 64, seed: int = 0, action_repeat: int = 1) -> float:
@@ -87,107 +102,223 @@ def random_policy_return(env_name: str, episodes: int = 64, seed: int = 0, actio
     return float(run(jax.random.PRNGKey(seed)))
 
 
-def run_task(task: str, seeds: list[int], out: Path, overrides: dict) -> list[dict]:
-    """Trains every seed of `task` as one compiled program (the train state vmapped over a seed axis) and
-    logs each seed to `<out>/runs/<task>-s<seed>/` (config.yaml, metrics.jsonl/csv, wall_time.json). A host
-    env (`env.name=gymnasium:...` or `envpool:...`) cannot be vmapped: its seeds run one after another, each
-    with its own wall time, in the loop `env.loop` picks (envpool's XLA interface in the compiled loop, or the
-    host loop, `mbrl_jax.host_loop`).
+def run_task(
+    task: str,
+    seeds: list[int],
+    out: Path,
+    overrides: dict,
+    *,
+    progress: bool = True,
+    stop_after_chunks: int | None = None,
+) -> list[dict]:
+    """Trains the seeds of `task` that have not finished, through `mbrl_jax.runner`, under `<out>/runs/`.
 
-    A seed whose losses turn non-finite stops being logged (its run directory records where); the others go
-    on. Seeds whose run directory already holds a finished run are skipped. There are no checkpoints: an
-    interrupted task starts over."""
-    from mbrl_jax.envs import is_host_env
+    A seed whose run folder already holds a finished run (its budget done, or turned non-finite) is
+    skipped. An unfinished one with a checkpoint is resumed where it is: its own `<task>-s<seed>/` with
+    `train`, or the sweep that holds it with `train_sweep` (all of that sweep's seeds; the runner resumes a
+    sweep only as a whole). The rest start: several as one sweep in `<task>-seeds<seeds>/` (`seed<s>/`
+    per seed), one seed, or each seed of an env that cannot be swept (Gymnasium, envpool on the host loop),
+    alone in `<task>-s<seed>/`. A folder left without a checkpoint holds nothing to resume and starts over.
+    `stop_after_chunks` ends every program after that many chunks, as an interruption would (tests).
+    Returns one row per seed."""
+    from mbrl_jax.runner import check_logdir, hold_logdir, latest_checkpoint, sweep_of_seed_folder
 
-    configs = {seed: make_config(task, **{**overrides, "run.seed": seed}) for seed in seeds}
-    logdirs = {seed: out / "runs" / f"{task}-s{seed}" for seed in seeds}
-    todo = [s for s in seeds if not _finished(logdirs[s], configs[s])]
-    if not todo:
-        return [{"task": task, "seed": s, "skipped": True} for s in seeds]
-    if is_host_env(configs[todo[0]].env.name):
-        return [row for s in todo for row in _run_seeds(task, [s], configs, logdirs)]
-    return _run_seeds(task, todo, configs, logdirs)
-
-
-def _run_seeds(task: str, todo: list[int], configs: dict, logdirs: dict) -> list[dict]:
-    """`run_task`'s loop for the seeds `todo`: vmapped in one program (gymnax), or one seed of a host env in
-    the loop `env.loop` picks."""
-    from mbrl_jax.checkpoint import save_config
-    from mbrl_jax.envs import is_host_env, resolve_loop
-    from mbrl_jax.host_loop import make_host_train
-    from mbrl_jax.logging import MetricLogger
-    from mbrl_jax.trainer import make_train, summarize_chunk
-
-    config = configs[todo[0]]
-    start = time.perf_counter()
-    if is_host_env(config.env.name):  # one seed; its metrics get the seed axis the vmapped program has
-        if resolve_loop(config.env.name, config.env.loop) == "host":
-            trainer = make_host_train(config)
-            state, run_chunk = trainer.init(jax.random.PRNGKey(todo[0])), trainer.run_chunk
+    runs = out / "runs"
+    found = task_runs(runs, task)
+    seeds = list(dict.fromkeys(seeds))
+    rows, plans, fresh = [], {}, []  # plans: program folder -> (its seeds, whether a sweep)
+    for seed in seeds:
+        config = make_config(task, **{**overrides, "run.seed": seed})
+        logdir = found.get(seed)
+        if logdir is not None and _finished(logdir, config):
+            rows.append({"task": task, "seed": seed, "skipped": True})
+            continue
+        owner = sweep_of_seed_folder(logdir) if logdir is not None else None
+        folder = owner[0] if owner else logdir
+        if folder is not None and latest_checkpoint(folder) is not None:
+            plans[folder] = (owner[1], True) if owner else ([seed], False)
         else:
-            trainer = make_train(config)
-            state = jax.jit(trainer.init)(jax.random.PRNGKey(todo[0]))
-            run_chunk = jax.jit(trainer.run_chunk, donate_argnums=0)
-
-        def chunk(state):
-            state, metrics = run_chunk(state)
-            return state, jax.tree.map(lambda x: jnp.asarray(x)[None], metrics)
-
+            fresh.append(seed)
+            if folder is not None and folder.exists():  # cut off before its first checkpoint
+                with hold_logdir(check_logdir(folder)):  # not while another process trains in it
+                    shutil.rmtree(folder)
+    if len(fresh) > 1 and _can_sweep(make_config(task, **overrides), fresh):
+        plans[runs / f"{task}{SWEEP_INFIX}{seed_spec(fresh)}"] = (sorted(fresh), True)
     else:
-        trainer = make_train(config)
-        keys = jnp.stack([jax.random.PRNGKey(s) for s in todo])
-        state = jax.jit(jax.vmap(trainer.init))(keys)
-        chunk = jax.jit(jax.vmap(trainer.run_chunk), donate_argnums=0)
-    loggers = {}
-    # what ran where, written before the first chunk so that a run cut off early still says it
-    run_info = {
+        plans.update({runs / f"{task}-s{seed}": ([seed], False) for seed in fresh})
+    for folder, (program_seeds, sweep) in plans.items():
+        others = [s for s in program_seeds if s not in seeds]
+        if others:
+            print(f"{task}: seeds {others} resume too: {folder.name} is one sweep", flush=True)
+        rows += _train_program(task, folder, program_seeds, sweep, overrides, progress, stop_after_chunks)
+    return rows
+
+
+def _can_sweep(config, seeds: list[int]) -> bool:
+    """Whether the runner can train `seeds` of `config` as one program (its own check, `check_devices`)."""
+    from mbrl_jax.parallel import check_devices
+
+    try:
+        check_devices(config, seeds)
+    except ConfigError:
+        return False
+    return True
+
+
+def _train_program(
+    task: str,
+    folder: Path,
+    seeds: list[int],
+    sweep: bool,
+    overrides: dict,
+    progress: bool,
+    stop_after_chunks: int | None,
+) -> list[dict]:
+    """One program of `run_task`: `train_sweep` of `seeds` in `folder`, or `train` of the one seed there.
+
+    Beside the runner's files, each seed's folder gets `run.json` (commit, device, JAX, loop, and `wall_s`:
+    seconds every call spent training it so far; rewritten after every chunk) and, when the program ends (its
+    budget done, or no seed left finite), `wall_time.json`. A seed that turns non-finite has `diverged.json`
+    (the runner writes it while other seeds go on; here, for the seeds of a program that stops)."""
+    from mbrl_jax.envs import resolve_loop
+    from mbrl_jax.runner import NonFiniteError, latest_checkpoint, train, train_sweep
+
+    config = make_config(task, **{**overrides, "run.seed": seeds[0]})
+    logdirs = {s: seed_logdir(folder, s) if sweep else folder for s in seeds}
+    resumed = latest_checkpoint(folder)
+    print(
+        f"{task}: seed{'s' if sweep else ''} {', '.join(map(str, seeds))} in {folder} "
+        + (f"(resuming from env step {resumed[0]:,})" if resumed else "(new)"),
+        flush=True,
+    )
+    previous = {s: {**_run_info(d), **_wall_time(d)} if resumed else {} for s, d in logdirs.items()}
+    # seconds earlier calls spent on it: a run resumed from a checkpoint (a fresh one from none)
+    before = {s: previous[s].get("wall_s", 0.0) for s in seeds}
+    now = {
         "commit": code_commit(),
         "device": jax.devices()[0].device_kind,
         "jax": jax.__version__,
         "loop": resolve_loop(config.env.name, config.env.loop),
     }
-    for seed in todo:
-        shutil.rmtree(logdirs[seed], ignore_errors=True)
-        logdirs[seed].mkdir(parents=True)
-        save_config(logdirs[seed], configs[seed].to_dict())
-        loggers[seed] = MetricLogger(logdirs[seed])
-        (logdirs[seed] / "run.json").write_text(json.dumps(run_info))
-    diverged: dict[int, int] = {}
-    for index in range(config.num_chunks):
-        state, metrics = chunk(state)
-        metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - start
-        line = []
-        for i, seed in enumerate(todo):
-            record = {**summarize_chunk({k: v[i] for k, v in metrics.items()}), "wall_s": elapsed}
-            if seed in diverged:
-                continue
-            if not all(np.isfinite(v) for k, v in record.items() if k.startswith("loss")):
-                diverged[seed] = record["env_steps"]
-                (logdirs[seed] / "diverged.json").write_text(json.dumps({"env_steps": record["env_steps"]}))
-                continue
-            loggers[seed].write(record)
-            line.append(f"s{seed} {record['eval_return']:.1f}" if "eval_return" in record else f"s{seed} -")
-        print(
-            f"{task} chunk {index + 1}/{config.num_chunks} env_steps {record['env_steps']} "
-            f"eval {' '.join(line)} ({elapsed / 60:.1f} min)",
-            flush=True,
-        )
+    start = time.perf_counter()
+
+    def note(_records: dict) -> None:  # after every chunk: what ran where, and the wall time so far
+        for seed, logdir in logdirs.items():
+            info = {k: _joined(previous[seed].get(k), v) for k, v in now.items()}
+            info["wall_s"] = before[seed] + time.perf_counter() - start
+            (logdir / "run.json").write_text(json.dumps(info))
+            (logdir / "wall_time.json").unlink(missing_ok=True)  # a finished run continued: in progress
+
+    options = dict(progress=progress, stop_after_chunks=stop_after_chunks, on_chunk=note)
+    diverged: dict[int, int | None] = {}
+    try:
+        if sweep:
+            train_sweep(config, seeds, folder, **options)
+        else:
+            train(config, folder, **options)
+    except NonFiniteError as err:  # no seed of the program left finite: it ends here
+        for member, what in err.non_finite.items():
+            logdir = logdirs[seeds[0] if member is None else member]
+            mark = {"env_steps": err.env_steps, "non_finite": what}
+            (logdir / DIVERGED_FILE).write_text(json.dumps(mark))
+        print(f"{task}: {err}", flush=True)
     wall = time.perf_counter() - start
-    for seed in todo:
-        loggers[seed].close()
-        timing = {
-            "wall_s": wall,
-            "steps": config.run.steps,
-            "seeds_in_program": len(todo),
-        }
-        (logdirs[seed] / "wall_time.json").write_text(json.dumps(timing))
-    return [{"task": task, "seed": s, "wall_s": wall, "diverged_at": diverged.get(s)} for s in todo]
+    for seed, logdir in logdirs.items():
+        bad = logdir / DIVERGED_FILE
+        diverged[seed] = json.loads(bad.read_text())["env_steps"] if bad.exists() else None
+    latest = latest_checkpoint(folder)
+    ended = all(x is not None for x in diverged.values()) or (
+        latest is not None and latest[0] >= config.total_env_steps
+    )
+    for seed, logdir in logdirs.items():
+        if ended:
+            timing = {
+                "wall_s": before[seed] + wall,
+                "steps": config.run.steps,
+                "seeds_in_program": len(seeds),
+            }
+            (logdir / "wall_time.json").write_text(json.dumps(timing))
+    return [
+        {"task": task, "seed": s, "logdir": str(logdirs[s]), "finished": ended, "diverged_at": diverged[s]}
+        for s in seeds
+    ]
+
+
+def _run_info(logdir: Path) -> dict:
+    path = logdir / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _wall_time(logdir: Path) -> dict:
+    path = logdir / "wall_time.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _joined(previous: str | None, now: str | None) -> str | None:
+    """'a' then 'b' -> 'a+b': a run resumed under another commit (or device) names both."""
+    parts = [p for p in (previous or "").split("+") if p]
+    if now and now not in parts:
+        parts.append(now)
+    return "+".join(parts) or None
 
 
 def _finished(logdir: Path, config) -> bool:
-    records = read_metrics(logdir) if (logdir / "wall_time.json").exists() else []
+    """Whether the run in `logdir` ended (its program wrote wall_time.json): it did `config`'s budget, or
+    turned non-finite."""
+    if not (logdir / "wall_time.json").exists():
+        return False
+    if (logdir / DIVERGED_FILE).exists():
+        return True
+    records = read_metrics(logdir)
     return bool(records) and records[-1]["env_steps"] >= config.run.steps
+
+
+def seed_spec(seeds: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5': a sweep folder's name for its seeds (the `--seeds` syntax of run.py)."""
+    parts, seeds = [], sorted(seeds)
+    low = prev = seeds[0]
+    for seed in [*seeds[1:], None]:
+        if seed is not None and seed == prev + 1:
+            prev = seed
+            continue
+        parts.append(str(low) if low == prev else f"{low}-{prev}")
+        low = prev = seed
+    return ",".join(parts)
+
+
+def run_folders(runs: Path) -> list[tuple[str, int, Path]]:
+    """(task, seed, run folder) of every run stored in `runs`, in both layouts: `<task>-s<seed>/` (one seed
+    in its program: every run of the earlier driver, and single seeds of this one) and the `seed<s>/`
+    folders of the sweeps `<task>-seeds<seeds>/` (several seeds in one program)."""
+    found = []
+    for path in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
+        sweep_seeds = stored_seeds(path)
+        if sweep_seeds is not None and SWEEP_INFIX in path.name:
+            task = path.name.rpartition(SWEEP_INFIX)[0]
+            found += [(task, seed, seed_logdir(path, seed)) for seed in sweep_seeds]
+        elif (match := _SINGLE_RUN.match(path.name)) is not None:
+            found.append((match["task"], int(match["seed"]), path))
+    return found
+
+
+def task_runs(runs: Path, task: str) -> dict[int, Path]:
+    """Seed -> run folder of `task` in `runs`, by seed. A seed stored twice (a sweep and a run of its own)
+    counts once: the folder whose records go furthest."""
+    best: dict[int, Path] = {}
+    for name, seed, logdir in run_folders(runs):
+        if name == task and (seed not in best or _last_env_steps(logdir) > _last_env_steps(best[seed])):
+            best[seed] = logdir
+    return dict(sorted(best.items()))
+
+
+def _last_env_steps(logdir: Path) -> int:
+    records = read_metrics(logdir)
+    return records[-1]["env_steps"] if records else -1
+
+
+def run_seed(logdir: Path) -> int:
+    """The seed of a run folder: `<task>-s<seed>` or a sweep's `seed<s>`."""
+    return int(_SEED.search(logdir.name)["seed"])
 
 
 def code_commit() -> str | None:
@@ -224,7 +355,7 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         evals = [(r["env_steps"], r["eval_return"]) for r in records if "eval_return" in r]
         if not evals:
             continue
-        seeds.append(int(logdir.name.rsplit("-s", 1)[1]))
+        seeds.append(run_seed(logdir))
         bad = logdir / "diverged.json"
         diverged.append(json.loads(bad.read_text())["env_steps"] if bad.exists() else None)
         finals.append(evals[-1][1])
@@ -236,13 +367,13 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
         steps.append(evals[-1][0])
         hit = [s for s, v in evals if threshold is not None and v >= threshold]
         solved_at.append(hit[0] if hit else None)
-        timing = logdir / "wall_time.json"
-        timing = json.loads(timing.read_text()) if timing.exists() else {}
-        # a run in progress (or cut off): the wall time of its last record so far
-        walls.append(timing.get("wall_s", records[-1].get("wall_s", float("nan"))))
+        timing, info = _wall_time(logdir), _run_info(logdir)
+        # a run in progress (or cut off): its wall time so far, from run.json (the runner's runs) or from its
+        # last record (the earlier driver's)
+        so_far = info.get("wall_s", records[-1].get("wall_s", float("nan")))
+        walls.append(timing.get("wall_s", so_far))
         finished.append(bool(timing))
-        info = logdir / "run.json"
-        info = json.loads(info.read_text()) if info.exists() else timing
+        info = info or timing
         commits.append(info.get("commit"))
         devices.append(info.get("device"))
         # runs stored before envpool's XLA path existed ran every host env on the host loop
@@ -250,7 +381,7 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
     finals, bests = np.array(finals), np.array(bests)
     # the random policy's return on this env, from whichever task's baseline file measured it
     baselines = (
-        [json.loads(p.read_text()) for p in sorted(logdirs[0].parent.glob("random-*.json"))]
+        [json.loads(p.read_text()) for p in sorted(runs_folder(logdirs[0]).glob("random-*.json"))]
         if logdirs
         else []
     )
@@ -282,6 +413,14 @@ def summarize(task: str, logdirs: list[Path]) -> dict:
     }
 
 
+def runs_folder(logdir: Path) -> Path:
+    """The `runs` folder that holds a run folder: its parent, or its sweep's parent."""
+    from mbrl_jax.runner import sweep_of_seed_folder
+
+    owner = sweep_of_seed_folder(logdir)
+    return owner[0].parent if owner else logdir.parent
+
+
 def machine() -> str:
     import jax
 
@@ -310,7 +449,7 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
     lines += robustness_table(summaries, out)
     for s in summaries:
         plot = out / f"{s['task']}.png"
-        runs = sorted((out / "runs").glob(f"{s['task']}-s*"))
+        runs = list(task_runs(out / "runs", s["task"]).values())
         plot_curves(runs, plot, key="eval_return", label=s["task"])
         reached = (
             ", ".join("not reached" if x is None else f"{x:,}" for x in s["solved_at"])
@@ -395,9 +534,9 @@ def settings_note(summaries: list[dict], out: Path) -> str:
     notes, by_settings = [], {}
     for s in summaries:
         preset = make_config(s["task"]).flat()
-        differing = set()
+        differing, logdirs = set(), task_runs(out / "runs", s["task"])
         for seed in s["seed_ids"]:
-            stored = config_from_dict(load_config(out / "runs" / f"{s['task']}-s{seed}") or {}).flat()
+            stored = config_from_dict(load_config(logdirs[seed]) or {}).flat()
             differing |= {k for k, v in stored.items() if preset[k] != v} - {"env.name", "run.seed"}
         if differing:
             notes.append(f"runs of `{s['task']}` differ from their preset in {sorted(differing)}")
@@ -623,20 +762,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not args.report_only:
+        from mbrl_jax.runner import Interrupted, LogdirInUse
+
         by_task: dict[str, list[int]] = {}
         for task, seed in plan:
             by_task.setdefault(task, []).append(seed)
         for task, seeds in by_task.items():
-            for result in run_task(task, seeds, out, overrides):
+            try:
+                rows = run_task(task, seeds, out, overrides)
+            except ConfigError as err:  # a run folder holds a run of another config, or a sweep of others
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            except LogdirInUse as err:  # another process trains in one of its run folders
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+            except Interrupted as err:  # SIGINT / SIGTERM: its last complete chunk is saved
+                print(f"{task}: {err}; the same command resumes it", file=sys.stderr)
+                return err.exit_status
+            for result in rows:
                 print(json.dumps(result), flush=True)
             baseline = out / "runs" / f"random-{task}.json"
             if not baseline.exists():
                 env = make_config(task, **overrides).env
                 score = random_policy_return(env.name, action_repeat=env.action_repeat)
                 baseline.write_text(json.dumps({"env": env.name, "return": score}))
-    tasks = sorted({p.name.rsplit("-s", 1)[0] for p in (out / "runs").glob("*-s*") if p.is_dir()})
+    tasks = sorted({task for task, _, _ in run_folders(out / "runs")})
     tasks = [t for t in tasks if not args.task or t in {s.partition(":")[0] for s in args.task}]
-    summaries = [summarize(t, sorted((out / "runs").glob(f"{t}-s*"))) for t in tasks]
+    summaries = [summarize(t, list(task_runs(out / "runs", t).values())) for t in tasks]
     command = "python benchmarks/learning.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_results(summaries, out, Path(args.results_md), command)
     print(json.dumps(summaries))

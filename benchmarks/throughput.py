@@ -1,8 +1,9 @@
-"""Throughput of the compiled training loop and of its parts, per preset, as one JSON object.
+"""Throughput of the compiled training loop and of its parts, per preset, as one JSON object, for any agent.
 
     python benchmarks/throughput.py                                   # the default config (cartpole)
     python benchmarks/throughput.py --preset cartpole --preset cartpole,size12m --updates 5 --chunks 2
     python benchmarks/throughput.py --preset debug chunk_steps=50 --out bench.json
+    python benchmarks/throughput.py --preset tdmpc2 --preset tdmpc2,tdmpc2-1m --chunks 1 run.chunk_steps=20
 
 Each `--preset` value is one configuration (comma-separated presets applied left to right); trailing
 key=value overrides apply to every one. The JSON object is the last line of stdout (and the contents of
@@ -10,6 +11,17 @@ key=value overrides apply to every one. The JSON object is the last line of stdo
 call, with `block_until_ready` and `time.perf_counter`: training chunks as the mean over `--chunks`, the
 parts (learner, imagination, acting, matmul peak) as the best of a few calls, as noise on a shared machine
 only adds time.
+
+The agent is whichever `agent=` names (`mbrl_jax.agents.make_agent`), the training loop `make_train` (or the
+host loop's `make_host_train`), and every part is measured through the `Agent` interface: the learner is
+`agent.learn` on a batch sampled from the replay the timed chunks filled; acting is `agent.act` with the env
+step (`act_steps_per_s`) and `agent.act` alone on `--act-num-envs` batches of observations (`act_calls`, the
+figure that matters for a planner: TD-MPC2's MPPI plans once per env and step); `num_params` counts the
+agent state's `params` (every registered agent keeps its trained parameters there). A part that only some
+agents have is measured for an agent that exposes what it needs, and its fields are absent (not null) from
+the results of the others (`IMAGINATION_FIELDS`): imagination, for an agent that satisfies `Imagines`
+(DreamerV3's `Dreamer`: its `world_model` and `policy`). TD-MPC2 (`--preset tdmpc2`, above: one update per
+env step, so short chunks) has every other figure; its `act_calls` are MPPI plans.
 
 A host env (`env.name` "gymnasium:<id>" or "envpool:<task_id>", e.g. `--preset atari100k`) is measured in
 the loop it trains with (`env.loop`, recorded as `loop`): envpool through its XLA interface in the compiled
@@ -33,9 +45,9 @@ import argparse
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
 
@@ -46,11 +58,9 @@ from jax.extend import core as jcore  # noqa: E402
 
 from benchmarks.profile_ops import profile_markdown, profile_ops  # noqa: E402
 from benchmarks.report import emit, machine_info  # noqa: E402
-from mbrl_jax.agents import env_action  # noqa: E402
-from mbrl_jax.agents.dreamer import make_dreamer  # noqa: E402
+from mbrl_jax.agents import env_action, make_agent, random_action  # noqa: E402
 from mbrl_jax.config import PRESETS, Config, ConfigError, make_config, parse_overrides  # noqa: E402
 from mbrl_jax.envs import (  # noqa: E402
-    EnvSpec,
     env_spec,
     is_host_env,
     make_env,
@@ -60,11 +70,12 @@ from mbrl_jax.envs import (  # noqa: E402
 from mbrl_jax.host_loop import make_host_train  # noqa: E402
 from mbrl_jax.replay import replay_sample  # noqa: E402
 from mbrl_jax.trainer import make_train  # noqa: E402
-from mbrl_jax.world_models.rssm import imagine  # noqa: E402
+from mbrl_jax.world_models.rssm import WorldModel, imagine  # noqa: E402
 
 DEFAULT_PRESET = "cartpole"
+DEFAULT_ACT_NUM_ENVS = (1, 8)
 
-# Numbers in every result of `measure`; all finite and > 0 on a working machine.
+# Numbers in every result of `measure`, whatever the agent; all finite and > 0 on a working machine.
 NUMERIC_FIELDS = (
     "init_s",
     "compile_s",
@@ -72,7 +83,6 @@ NUMERIC_FIELDS = (
     "env_steps_per_s",
     "updates_per_s",
     "learner_update_ms",
-    "imagination_steps_per_s",
     "act_steps_per_s",
     "update_gflop",
     "update_gflop_xla_rolled",
@@ -82,17 +92,23 @@ NUMERIC_FIELDS = (
     "peak_rss_mb",
     "num_params",
 )
+# Fields of every result, whatever the agent. `act_calls`: one record per `act_num_envs` value n,
+# {"num_envs": n, "compile_s", "act_ms" (one jitted agent.act on n observations), "steps_per_s" (n / act)}.
 RESULT_FIELDS = (
+    "agent",
     "env",
     "num_envs",
     "batch_size",
     "batch_length",
-    "imag_horizon",
     "env_steps_per_chunk",
     "updates_per_chunk",
     *NUMERIC_FIELDS,
-    "imagination_note",
+    "act_calls",
 )
+ACT_CALL_FIELDS = ("num_envs", "compile_s", "act_ms", "steps_per_s")
+# Agent-specific: only for an agent that imagines (satisfies `Imagines`, as DreamerV3 does); absent otherwise.
+# `imagination_steps_per_s` is then finite and > 0 as NUMERIC_FIELDS are.
+IMAGINATION_FIELDS = ("imag_horizon", "imagination_steps_per_s", "imagination_note")
 # Only for a host env (gymnasium:, envpool:): the loop that drove it, and its envs stepped alone.
 HOST_FIELDS = ("loop", "env_only_steps_per_s")
 MACHINE_FIELDS = ("device_kind", "platform", "cpu_count", "jax_version", "jaxlib_version", "python")
@@ -102,6 +118,21 @@ IMAGINATION_NOTE = (
     "the agent's actor; forward only (no reward/continue heads, no gradients); lax.scan of `updates` "
     "rollouts in one jit (best of 3 calls), divided"
 )
+
+
+@runtime_checkable
+class Imagines(Protocol):
+    """The optional hook of the imagination figures (IMAGINATION_FIELDS): an agent that learns in imagination
+    exposes its world model and its policy, and keeps their parameters in its state as `params.wm` and
+    `params.actor`; the rollout's length is `config.dreamer.imag_horizon`. DreamerV3's `Dreamer` does; an
+    agent without them (TD-MPC2) has no imagination figures, rather than a made-up one."""
+
+    @property
+    def world_model(self) -> WorldModel: ...
+
+    def policy(self, actor_params: Any, feat: jax.Array) -> Any:
+        """Action distribution (with `.sample(seed=key)`) at features feat [N, F]."""
+        ...
 
 
 # ---- timing and machine ----------------------------------------------------------------------------------
@@ -114,11 +145,16 @@ def timed(fn: Callable, *args) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
+def first_and_best_time(fn: Callable, *args, repeats: int = 3) -> tuple[float, float]:
+    """(the first call, compilation included; the shortest of `repeats` calls after it), in seconds. The
+    shortest, since on a shared machine the noise only ever adds time."""
+    first = timed(fn, *args)[1]
+    return first, min(timed(fn, *args)[1] for _ in range(repeats))
+
+
 def best_time(fn: Callable, *args, repeats: int = 3) -> float:
-    """Shortest of `repeats` timed calls after one warm-up call, in seconds. The shortest, since on a shared
-    machine the noise only ever adds time."""
-    timed(fn, *args)
-    return min(timed(fn, *args)[1] for _ in range(repeats))
+    """Shortest of `repeats` timed calls after one warm-up call, in seconds."""
+    return first_and_best_time(fn, *args, repeats=repeats)[1]
 
 
 def peak_rss_mb() -> float:
@@ -222,13 +258,14 @@ def measure_training(trainer, key: jax.Array, chunks: int) -> tuple[Any, dict[st
 
 def measure_learner(agent, agent_state, batch: dict, key: jax.Array, updates: int) -> dict[str, float]:
     """`updates` learner updates on one fixed batch ([B, T, ...] leaves), as a lax.scan in one jit (best of
-    3 calls after a warm-up); FLOPs of one update from its own compiled function."""
+    3 calls after a warm-up); FLOPs of one update from its own compiled function. Any agent: `agent.learn`
+    of the `Agent` interface, its metrics (scalars) kept as outputs."""
     flops, rolled = program_flops(agent.learn, agent_state, batch, key)
 
     def many(agent_state, batch, keys):  # a closed-over batch would be constant-folded
         def update(agent_state, k):
             agent_state, metrics, _ = agent.learn(agent_state, batch, k)
-            return agent_state, metrics["loss_model"]
+            return agent_state, metrics
 
         return jax.lax.scan(update, agent_state, keys)
 
@@ -242,10 +279,9 @@ def measure_learner(agent, agent_state, batch: dict, key: jax.Array, updates: in
     }
 
 
-def measure_imagination(
-    config: Config, spec: EnvSpec, agent, params: dict, key: jax.Array, repeats: int
-) -> float:
-    """Imagined latent steps per second: B*T starts x imag_horizon steps per rollout."""
+def measure_imagination(config: Config, agent: Imagines, params: Any, key: jax.Array, repeats: int) -> float:
+    """Imagined latent steps per second: B*T starts x imag_horizon steps per rollout. Only for an agent with
+    the `Imagines` hook; `params` is its state's `params`."""
     c = config
     starts = c.replay.batch_size * c.replay.batch_length
     start = agent.world_model.zeros((starts,))  # with the backbone's zero state, if it has one
@@ -261,6 +297,25 @@ def measure_imagination(
     keys = jax.random.split(key, repeats)
     seconds = best_time(jax.jit(rollouts), params, start, keys)
     return repeats * starts * c.dreamer.imag_horizon / seconds
+
+
+def measure_act_calls(
+    agent, agent_state, obs: dict, action_dim: int, key: jax.Array, num_envs: Sequence[int]
+) -> list[dict[str, float]]:
+    """`agent.act` alone, jitted, on a batch of n observations for each n in `num_envs` (first steps of
+    their episodes, fresh policy carries): one record per n (ACT_CALL_FIELDS) with the first call's time
+    beyond the best (compilation), the best of 3 calls in ms, and n / that in steps/s. `obs`: one
+    observation {key: [1, ...]}, repeated n times."""
+    act = jax.jit(agent.act)
+    calls = []
+    for n in num_envs:
+        batch = jax.tree.map(lambda x, n=n: jnp.repeat(x, n, axis=0), obs)
+        carry, prev_action, is_first = agent.initial_carry(n), jnp.zeros((n, action_dim)), jnp.ones(n, bool)
+        first, best = first_and_best_time(act, agent_state, carry, batch, prev_action, is_first, key)
+        calls.append(
+            dict(num_envs=n, compile_s=max(first - best, 0.0), act_ms=1e3 * best, steps_per_s=n / best)
+        )
+    return calls
 
 
 def measure_acting(config: Config, agent, agent_state, key: jax.Array, steps: int) -> float:
@@ -350,8 +405,6 @@ def measure_host_env(config: Config, steps: int) -> float:
 def measure_xla_env(config: Config, steps: int) -> float:
     """Env steps/s of envpool's envs alone on its XLA interface: a jitted scan of `steps` steps with
     uniformly random actions (no policy)."""
-    from mbrl_jax.agents import random_action
-
     env = make_env(config.env.name, config.env.num_envs, config.run.seed, config.env.sticky_actions)
 
     def rollout(keys):
@@ -373,18 +426,24 @@ def measure(
     act_steps: int = 100,
     peak_gflops: float | None = None,
     peak_size: int = 2048,
+    act_num_envs: Sequence[int] = DEFAULT_ACT_NUM_ENVS,
 ) -> dict[str, Any]:
-    """Every throughput figure of one config (see RESULT_FIELDS). `peak_gflops` is measured here with a
-    `peak_size` matmul unless given (a run over several presets measures it once)."""
-    if updates < 1 or chunks < 1 or act_steps < 1:
-        raise ValueError(f"updates, chunks and act_steps must be >= 1, got {updates}, {chunks}, {act_steps}")
+    """Every throughput figure of one config, for the agent `config.agent` names: RESULT_FIELDS, plus
+    IMAGINATION_FIELDS for an agent with the `Imagines` hook and HOST_FIELDS for a host env. `peak_gflops` is
+    measured here with a `peak_size` matmul unless given (a run over several presets measures it once);
+    `act_num_envs`: the batch sizes of `act_calls`."""
+    if updates < 1 or chunks < 1 or act_steps < 1 or not act_num_envs or min(act_num_envs) < 1:
+        raise ValueError(
+            f"updates, chunks, act_steps and every act_num_envs must be >= 1, got {updates}, {chunks}, "
+            f"{act_steps}, {list(act_num_envs)}"
+        )
     c = config
     if peak_gflops is None:
         peak_gflops = measure_peak_gflops(peak_size)
     loop = resolve_loop(c.env.name, c.env.loop)
     host = loop == "host"
     spec = env_spec(c.env.name, c.env.action_repeat)
-    agent = make_dreamer(c, spec)
+    agent = make_agent(c, spec)
     k_train, k_batch, k_learn, k_imag, k_act = jax.random.split(jax.random.PRNGKey(c.run.seed), 5)
 
     if host:
@@ -395,9 +454,12 @@ def measure(
         state.replay, k_batch, c.replay.batch_size, c.sample_length
     )[0]
     result.update(measure_learner(agent, state.agent, batch, k_learn, updates))
-    result["imagination_steps_per_s"] = measure_imagination(
-        c, spec, agent, state.agent.params, k_imag, updates
-    )
+    if isinstance(agent, Imagines):
+        result.update(
+            imag_horizon=c.dreamer.imag_horizon,
+            imagination_steps_per_s=measure_imagination(c, agent, state.agent.params, k_imag, updates),
+            imagination_note=IMAGINATION_NOTE,
+        )
     if host:
         result["act_steps_per_s"] = measure_acting_host(c, agent, state.agent, k_act, act_steps)
         result["env_only_steps_per_s"] = measure_host_env(c, act_steps)
@@ -405,27 +467,36 @@ def measure(
         result["act_steps_per_s"] = measure_acting(c, agent, state.agent, k_act, act_steps)
         if is_host_env(c.env.name):
             result["env_only_steps_per_s"] = measure_xla_env(c, act_steps)
+    one_obs = jax.tree.map(lambda x: x[:1], state.timestep.obs)
+    result["act_calls"] = measure_act_calls(
+        agent, state.agent, one_obs, spec.action_dim, jax.random.fold_in(k_act, 1), act_num_envs
+    )
     result["peak_gflops"] = peak_gflops
     result["peak_fraction"] = result["update_gflops_per_s"] / peak_gflops
     result["num_params"] = sum(x.size for x in jax.tree.leaves(state.agent.params))
     result["peak_rss_mb"] = peak_rss_mb()
     result.update(
+        agent=c.agent,
         env=c.env.name,
         loop=loop,
         num_envs=c.env.num_envs,
         batch_size=c.replay.batch_size,
         batch_length=c.replay.batch_length,
-        imag_horizon=c.dreamer.imag_horizon,
         env_steps_per_chunk=c.env_steps_per_chunk,
         updates_per_chunk=c.iterations_per_chunk * c.updates_per_iteration,
-        imagination_note=IMAGINATION_NOTE,
     )
-    return {k: result[k] for k in RESULT_FIELDS + (HOST_FIELDS if is_host_env(c.env.name) else ())}
+    fields = (
+        RESULT_FIELDS
+        + (IMAGINATION_FIELDS if isinstance(agent, Imagines) else ())
+        + (HOST_FIELDS if is_host_env(c.env.name) else ())
+    )
+    return {k: result[k] for k in fields}
 
 
 def profile_update(config: Config, top: int = 15) -> dict[str, Any]:
-    """XLA ops of one learner update ranked by measured time (benchmarks/profile_ops.py)."""
-    trainer, agent = make_train(config), make_dreamer(config, env_spec(config.env.name))
+    """XLA ops of one learner update ranked by measured time (benchmarks/profile_ops.py), for any agent."""
+    trainer = make_train(config)
+    agent = make_agent(config, env_spec(config.env.name, config.env.action_repeat))
     state = jax.jit(trainer.init)(jax.random.PRNGKey(config.run.seed))
     batch = replay_sample(
         state.replay, jax.random.PRNGKey(1), config.replay.batch_size, config.sample_length
@@ -435,7 +506,20 @@ def profile_update(config: Config, top: int = 15) -> dict[str, Any]:
 
 # ---- command line ----------------------------------------------------------------------------------------
 
-ROWS = (  # (field, label, format)
+
+class PerNumEnvs(NamedTuple):
+    """The format of the `act_calls` rows: each call's `field` as "n=<num_envs>: <value by fmt>", joined by
+    "; ". It has a format string's `.format(value)`, so every row of ROWS is formatted alike."""
+
+    field: str
+    fmt: str
+
+    def format(self, calls: list[dict[str, float]]) -> str:
+        return "; ".join(f"n={call['num_envs']}: {self.fmt.format(call[self.field])}" for call in calls)
+
+
+ROWS = (  # (field, label, format: a format string or a PerNumEnvs); a field a result lacks shows as "–"
+    ("agent", "agent", "{}"),
     ("compile_s", "run_chunk compile (s)", "{:.1f}"),
     ("init_s", "init incl. compile (s)", "{:.1f}"),
     ("chunk_s", "chunk (s)", "{:.2f}"),
@@ -444,6 +528,8 @@ ROWS = (  # (field, label, format)
     ("learner_update_ms", "learner update (ms)", "{:.1f}"),
     ("imagination_steps_per_s", "imagined steps/s", "{:,.0f}"),
     ("act_steps_per_s", "env steps/s (acting only)", "{:,.0f}"),
+    ("act_calls", "agent.act alone, ms per call (n envs)", PerNumEnvs("act_ms", "{:,.1f}")),
+    ("act_calls", "agent.act alone, env steps/s (n envs)", PerNumEnvs("steps_per_s", "{:,.1f}")),
     ("loop", "loop", "{}"),
     ("env_only_steps_per_s", "env steps/s (envs only, random actions)", "{:,.0f}"),
     ("update_gflop", "GFLOP per update", "{:.3f}"),
@@ -502,6 +588,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--updates", type=int, default=5, help="learner updates (and imagination rollouts) timed in one jit"
     )
     parser.add_argument("--chunks", type=int, default=2, help="training chunks timed after one warm-up chunk")
+    parser.add_argument(
+        "--act-steps", type=int, default=100, help="steps of policy and env timed in one jit (acting only)"
+    )
+    parser.add_argument(
+        "--act-num-envs",
+        default=",".join(map(str, DEFAULT_ACT_NUM_ENVS)),
+        help="comma-separated batch sizes n at which agent.act alone is timed (act_calls)",
+    )
     parser.add_argument("--peak-size", type=int, default=2048, help="matmul size for the f32 peak")
     parser.add_argument("--out", help="also write the JSON object to this file")
     parser.add_argument(
@@ -511,15 +605,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def parse_num_envs(value: str) -> list[int]:
+    """'1,8' -> [1, 8]; ConfigError naming --act-num-envs unless every item is an int >= 1."""
+    try:
+        num_envs = [int(item) for item in value.split(",")]
+    except ValueError:
+        num_envs = []
+    if not num_envs or min(num_envs) < 1:
+        raise ConfigError(f"--act-num-envs must be comma-separated ints >= 1, got {value!r}")
+    return num_envs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = args.preset or [DEFAULT_PRESET]
     try:
-        if min(args.updates, args.chunks, args.peak_size) < 1:
+        if min(args.updates, args.chunks, args.act_steps, args.peak_size) < 1:
             raise ConfigError(
-                f"--updates, --chunks and --peak-size must be >= 1, got {args.updates}, "
-                f"{args.chunks}, {args.peak_size}"
+                f"--updates, --chunks, --act-steps and --peak-size must be >= 1, got {args.updates}, "
+                f"{args.chunks}, {args.act_steps}, {args.peak_size}"
             )
+        act_num_envs = parse_num_envs(args.act_num_envs)
         overrides = parse_overrides(args.overrides)
         configs = [make_config(*presets, **{**overrides, **own}) for presets, own in map(split_preset, names)]
     except ConfigError as err:
@@ -529,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name, config in zip(names, configs, strict=True):
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        result = {"preset": name, **measure(config, args.updates, args.chunks, peak_gflops=peak)}
+        figures = measure(config, args.updates, args.chunks, args.act_steps, peak, act_num_envs=act_num_envs)
+        result = {"preset": name, **figures}
         if args.profile:
             result["profile"] = profile_markdown(profile_update(config))
             print(result["profile"], file=sys.stderr)
@@ -539,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "updates": args.updates,
             "chunks": args.chunks,
+            "act_steps": args.act_steps,
+            "act_num_envs": act_num_envs,
             "peak_size": args.peak_size,
             "overrides": overrides,
         },

@@ -60,7 +60,13 @@ except ImportError:  # not POSIX (Windows): runs are not guarded against a secon
 
 
 class NonFiniteError(RuntimeError):
-    """Losses or parameters stopped being finite; nothing from that chunk was saved."""
+    """Losses or parameters stopped being finite; nothing from that chunk was saved. `env_steps`: where the
+    chunk that turned them ended (None when it is not known here); `non_finite`: what turned, by seed (None
+    for a single run)."""
+
+    def __init__(self, message: str, env_steps: int | None = None, non_finite: dict | None = None) -> None:
+        super().__init__(message)
+        self.env_steps, self.non_finite = env_steps, dict(non_finite or {})
 
 
 class LogdirInUse(RuntimeError):
@@ -327,6 +333,7 @@ def train(
     stop_after_chunks: int | None = None,
     handle_signals: bool = True,
     announce: bool = True,
+    on_chunk: Callable[[dict], None] | None = None,
 ) -> tuple[TrainState, list[dict]]:
     """Trains `config`, logging to and resuming from `logdir` (if given). Returns the final state and the
     metric records of this call. `stop_after_chunks` ends early after that many chunks (tests, schedulers).
@@ -339,9 +346,13 @@ def train(
 
     The run does `config.total_env_steps` env steps; with `announce` (and `progress`) it first prints how
     (`describe_budget`), and a budget the envs cannot meet exactly is also a warning saying what runs instead.
-    Compiled programs go to the persistent compilation cache (`use_compilation_cache`).
+    Compiled programs go to the persistent compilation cache (`use_compilation_cache`). `on_chunk`, if given,
+    is called after each chunk is logged (and saved, when due) with that chunk's records by seed (the key
+    None for a single run): a driver's own host work between chunks, e.g. its wall-time note.
     """
-    state, records = _train(config, logdir, None, progress, stop_after_chunks, handle_signals, announce)
+    state, records = _train(
+        config, logdir, None, progress, stop_after_chunks, handle_signals, announce, on_chunk
+    )
     return state, records[None]
 
 
@@ -354,6 +365,7 @@ def train_sweep(
     stop_after_chunks: int | None = None,
     handle_signals: bool = True,
     announce: bool = True,
+    on_chunk: Callable[[dict], None] | None = None,
 ) -> tuple[TrainState, dict[int, list[dict]]]:
     """Trains `config` for every seed in `seeds` as one compiled program (the train state vmapped over a
     leading seed axis; seed s starts from the key of a single run with `run.seed=s`). The folder layout is
@@ -366,7 +378,7 @@ def train_sweep(
     """
     seeds = check_seeds(seeds)
     config = make_config(base=config, **{"run.seed": seeds[0]})
-    return _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals, announce)
+    return _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals, announce, on_chunk)
 
 
 def _member(tree, index: int | None):
@@ -460,7 +472,7 @@ def use_compilation_cache() -> str | None:
     return folder
 
 
-def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals, announce):
+def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals, announce, on_chunk=None):
     """The host loop of `train` (seeds None) and `train_sweep` (a list of seeds, vmapped), with the run
     folder held for the whole of it."""
     if announce:
@@ -472,10 +484,10 @@ def _train(config, logdir, seeds, progress, stop_after_chunks, handle_signals, a
     use_compilation_cache()
     path = check_logdir(logdir) if logdir is not None else None
     with hold_logdir(path):
-        return _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals)
+        return _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals, on_chunk)
 
 
-def _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals):
+def _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals, on_chunk=None):
     progress = progress and jax.process_index() == 0  # one console for a multi-host run
     say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
     total_steps = config.total_env_steps
@@ -589,7 +601,9 @@ def _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals
                     (what if m is None else f"seed {m}: {what}") for m, what in newly_bad.items()
                 )
                 raise NonFiniteError(
-                    f"non-finite {names} in {where}; nothing from it was saved. Last good checkpoint: {last}"
+                    f"non-finite {names} in {where}; nothing from it was saved. Last good checkpoint: {last}",
+                    env_steps,
+                    newly_bad,
                 )
             for member, what in newly_bad.items():
                 diverged.add(member)
@@ -610,6 +624,8 @@ def _train_held(config, path, seeds, progress, stop_after_chunks, handle_signals
             )
             if ckpt is not None and (due or reached >= total_steps):
                 save(env_steps)
+            if on_chunk is not None:
+                on_chunk(chunk_records)
         if interrupted:
             saved = ckpt is not None and env_steps is not None and last_saved != env_steps
             if saved:

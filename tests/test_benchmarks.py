@@ -1,4 +1,5 @@
-"""benchmarks/throughput.py: every figure there, finite and positive; scans counted in FLOPs; the CLI JSON."""
+"""benchmarks/throughput.py: every figure there, finite and positive, for each agent (DreamerV3 with its
+imagination figures, TD-MPC2 without); scans counted in FLOPs; the CLI JSON; the results page's tables."""
 
 import importlib.util
 import json
@@ -26,6 +27,38 @@ spec.loader.exec_module(throughput)
 OVERRIDES = {"run.chunk_steps": 50, "run.eval_episodes": 1}
 SETTINGS = {"updates": 2, "chunks": 1}
 PEAK_SIZE = 256
+DREAMER_FIELDS = throughput.RESULT_FIELDS + throughput.IMAGINATION_FIELDS
+# TD-MPC2's 1M model planning with few samples, batch 8 of its 4-step windows, one update per env step (the
+# preset's ratio), chunks of 10 env steps after 64 random ones; its act calls on 2 envs (one compile: the
+# list over several batch sizes is the DreamerV3 test's).
+TDMPC2_PRESETS = ("tdmpc2", "tdmpc2-1m")
+TDMPC2_OVERRIDES = {
+    "tdmpc2.iterations": 2,
+    "tdmpc2.num_samples": 32,
+    "tdmpc2.num_elites": 8,
+    "tdmpc2.num_pi_trajs": 4,
+    "replay.batch_size": 8,
+    "replay.train_ratio": 32.0,
+    "replay.prefill": 64,
+    "run.chunk_steps": 10,
+    "run.eval_episodes": 1,
+}
+
+
+def assert_finite_and_positive(result: dict, fields) -> None:
+    for field in fields:
+        value = result[field]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (field, value)
+
+
+def assert_act_calls(result: dict, num_envs) -> None:
+    """One record per batch size, in order, with its time and rate finite and positive."""
+    assert [call["num_envs"] for call in result["act_calls"]] == list(num_envs)
+    for call in result["act_calls"]:
+        assert set(call) == set(throughput.ACT_CALL_FIELDS)
+        assert_finite_and_positive(call, ("act_ms", "steps_per_s"))
+        assert call["steps_per_s"] == pytest.approx(call["num_envs"] / (call["act_ms"] / 1e3))
+        assert call["compile_s"] >= 0
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +67,17 @@ def result():
     return throughput.measure(config, **SETTINGS, peak_size=PEAK_SIZE)
 
 
+@pytest.fixture(scope="module")
+def tdmpc2_result():
+    config = make_config(*TDMPC2_PRESETS, **TDMPC2_OVERRIDES)
+    return throughput.measure(config, **SETTINGS, act_steps=10, peak_size=PEAK_SIZE, act_num_envs=(2,))
+
+
 def test_measure_has_every_field_finite_and_positive(result):
-    assert set(result) == set(throughput.RESULT_FIELDS)
-    for field in throughput.NUMERIC_FIELDS:
-        value = result[field]
-        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (field, value)
+    assert list(result) == list(DREAMER_FIELDS)  # the imagination figures too: DreamerV3 imagines
+    assert_finite_and_positive(result, throughput.NUMERIC_FIELDS + ("imagination_steps_per_s",))
+    assert_act_calls(result, throughput.DEFAULT_ACT_NUM_ENVS)
+    assert result["agent"] == "dreamer" and result["imag_horizon"] == 5
     assert result["peak_fraction"] == pytest.approx(result["update_gflops_per_s"] / result["peak_gflops"])
     assert result["update_gflops_per_s"] == pytest.approx(
         result["update_gflop"] / (result["learner_update_ms"] / 1e3)
@@ -47,6 +86,40 @@ def test_measure_has_every_field_finite_and_positive(result):
     assert result["update_gflop"] > result["update_gflop_xla_rolled"]
     assert result["env_steps_per_chunk"] == make_config("debug", **OVERRIDES).env_steps_per_chunk
     assert isinstance(result["imagination_note"], str) and result["imagination_note"]
+
+
+def test_measure_tdmpc2_has_every_common_field_and_no_imagination(tdmpc2_result):
+    """The same `measure` on TD-MPC2: its training chunk, learner, acting and MPPI act calls, every figure
+    finite and positive; the imagination figures, a part TD-MPC2 does not have, are absent (not null)."""
+    r = tdmpc2_result
+    assert list(r) == list(throughput.RESULT_FIELDS)
+    assert not set(throughput.IMAGINATION_FIELDS) & set(r)
+    assert_finite_and_positive(r, throughput.NUMERIC_FIELDS)
+    assert_act_calls(r, (2,))
+    described = {k: r[k] for k in ("agent", "env", "num_envs", "batch_size", "batch_length")}
+    assert described == dict(agent="tdmpc2", env="Pendulum-v1", num_envs=1, batch_size=8, batch_length=4)
+    assert r["env_steps_per_chunk"] == 10 and r["updates_per_chunk"] == 10  # one update per env step
+    # the 1M model: encoder, dynamics, reward, 2 Q functions and the policy prior, the target Qs not counted
+    assert 1_000_000 < r["num_params"] < 1_300_000
+    assert r["update_gflops_per_s"] == pytest.approx(r["update_gflop"] / (r["learner_update_ms"] / 1e3))
+
+
+def test_results_page_renders_agents_with_and_without_a_part(tmp_path, result, tdmpc2_result):
+    """A report of both agents on the results page (learning.py's throughput section) and in the table:
+    a part one agent lacks shows as '–' in its column; the act calls as one cell per agent."""
+    from benchmarks.learning import throughput_section
+
+    machine = {"device_kind": "cpu", "platform": "cpu", "cpu_count": 2, "jax_version": "0"}
+    results = [{"preset": "debug", **result}, {"preset": "tdmpc2", **tdmpc2_result}]
+    report = {"machine": machine, "settings": {}, "results": results}
+    (tmp_path / "throughput-both.json").write_text(json.dumps(report))
+    rows = {line.split(" | ")[0]: line for line in throughput_section(tmp_path) if line.startswith("| ")}
+    assert rows["| agent"] == "| agent | dreamer | tdmpc2 |"
+    assert rows["| imagined steps/s"].endswith(" | – |") and "–" not in rows["| learner update (ms)"]
+    act_ms = rows["| agent.act alone, ms per call (n envs)"].split(" | ")[1:]
+    assert [cell.count("n=") for cell in act_ms] == [2, 1]  # DreamerV3 at 1 and 8 envs, TD-MPC2 at 2
+    assert "n=2: " in rows["| agent.act alone, env steps/s (n envs)"].split(" | ")[2]
+    throughput.print_table(report)  # the same rows on stderr, without raising on the absent fields
 
 
 def test_program_flops_counts_every_scan_iteration():
@@ -117,6 +190,17 @@ def test_bad_preset_exits_2_before_compiling(capsys):
     assert "cartpole" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["0", "1,x", "", "2,-1"])
+def test_bad_act_num_envs_exits_2_before_compiling(value, capsys, monkeypatch):
+    monkeypatch.setattr(throughput, "measure_peak_gflops", lambda *a: pytest.fail("measured on bad input"))
+    assert throughput.main(["--preset", "debug", "--act-num-envs", value]) == 2
+    assert "--act-num-envs" in capsys.readouterr().err
+
+
+def test_parse_num_envs_takes_good_batch_sizes():
+    assert throughput.parse_num_envs("1,8") == [1, 8] and throughput.parse_num_envs("3") == [3]
+
+
 def test_cli_prints_json_and_writes_out(tmp_path, result):
     out = tmp_path / "bench.json"
     env = dict(
@@ -147,7 +231,8 @@ def test_cli_prints_json_and_writes_out(tmp_path, result):
     assert set(printed["machine"]) == set(throughput.MACHINE_FIELDS)
     (only,) = printed["results"]
     assert only["preset"] == "debug"
-    assert set(only) == {"preset", *throughput.RESULT_FIELDS}
+    assert list(only) == ["preset", *DREAMER_FIELDS]
+    assert printed["settings"]["act_num_envs"] == list(throughput.DEFAULT_ACT_NUM_ENVS)
     assert printed["settings"]["overrides"] == OVERRIDES
     # Same program as the fixture's (compiled here or loaded from the cache): the same FLOPs.
     assert only["update_gflop"] == pytest.approx(result["update_gflop"])
@@ -215,10 +300,8 @@ def test_measure_on_a_host_env_has_every_field_finite_and_positive():
     """A host env (here Gymnasium's CartPole) is measured on the host loop, with its envs' own speed too."""
     config = make_config("debug", **{**OVERRIDES, "env.name": "gymnasium:CartPole-v1"})
     result = throughput.measure(config, **SETTINGS, act_steps=20, peak_size=PEAK_SIZE)
-    assert set(result) == set(throughput.RESULT_FIELDS + throughput.HOST_FIELDS)
-    for field in throughput.NUMERIC_FIELDS + ("env_only_steps_per_s",):
-        value = result[field]
-        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (field, value)
+    assert list(result) == list(DREAMER_FIELDS + throughput.HOST_FIELDS)
+    assert_finite_and_positive(result, throughput.NUMERIC_FIELDS + ("env_only_steps_per_s",))
     assert result["env"] == "gymnasium:CartPole-v1" and result["loop"] == "host"
     # the envs alone step faster than the policy and the envs together
     assert result["env_only_steps_per_s"] > result["act_steps_per_s"]
@@ -240,9 +323,7 @@ def test_measure_envpool_on_its_xla_interface_and_on_the_host_loop():
         config = make_config("debug", **{**OVERRIDES, "env.name": "envpool:CartPole-v1", "env.loop": loop})
         results[loop] = throughput.measure(config, **SETTINGS, act_steps=50, peak_size=PEAK_SIZE)
         assert results[loop]["loop"] == loop
-        for field in throughput.NUMERIC_FIELDS + ("env_only_steps_per_s",):
-            value = results[loop][field]
-            assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (loop, field)
+        assert_finite_and_positive(results[loop], throughput.NUMERIC_FIELDS + ("env_only_steps_per_s",))
     assert results["compiled"]["act_steps_per_s"] > 2 * results["host"]["act_steps_per_s"]
 
 

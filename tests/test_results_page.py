@@ -145,3 +145,100 @@ def test_random_policy_return_matches_the_known_random_scores(env_name, low, hig
     from benchmarks.learning import random_policy_return
 
     assert low < random_policy_return(env_name) < high
+
+
+# learning.py's driver on the debug preset: 64 prefill steps + 3 chunks of 200, a checkpoint after each chunk
+DRIVER = ["run.steps=664", "run.chunk_steps=200", "run.checkpoint_every=200", "replay.prefill=64"]
+
+
+def _count_chunks(monkeypatch) -> list[int]:
+    """Patches the runner to count the chunks it computes (one entry per seed and chunk)."""
+    import mbrl_jax.runner as runner
+
+    counted, real = [], runner.summarize_chunk
+    monkeypatch.setattr(runner, "summarize_chunk", lambda raw: counted.append(1) or real(raw))
+    return counted
+
+
+def test_the_driver_resumes_an_interrupted_sweep_and_reads_both_layouts(tmp_path, monkeypatch):
+    """learning.py trains a task's seeds as one runner sweep; killed mid-run, the same command resumes it
+    from its checkpoint (the records go on, no chunk before it is computed again) and skips the runs already
+    done, in the sweep or stored by the earlier driver (`<task>-s<seed>/`); the page reads both layouts."""
+    from benchmarks import learning
+    from mbrl_jax.checkpoint import Checkpointer
+    from mbrl_jax.config import parse_overrides
+    from mbrl_jax.logging import read_metrics
+
+    out, overrides = tmp_path / "results", parse_overrides(DRIVER)
+    old = out / "runs" / "debug-s2"  # the earlier driver's layout: records with wall_s, no checkpoints
+    with MetricLogger(old, tensorboard=False) as log:
+        for steps in (264, 464, 664):
+            log.write({"env_steps": steps, "eval_return": steps / 10, "wall_s": steps / 10})
+    save_config(old, make_config("debug", **{**overrides, "run.seed": 2}).to_dict())
+    (old / "wall_time.json").write_text(json.dumps({"wall_s": 70.0, "commit": "abc1234"}))
+    (out / "runs" / "random-debug.json").write_text(json.dumps({"env": "CartPole-v1", "return": 22.0}))
+    chunks = _count_chunks(monkeypatch)
+
+    rows = learning.run_task("debug", [0, 1], out, overrides, progress=False, stop_after_chunks=2)
+    sweep = out / "runs" / "debug-seeds0-1"
+    assert [(r["seed"], r["finished"], r["logdir"]) for r in rows] == [
+        (s, False, str(sweep / f"seed{s}")) for s in (0, 1)
+    ]
+    assert len(chunks) == 4
+    with Checkpointer(sweep / "checkpoints") as ckpt:  # killed during the third chunk, before the second save
+        ckpt.delete_after(264)
+    cut = {s: read_metrics(sweep / f"seed{s}") for s in (0, 1)}
+    assert [r["env_steps"] for r in cut[0]] == [264, 464]
+    assert not (sweep / "seed0" / "wall_time.json").exists()
+    summary = learning.summarize("debug", list(learning.task_runs(out / "runs", "debug").values()))
+    assert summary["seed_ids"] == [0, 1, 2] and summary["finished"] == [False, False, True]
+    so_far = summary["wall_s"][0]
+    assert 0 < so_far == json.loads((sweep / "seed0" / "run.json").read_text())["wall_s"]
+
+    page = tmp_path / "RESULTS.md"
+    argv = ["--task", "debug:0,1,2", "--out", str(out), "--results-md", str(page), *DRIVER]
+    assert learning.main(argv) == 0
+    assert len(chunks) == 4 + 2 * 2  # from env step 264: chunks 2 and 3 of seeds 0 and 1; seed 2 skipped
+    for seed in (0, 1):
+        records = read_metrics(sweep / f"seed{seed}")
+        assert [r["env_steps"] for r in records] == [264, 464, 664]
+        assert records[0] == cut[seed][0]  # kept from before the kill; the lost chunk 2 was redone
+        assert json.loads((sweep / f"seed{seed}" / "wall_time.json").read_text())["wall_s"] > so_far
+    summary = learning.summarize("debug", list(learning.task_runs(out / "runs", "debug").values()))
+    assert summary["finished"] == [True] * 3 and summary["steps_per_seed"] == [664] * 3
+    assert summary["wall_s"][2] == 70.0 and summary["commits"][2] == "abc1234"
+    assert summary["random_return"] == 22.0  # found beside the sweep's folder, in runs/
+    assert summary["finals"][:2] == [read_metrics(sweep / f"seed{s}")[-1]["eval_return"] for s in (0, 1)]
+    text = page.read_text()
+    assert "| debug | CartPole-v1 | 0, 1, 2 | 664, 664, 664 |" in text
+    assert learning.main(argv) == 0 and len(chunks) == 8  # everything done: nothing runs
+
+
+def test_the_driver_records_a_run_that_turns_non_finite(tmp_path, monkeypatch, poison_run):
+    """A single seed trains with the runner's `train` in `<task>-s<seed>/`; its guard stops the run whose
+    parameters turn non-finite (test_guard's run, so its compiled program is shared), and learning.py marks
+    where (diverged.json), counts the run as done (a re-run skips it, keeping its records) and the page
+    counts it."""
+    from benchmarks import learning
+    from mbrl_jax.logging import read_metrics
+
+    out = tmp_path / "results"
+    overrides = {
+        "run.steps": 700,
+        "run.chunk_steps": 100,
+        "replay.prefill": 64,
+        "replay.batch_length": 16,
+        "run.checkpoint_every": 400,
+    }
+    poison_run(364, float("inf"), params="wm")  # from the third chunk on
+    rows = learning.run_task("debug", [3], out, overrides, progress=False)
+    logdir = out / "runs" / "debug-s3"
+    assert rows == [{"task": "debug", "seed": 3, "logdir": str(logdir), "finished": True, "diverged_at": 364}]
+    mark = json.loads((logdir / "diverged.json").read_text())
+    assert mark["env_steps"] == 364 and "params/wm/" in mark["non_finite"]
+    assert [r["env_steps"] for r in read_metrics(logdir)] == [164, 264]
+    chunks = _count_chunks(monkeypatch)
+    assert learning.run_task("debug", [3], out, overrides) == [{"task": "debug", "seed": 3, "skipped": True}]
+    assert chunks == [] and [r["env_steps"] for r in read_metrics(logdir)] == [164, 264]
+    summary = learning.summarize("debug", [logdir])
+    assert summary["seed_ids"] == [3] and summary["diverged"] == [364] and summary["finished"] == [True]

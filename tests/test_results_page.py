@@ -145,3 +145,17 @@ def test_random_policy_return_matches_the_known_random_scores(env_name, low, hig
     from benchmarks.learning import random_policy_return
 
     assert low < random_policy_return(env_name) < high
+
+
+def test_every_stored_run_folder_still_loads():
+    """RESULTS.md is regenerated from these folders, and a run is resumed from them: each stored config
+    reads to a valid config of today's code (the legacy key map covers older layouts)."""
+    from pathlib import Path
+
+    from mbrl_jax.checkpoint import load_config
+    from mbrl_jax.config import config_from_dict
+
+    stored = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").rglob("config.yaml"))
+    assert len(stored) >= 60
+    agents = {config_from_dict(load_config(path.parent)).agent for path in stored}
+    assert agents == {"dreamer", "tdmpc2"}

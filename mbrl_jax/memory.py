@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
-from mbrl_jax.config import Config, ConfigError
+from mbrl_jax.agents import AGENTS
+from mbrl_jax.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mbrl_jax.config import Config
 
 GIB = 2**30
 # Resident memory of a CPU process beyond its state and XLA's temporaries: the imported libraries (0.4 GiB)
@@ -72,50 +77,11 @@ def _nbytes(tree) -> int:
     return int(sum(np.prod(x.shape, dtype=np.int64) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
-def activation_floats_per_start(config: Config) -> int:
-    """float32 values kept per replayed start for the backward pass: one world-model step and
-    `imag_horizon + 1` imagined steps (actor, critic, slow critic, reward and continue heads)."""
-    if config.agent == "tdmpc2":
-        t = config.tdmpc2
-        # per replayed step: encoder, dynamics, reward, policy and (online and target) Q layers, about three
-        # values per unit (dense, norm, activation), latents and two-hot distributions
-        units = t.enc_dim * (t.num_enc_layers - 1) + 2 * t.mlp_dim * (3 + 2 * t.num_q)
-        return 3 * units + 6 * t.latent_dim + (2 + 2 * t.num_q) * t.num_bins
-    w, d = config.wm, config.dreamer
-    # latent state, prior/posterior layers and logits, two-hot distributions over num_bins
-    step = 6 * w.deter + 3 * w.hidden + 4 * w.stoch * w.classes + 6 * w.num_bins
-    wm_layers = w.enc_layers + w.dec_layers + 2 * w.head_layers
-    imag_layers = 3 * d.ac_layers + 2 * w.head_layers
-    return step + 3 * w.units * wm_layers + (d.imag_horizon + 1) * (step + 3 * w.units * imag_layers)
-
-
-def image_floats_per_step(config: Config, obs_shapes: dict[str, tuple[int, ...]]) -> int:
-    """float32 values the image encoder and decoder hold per replayed step for one update: each stage's
-    feature map about 18 times (convolution, norm and activation, forward and backward, on both sides), the
-    image about 4 times (input, prediction, error), and in the patch form (`wm.conv`) every layer's patch
-    matrix, which XLA keeps for the kernel's gradient (a `jax.checkpoint` does not stop it: XLA CPU drops
-    the barrier and merges the recomputation with the forward's), with 20% for the largest layer's patch
-    gradient and window copies. Fitted to XLA's temporaries of the two networks' gradient at 64 x 64 x 3,
-    depths 4 and 16: 8% high without the patches, 2-8% high with them."""
-    from mbrl_jax.nets.image import KERNEL, _subpixel_taps, conv_form, image_depths
-
-    images = [shape for shape in obs_shapes.values() if len(shape) == 3]
-    if not images:
-        return 0
-    height, width = images[0][:2]
-    pixels = sum(h * w * c for h, w, c in images)
-    depths = image_depths(height, width, config.wm.depth)
-    sides = [(height >> (i + 1)) * (width >> (i + 1)) for i in range(len(depths))]  # positions per stage
-    maps = sum(s * d for s, d in zip(sides, depths, strict=True))
-    floats = 18 * maps + 4 * pixels
-    if conv_form(config.wm.conv) == "patches":
-        taps = _subpixel_taps(KERNEL)[0].shape[1]  # the decoder's sub-pixel kernel side
-        inputs = [sum(c for *_, c in images), *depths[:-1]]  # channels into each encoder stage
-        encoder = sum(s * KERNEL * KERNEL * c for s, c in zip(sides, inputs, strict=True))
-        # the decoder's transposed convolutions read every stage's map, the smallest from its `space` layer
-        decoder = sum(s * taps * taps * d for s, d in zip(sides, depths, strict=True))
-        floats += (12 * (encoder + decoder)) // 10
-    return floats
+def activation_floats_per_start(config: Config, obs_shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """float32 values one update keeps per replayed start for the backward pass: the agent's own estimate
+    (`register_agent(..., memory=)`), or None where the agent has none."""
+    estimate = AGENTS[config.agent].memory
+    return None if estimate is None else estimate(config, obs_shapes)
 
 
 def abstract_state(config: Config):
@@ -138,8 +104,9 @@ def estimate_memory(config: Config) -> MemoryEstimate:
     agent = _nbytes(state.agent)
     starts = config.replay.batch_size * config.replay.batch_length
     obs_shapes = {k: v.shape[2:] for k, v in state.replay.data["obs"].items()}
-    per_start = activation_floats_per_start(config) + image_floats_per_step(config, obs_shapes)
-    activations = 4 * starts * per_start + params  # + one gradient per parameter
+    per_start = activation_floats_per_start(config, obs_shapes)
+    # + one gradient per parameter; an agent without an estimate counts its gradients only
+    activations = 4 * starts * (per_start or 0) + params
     return MemoryEstimate(
         replay=replay,
         params=params,

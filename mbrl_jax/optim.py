@@ -4,9 +4,25 @@ optax pieces."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
+
+from mbrl_jax.settings import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """DreamerV3's optimiser: adaptive gradient clipping + LaProp, one for all networks."""
+
+    lr: float = setting(4e-5, "learning rate", POSITIVE)
+    agc: float = setting(0.3, "adaptive gradient clipping ratio", POSITIVE)
+    eps: float = setting(1e-20, "LaProp epsilon", POSITIVE)
+    beta1: float = setting(0.9, "momentum rate", UNIT_INTERVAL)
+    beta2: float = setting(0.999, "second-moment rate", UNIT_INTERVAL)
+    warmup: int = setting(1_000, "updates of linear learning-rate warm-up", NON_NEGATIVE)
 
 
 def clip_by_agc_per_tensor(clip: float = 0.3, pmin: float = 1e-3) -> optax.GradientTransformation:

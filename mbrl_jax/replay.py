@@ -21,9 +21,63 @@ DreamSmooth (mbrl_jax.returns.smooth_rewards).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from mbrl_jax.settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Rule, one_of, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayConfig:
+    capacity: int = setting(100_000, "env steps kept, over all envs", POSITIVE)
+    prefill: int = setting(1_024, "random-action env steps before learning starts", NON_NEGATIVE)
+    batch_size: int = setting(16, "replayed windows per update", POSITIVE)
+    batch_length: int = setting(64, "steps per replayed window", POSITIVE)
+    train_ratio: float = setting(512.0, "replayed steps per env step, as DreamerV3 counts it", POSITIVE)
+    context: bool = setting(True, "a window starts from the latent stored for the step before it (reference)")
+    online: bool = setting(True, "each fresh window is trained on once, in the first batch rows (reference)")
+    max_gib: float = setting(
+        16.0,
+        "largest replay allowed, in GiB (all seeds of a sweep together); checked before allocating",
+        POSITIVE,
+    )
+    # Drama's dynamic frequency-based sampling (replay.py); the defaults are the authors' (config train.yaml).
+    sampler: str = setting(
+        "uniform",
+        "window starts: 'uniform', or Drama's 'frequency' (softmax of per-start use counts, for world-model "
+        "windows and for imagination starts)",
+        one_of("uniform", "frequency"),
+    )
+    dfs_tau: float = setting(10.0, "frequency sampler: temperature of the world-model softmax", POSITIVE)
+    dfs_imag_tau: float = setting(10.0, "frequency sampler: temperature of the imagination softmax", POSITIVE)
+    dfs_alpha: float = setting(1.0, "frequency sampler: weight of the imagination count", NON_NEGATIVE)
+    dfs_beta: float = setting(
+        1.0, "frequency sampler: weight of max(0, train count - imagination count)", NON_NEGATIVE
+    )
+    imag_batch: int = setting(
+        1024,
+        "frequency sampler: imagination starts per update, each the last step of its own window",
+        POSITIVE,
+    )
+    imag_context: int = setting(
+        8, "frequency sampler: steps observed before each imagination start", POSITIVE
+    )
+    # DreamSmooth: applied to the sampled reward column, so any agent that reads batch["reward"] gets it.
+    reward_smoothing: str = setting(
+        "none",
+        "DreamSmooth: smooth each episode's rewards (the learner's reward target; raw kept as reward_raw)",
+        one_of("none", "gaussian", "uniform", "ema"),
+    )
+    smooth_sigma: float = setting(3.0, "DreamSmooth gaussian: standard deviation in steps", POSITIVE)
+    smooth_delta: int = setting(9, "DreamSmooth uniform: window in steps", AT_LEAST_ONE)
+    smooth_alpha: float = setting(
+        0.33,
+        "DreamSmooth ema: s_t = alpha s_(t-1) + (1 - alpha) r_t",
+        Rule(lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    )
 
 
 @struct.dataclass

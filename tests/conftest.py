@@ -47,3 +47,22 @@ def poison_run(monkeypatch):
         monkeypatch.setattr(runner, "make_train", make_train)
 
     return poison
+
+
+@pytest.fixture
+def restore_registries():
+    """Puts the agent, backbone, config-group and preset registries back as they were after the test, so
+    that a component a test registers does not leak into later tests."""
+    import copy
+
+    from mbrl_jax import settings
+    from mbrl_jax.agents import AGENTS
+    from mbrl_jax.world_models import BACKBONES
+
+    registries = [AGENTS, BACKBONES, settings.REGISTERED_GROUPS, settings.PRESETS, settings.PRESET_OWNERS]
+    saved = [copy.copy(r) if r is not settings.REGISTERED_GROUPS else copy.deepcopy(r) for r in registries]
+    yield
+    for registry, before in zip(registries, saved, strict=True):
+        registry.clear()
+        registry.update(before)
+    settings._changed()

@@ -38,7 +38,9 @@ BAD_INPUTS = [
     (["--preset", "cartpole", "wm.deter=100"], ["deter", "100", "blocks"]),
     (["dreamer.action_minstd=2", "dreamer.action_maxstd=1"], ["action_minstd", "action_maxstd"]),
     (["agent=tdmpc3"], ["agent", "tdmpc3", "allowed", "did you mean 'tdmpc2'"]),
-    (["agent=tdmpc2", "--env", "CartPole-v1"], ["CartPole-v1", "tdmpc2", "continuous actions"]),
+    (["--preset", "tdmpc2", "--env", "CartPole-v1"], ["CartPole-v1", "tdmpc2", "continuous actions"]),
+    (["--preset", "tdmpc2", "optim.lr=0.1"], ["optim.lr=0.1", "agent='tdmpc2'", "would ignore it"]),
+    (["--preset", "cartpole", "wm.mamba.layers=3"], ["wm.mamba.layers=3", "backbone 'mamba'", "'gru'"]),
     (["run.eval_policy=greedy"], ["eval_policy", "greedy", "'sample', 'mode'"]),
     (["--env", "Breakout-MinAtar-rgb"], ["env", "Breakout-MinAtar-rgb", "Breakout-MinAtar-rgb64"]),
     (
@@ -135,6 +137,7 @@ def test_resuming_with_another_config_is_refused(capsys, monkeypatch, existing_r
 def test_edge_values_are_accepted():
     """The range and finiteness checks stay quiet at the edges and on every preset."""
     from mbrl_jax.config import PRESETS, make_config
+    from mbrl_jax.settings import PRESET_OWNERS
 
     config = make_config(
         "debug",
@@ -143,8 +146,9 @@ def test_edge_values_are_accepted():
     assert config.run.seed == 2**32 - 1 and config.run.steps == 2**31 - 1
     args = run_cli.parse_args(["--preset", "debug", "--seed", "4294967295", "--steps", "1.5e4"])
     assert run_cli.build_config(args)[0].run.seed == 2**32 - 1
-    for name in PRESETS:
-        make_config(name)
+    for name in PRESETS:  # an agent's own presets (its sizes) on its task preset
+        owner = PRESET_OWNERS[name].removeprefix("agent ").strip("'")
+        make_config(*([owner] if owner in PRESETS and owner != name else []), name)
 
 
 def test_envpool_presets_without_envpool_are_refused_with_the_install_line(monkeypatch):

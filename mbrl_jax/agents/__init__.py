@@ -1,5 +1,10 @@
-"""Agents behind one interface (`Agent`), picked by `agent=` from the `AGENTS` registry."""
+"""Agents behind one interface (`Agent`), picked by `agent=` from the `AGENTS` registry.
 
+The built-in agents are registered here; each line names what the rest of the code asks of an agent (see
+`register_agent`). Everything else about an agent lives in its own module.
+"""
+
+from mbrl_jax.agents import dreamer, tdmpc2
 from mbrl_jax.agents.base import (
     AGENTS,
     Agent,
@@ -10,11 +15,26 @@ from mbrl_jax.agents.base import (
     random_action,
     register_agent,
 )
-from mbrl_jax.agents.dreamer import check_dreamer, make_dreamer
-from mbrl_jax.agents.tdmpc2 import check_tdmpc2, make_tdmpc2
 
-register_agent("dreamer", make_dreamer, check=check_dreamer, config_group="dreamer")
-register_agent("tdmpc2", make_tdmpc2, check=check_tdmpc2, config_group="tdmpc2")
+register_agent(
+    "dreamer",
+    dreamer.make_dreamer,
+    config=dreamer.DreamerConfig,
+    help="DreamerV3's actor-critic in imagination",
+    reads=("wm", "optim"),
+    check=dreamer.check_dreamer,
+    memory=dreamer.activation_floats,
+    presets={**dreamer.DREAMER_PRESETS},
+)
+register_agent(
+    "tdmpc2",
+    tdmpc2.make_tdmpc2,
+    config=tdmpc2.TDMPC2Config,
+    help="TD-MPC2's latent model, Q ensemble, policy prior and MPPI",
+    check=tdmpc2.check_tdmpc2,
+    memory=tdmpc2.activation_floats,
+    presets={**tdmpc2.TDMPC2_TASK_PRESETS, **tdmpc2.TDMPC2_SIZE_PRESETS},
+)
 
 __all__ = [
     "AGENTS",

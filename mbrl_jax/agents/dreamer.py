@@ -7,7 +7,9 @@ of the `Agent` interface (mbrl_jax/agents/base.py):
   act(state, carry, obs, prev_action, is_first, key, mode) -> (action [n, A], carry)  one env step
   learn(state, batch, key)                                 -> (state, metrics, writes) one gradient update
   replay_context(carry)                                    -> what the replay stores per step for the context
-It reads the config groups `wm`, `dreamer`, `optim` and `replay.context`.
+It reads the config groups `wm`, `dreamer`, `optim` and `replay.context`. Its own settings
+(`DreamerConfig`, the group `dreamer`), checks, memory estimate and presets (`classic` and the task presets
+on it, `rgb64`, `atari100k`, `debug`, `drama`) live here; `mbrl_jax/agents/__init__.py` registers them.
 
 The losses are module functions of a `Networks` record and parameters, so each can be called on its own:
 `world_model_loss`, `imagine_trajectory`, `actor_critic_loss`, `replay_value_loss`.
@@ -16,7 +18,7 @@ The losses are module functions of a `Networks` record and parameters, so each c
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +26,8 @@ import optax
 from flax import struct
 
 from mbrl_jax.agents.base import Agent
-from mbrl_jax.config import Config, ConfigError
-from mbrl_jax.envs import EnvSpec
-from mbrl_jax.envs.base import obs_dtype
+from mbrl_jax.envs.base import EnvSpec, obs_dtype
+from mbrl_jax.errors import ConfigError
 from mbrl_jax.nets.distributions import (
     bernoulli_log_prob,
     bounded_normal,
@@ -38,21 +39,158 @@ from mbrl_jax.nets.distributions import (
     twohot_mean,
     unimix_logits,
 )
-from mbrl_jax.nets.image import MIN_RES, conv_form, image_stages
+from mbrl_jax.nets.image import MIN_RES, conv_form, image_activation_floats, image_stages
 from mbrl_jax.nets.layers import Head
 from mbrl_jax.optim import make_optimizer
 from mbrl_jax.returns import ReturnNorm, lambda_returns, return_norm_init, return_scale, update_return_norm
+from mbrl_jax.settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, setting
 from mbrl_jax.world_models.backbone import make_backbone
 from mbrl_jax.world_models.rssm import (
     Latent,
     WorldModel,
+    check_replay_context,
     imagine,
     mask_latent,
     observe,
     reconstruction_loss,
 )
 
+if TYPE_CHECKING:
+    from mbrl_jax.config import Config
+
 sg = jax.lax.stop_gradient
+
+
+@dataclasses.dataclass(frozen=True)
+class DreamerConfig:
+    imag_horizon: int = setting(15, "imagined steps per rollout", POSITIVE)
+    horizon: float = setting(333.0, "discount = 1 - 1 / horizon", AT_LEAST_ONE)
+    return_lambda: float = setting(0.95, "lambda of the lambda returns", UNIT_INTERVAL)
+    actor_entropy: float = setting(3e-4, "entropy bonus of the actor", NON_NEGATIVE)
+    retnorm_rate: float = setting(0.01, "EMA rate of the return percentiles", UNIT_INTERVAL)
+    slow_critic_rate: float = setting(0.02, "EMA rate of the slow critic", UNIT_INTERVAL)
+    slow_critic_reg: float = setting(
+        1.0, "weight of the critic's regression to the slow critic", NON_NEGATIVE
+    )
+    unimix: float = setting(0.01, "uniform mixture in the discrete policy", UNIT_INTERVAL)
+    action_minstd: float = setting(0.1, "smallest std of continuous actions", POSITIVE)
+    action_maxstd: float = setting(1.0, "largest std of continuous actions", POSITIVE)
+    ac_layers: int = setting(3, "actor and critic MLP layers", POSITIVE)
+    loss_actor: float = setting(1.0, "scale of the actor loss", NON_NEGATIVE)
+    loss_critic: float = setting(1.0, "scale of the critic loss", NON_NEGATIVE)
+    loss_repval: float = setting(
+        0.3, "critic loss on lambda returns along replayed windows (reference); 0 turns it off", NON_NEGATIVE
+    )
+
+    @property
+    def discount(self) -> float:
+        return 1.0 - 1.0 / self.horizon
+
+    def check(self, path: str) -> None:
+        if self.action_minstd > self.action_maxstd:
+            raise ConfigError(
+                f"{path}.action_minstd={self.action_minstd} must be <= "
+                f"{path}.action_maxstd={self.action_maxstd}"
+            )
+
+
+# One set of settings for every classic-control task on a 2-core CPU: a model between the 1M and 12M rows
+# (deter 256), shorter and fewer replayed windows per update (8 x 32) so the same compute buys 4x more
+# updates, train ratio 128 and a higher learning rate with a short warm-up. The reference settings
+# (B 16 x T 64, ratio 512, lr 4e-5) need hours here for the same env steps. The task presets below only pick
+# the env: their hyperparameters are `classic`'s, never tuned per task.
+CLASSIC: dict[str, Any] = {
+    "run.steps": 30_000,
+    "wm.deter": 256,
+    "replay.batch_size": 8,
+    "replay.batch_length": 32,
+    "replay.train_ratio": 128.0,
+    "optim.lr": 3e-4,
+    "optim.warmup": 100,
+}
+
+DREAMER_PRESETS: dict[str, dict[str, Any]] = {
+    "classic": CLASSIC,
+    "cartpole": {**CLASSIC, "env.name": "CartPole-v1"},
+    "acrobot": {**CLASSIC, "env.name": "Acrobot-v1"},
+    "pendulum": {**CLASSIC, "env.name": "Pendulum-v1"},
+    "mountaincar": {**CLASSIC, "env.name": "MountainCarContinuous-v0"},
+    # MinAtar (10 x 10 grids of object channels, gymnax): `classic`'s settings with the image encoder and
+    # decoder at the 12M preset's depth (16: 32 channels, the width MinAtar's own baselines use; the 1M
+    # depth of 4 gives 8). Breakout by default; the other games with --env.
+    "minatar": {
+        **CLASSIC,
+        "env.name": "Breakout-MinAtar",
+        "run.steps": 100_000,
+        "run.eval_every": 5_000,
+        "wm.depth": 16,
+    },
+    # Proprioceptive MuJoCo on envpool (its Gymnasium v4 tasks; their float64 arrays take the host loop):
+    # `classic`'s settings, a 50k env-step budget. HalfCheetah by default; the others with --env
+    # envpool:<Task>-v4 (Hopper, Walker2d, Ant, ...).
+    "mujoco": {**CLASSIC, "env.name": "envpool:HalfCheetah-v4", "run.steps": 50_000, "run.eval_every": 5_000},
+    # Proprioceptive DMC on envpool (Dict observations, host loop): `classic`'s settings with DreamerV3's
+    # DMC action repeat of 2; 50k agent steps = 100k env steps (100 episodes of 1,000). Walker Walk by
+    # default; the others with --env envpool:<Domain><Task>-v1 (CheetahRun, CartpoleSwingup, ...).
+    "dmc": {
+        **CLASSIC,
+        "env.name": "envpool:WalkerWalk-v1",
+        "env.action_repeat": 2,
+        "run.steps": 50_000,
+        "run.eval_every": 5_000,
+    },
+    # DreamerV3's image workload for benchmarks: 64 x 64 x 3 frames (Breakout-MinAtar rendered in colour)
+    # with the reference's batch (16 x 64) and train ratio; combine with a size preset.
+    "rgb64": {"env.name": "Breakout-MinAtar-rgb64"},
+    # The reference's own hyperparameters (this config's defaults: lr 4e-5, B 16 x T 64, ratio 512) on
+    # CartPole, for comparison with `cartpole`'s classic settings at the same env steps.
+    "cartpole-reference": {"run.steps": 30_000, "env.name": "CartPole-v1"},
+    # Atari 100k (DreamerV3's atari100k settings and the standard protocol; README "Atari 100k"): 100k agent
+    # steps = 400k frames at action repeat 4, one env, train ratio 256, 64 x 64 RGB, no sticky actions,
+    # minimal action set, 30 no-op starts, no life-loss episodes, 27,000-step episode limit; evaluated once at
+    # the end on 100 episodes. Pong by default; the other games with --env envpool:<Game>-v5.
+    "atari100k": {
+        "env.name": "envpool:Pong-v5",
+        "env.num_envs": 1,
+        "env.sticky_actions": 0.0,
+        "run.steps": 100_000,
+        "run.eval_every": 100_000,
+        "run.eval_episodes": 100,
+        "replay.train_ratio": 256.0,
+    },
+    # Tiny settings for tests and smoke runs: compiles fast, learns nothing in particular.
+    "debug": {
+        "run.steps": 2_000,
+        "run.chunk_steps": 250,
+        "run.eval_episodes": 2,
+        "env.num_envs": 2,
+        "replay.prefill": 256,
+        "replay.batch_size": 4,
+        "replay.batch_length": 16,
+        "replay.train_ratio": 64.0,
+        "replay.capacity": 4_000,
+        "wm.deter": 64,
+        "wm.hidden": 32,
+        "wm.stoch": 4,
+        "wm.classes": 4,
+        "wm.units": 32,
+        "wm.enc_layers": 1,
+        "wm.dec_layers": 1,
+        "dreamer.ac_layers": 1,
+        "dreamer.imag_horizon": 5,
+    },
+    # Drama's world model (Wang et al., 2025): Mamba-2, 2 layers of width 512, batch 16 x 128, imagination
+    # horizon 16. Drama imagines from 1,024 sampled starts; add replay.sampler=frequency for its sampler.
+    "drama": {
+        "wm.backbone": "mamba",
+        "replay.context": False,
+        "wm.deter": 512,
+        "wm.mamba.layers": 2,
+        "replay.batch_size": 16,
+        "replay.batch_length": 128,
+        "dreamer.imag_horizon": 16,
+    },
+}
 
 
 @struct.dataclass
@@ -100,7 +238,15 @@ class Networks:
 
 
 def check_dreamer(config: Config, spec: EnvSpec) -> None:
-    """Raises ConfigError for an env this agent cannot take (run in config validation)."""
+    """Raises ConfigError for settings or an env this agent cannot take (run in config validation)."""
+    if config.replay.sampler == "frequency" and config.dreamer.loss_repval > 0:
+        raise ConfigError(
+            f"replay.sampler='frequency' imagines from separately sampled starts, but "
+            f"dreamer.loss_repval={config.dreamer.loss_repval} bootstraps from imagination started at "
+            "every replayed step; set dreamer.loss_repval=0 (Drama has no replay value loss) or "
+            "replay.sampler='uniform'"
+        )
+    check_replay_context(config)
     for key, shape in spec.obs_shapes.items():
         if len(shape) not in (1, 3):
             raise ConfigError(
@@ -118,6 +264,19 @@ def check_dreamer(config: Config, spec: EnvSpec) -> None:
                 f"env.name={spec.name!r} has {height} x {width} images; the image encoder needs sides that "
                 f"are even and larger than {MIN_RES} (it halves them at least once)"
             )
+
+
+def activation_floats(config: Config, obs_shapes: dict[str, tuple[int, ...]]) -> int:
+    """float32 values kept per replayed start for the backward pass of one update (mbrl_jax/memory.py): one
+    world-model step and `imag_horizon + 1` imagined steps (actor, critic, slow critic, reward and continue
+    heads), and the image encoder's and decoder's feature maps."""
+    w, d = config.wm, config.dreamer
+    # latent state, prior/posterior layers and logits, two-hot distributions over num_bins
+    step = 6 * w.deter + 3 * w.hidden + 4 * w.stoch * w.classes + 6 * w.num_bins
+    wm_layers = w.enc_layers + w.dec_layers + 2 * w.head_layers
+    imag_layers = 3 * d.ac_layers + 2 * w.head_layers
+    per_start = step + 3 * w.units * wm_layers + (d.imag_horizon + 1) * (step + 3 * w.units * imag_layers)
+    return per_start + image_activation_floats(obs_shapes, w.depth, w.conv)
 
 
 def make_networks(config: Config, spec: EnvSpec) -> Networks:

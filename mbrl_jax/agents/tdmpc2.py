@@ -9,6 +9,8 @@ latent space.
   learn(state, batch, key)                                 -> (state, metrics, {})  one update
   replay_context(carry)                                    -> {} (nothing stored with the replay)
 It reads the config group `tdmpc2` (and the replay window, which must be `tdmpc2.horizon + 1` steps long).
+Its settings (`TDMPC2Config`), presets, checks and memory estimate live here; `mbrl_jax/agents/__init__.py`
+registers them.
 
 Replay convention: action and reward are stored with the step they led to, so a window of H + 1 steps holds
 obs_0..obs_H with a_t = action[t + 1] taken at obs_t and r_t = reward[t + 1] received on reaching obs_{t+1}.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -30,12 +32,152 @@ import optax
 from flax import struct
 
 from mbrl_jax.agents.base import Agent
-from mbrl_jax.config import Config, ConfigError
-from mbrl_jax.envs import EnvSpec
+from mbrl_jax.envs.base import EnvSpec
+from mbrl_jax.errors import ConfigError
 from mbrl_jax.nets.distributions import twohot_bins, twohot_log_prob, twohot_mean
 from mbrl_jax.returns import ReturnNorm, return_norm_init, return_scale, update_return_norm
+from mbrl_jax.settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, setting
+
+if TYPE_CHECKING:
+    from mbrl_jax.config import Config
 
 sg = jax.lax.stop_gradient
+
+
+@dataclasses.dataclass(frozen=True)
+class TDMPC2Config:
+    """TD-MPC2's settings; defaults are the paper's (Hansen et al. 2024, reference config, 5M model)."""
+
+    latent_dim: int = setting(512, "latent state size (SimNorm groups of simnorm_dim)", POSITIVE)
+    enc_dim: int = setting(256, "encoder hidden width", POSITIVE)
+    num_enc_layers: int = setting(
+        2, "encoder layers, the SimNorm output layer included (at least 1 hidden)", AT_LEAST_ONE
+    )
+    mlp_dim: int = setting(
+        512, "hidden width of dynamics, reward, Q and policy MLPs (2 hidden layers)", POSITIVE
+    )
+    simnorm_dim: int = setting(8, "SimNorm group size (latent_dim must divide by it)", POSITIVE)
+    num_q: int = setting(5, "Q functions in the ensemble (two drawn at random for targets)", POSITIVE)
+    dropout: float = setting(0.01, "dropout in the first layer of each Q function", UNIT_INTERVAL)
+    num_bins: int = setting(101, "two-hot bins of reward and Q heads", POSITIVE)
+    vmin: float = setting(-10.0, "lowest bin, in symlog space")
+    vmax: float = setting(10.0, "highest bin, in symlog space")
+    horizon: int = setting(
+        3, "planning and training horizon (replay windows are horizon + 1 steps)", POSITIVE
+    )
+    iterations: int = setting(6, "MPPI iterations per plan", POSITIVE)
+    num_samples: int = setting(
+        512, "action sequences per MPPI iteration, policy trajectories included", POSITIVE
+    )
+    num_elites: int = setting(64, "best sequences the MPPI mean and std are refit to", POSITIVE)
+    num_pi_trajs: int = setting(24, "sequences drawn from the policy prior per plan", NON_NEGATIVE)
+    temperature: float = setting(0.5, "MPPI weight exp(temperature * (value - max value))", POSITIVE)
+    min_std: float = setting(0.05, "smallest MPPI std (also the exploration noise floor)", POSITIVE)
+    max_std: float = setting(2.0, "MPPI std at the start of each plan", POSITIVE)
+    lr: float = setting(3e-4, "learning rate of model, Q and policy (Adam)", POSITIVE)
+    enc_lr_scale: float = setting(0.3, "encoder learning rate = enc_lr_scale x lr", POSITIVE)
+    grad_clip_norm: float = setting(20.0, "global gradient norm clip (model and policy separately)", POSITIVE)
+    rho: float = setting(0.5, "weight rho^t of horizon step t in every loss", UNIT_INTERVAL)
+    consistency_coef: float = setting(20.0, "scale of the latent consistency loss", NON_NEGATIVE)
+    reward_coef: float = setting(0.1, "scale of the reward loss", NON_NEGATIVE)
+    value_coef: float = setting(0.1, "scale of the value loss", NON_NEGATIVE)
+    entropy_coef: float = setting(1e-4, "policy prior entropy bonus", NON_NEGATIVE)
+    log_std_min: float = setting(-10.0, "smallest log std of the policy prior")
+    log_std_max: float = setting(2.0, "largest log std of the policy prior")
+    tau: float = setting(0.01, "EMA rate of the target Q functions and of the Q scale", UNIT_INTERVAL)
+    discount_denom: float = setting(
+        5.0, "discount = (L/denom - 1) / (L/denom), L the episode length", POSITIVE
+    )
+    discount_min: float = setting(0.95, "lower clip of the heuristic discount", UNIT_INTERVAL)
+    discount_max: float = setting(0.995, "upper clip of the heuristic discount", UNIT_INTERVAL)
+
+    def check(self, path: str) -> None:
+        pairs = [
+            (
+                self.latent_dim % self.simnorm_dim == 0,
+                f"latent_dim={self.latent_dim} must be divisible by {path}.simnorm_dim={self.simnorm_dim}",
+            ),
+            (
+                self.num_elites <= self.num_samples,
+                f"num_elites={self.num_elites} must be <= {path}.num_samples={self.num_samples}",
+            ),
+            (
+                self.num_pi_trajs < self.num_samples,
+                f"num_pi_trajs={self.num_pi_trajs} must be < {path}.num_samples={self.num_samples}",
+            ),
+            (self.num_q >= 2, f"num_q={self.num_q} must be >= 2 (two members are drawn for targets)"),
+            (
+                self.min_std <= self.max_std,
+                f"min_std={self.min_std} must be <= {path}.max_std={self.max_std}",
+            ),
+            (
+                self.log_std_min < self.log_std_max,
+                f"log_std_min={self.log_std_min} must be < {path}.log_std_max={self.log_std_max}",
+            ),
+            (self.vmin < self.vmax, f"vmin={self.vmin} must be < {path}.vmax={self.vmax}"),
+            (self.num_bins >= 2, f"num_bins={self.num_bins} must be >= 2"),
+            (
+                self.discount_min <= self.discount_max,
+                f"discount_min={self.discount_min} must be <= {path}.discount_max={self.discount_max}",
+            ),
+        ]
+        for ok, message in pairs:
+            if not ok:
+                raise ConfigError(f"{path}.{message}")
+
+
+# The paper's model sizes (its table of sizes; the reference's presets): 1M and 5M (the default).
+TDMPC2_SIZE_PRESETS: dict[str, dict[str, Any]] = {
+    "tdmpc2-1m": {
+        "tdmpc2.enc_dim": 256,
+        "tdmpc2.mlp_dim": 384,
+        "tdmpc2.latent_dim": 128,
+        "tdmpc2.num_enc_layers": 2,
+        "tdmpc2.num_q": 2,
+    },
+    "tdmpc2-5m": {
+        "tdmpc2.enc_dim": 256,
+        "tdmpc2.mlp_dim": 512,
+        "tdmpc2.latent_dim": 512,
+        "tdmpc2.num_enc_layers": 2,
+        "tdmpc2.num_q": 5,
+    },
+}
+
+# TD-MPC2 on Pendulum-v1 with the paper's settings: one env, batch 256, windows of horizon + 1 = 4 steps with
+# no replay context, and one update per env step (UTD 1: train_ratio = 256 x 4 replayed steps per env step),
+# windows sampled uniformly (no online queue). Seed steps: the reference's max(1000, 5 x episode length)
+# = 1,000 for Pendulum's 200-step episodes, 5% of this 20k budget; the replay holds the whole run as the
+# reference's 1M buffer does. Evaluation: the plan mean without noise, every 2,000 env steps (an evaluation
+# of 8 episodes plans as many times as 1,600 training steps).
+TDMPC2_TASK_PRESETS: dict[str, dict[str, Any]] = {
+    "tdmpc2": {
+        "agent": "tdmpc2",
+        "env.name": "Pendulum-v1",
+        "env.num_envs": 1,
+        "run.steps": 20_000,
+        "run.chunk_steps": 1_000,
+        "run.eval_every": 2_000,
+        "run.eval_policy": "mode",
+        "replay.capacity": 100_000,
+        "replay.prefill": 1_000,
+        "replay.batch_size": 256,
+        "replay.batch_length": 4,
+        "replay.context": False,
+        "replay.online": False,
+        "replay.train_ratio": 1024.0,
+    },
+}
+
+
+def activation_floats(config: Config, obs_shapes: dict[str, tuple[int, ...]]) -> int:
+    """float32 values kept per replayed step for the backward pass of one update (mbrl_jax/memory.py):
+    encoder, dynamics, reward, policy and (online and target) Q layers, about three values per unit (dense,
+    norm, activation), latents and two-hot distributions."""
+    t = config.tdmpc2
+    units = t.enc_dim * (t.num_enc_layers - 1) + 2 * t.mlp_dim * (3 + 2 * t.num_q)
+    return 3 * units + 6 * t.latent_dim + (2 + 2 * t.num_q) * t.num_bins
+
 
 # The reference initialises every linear weight with torch's `trunc_normal_(w, std=0.02)`, whose cut-offs
 # a=-2, b=2 are absolute values, not multiples of std: at +-100 std nothing is cut, so the weights are

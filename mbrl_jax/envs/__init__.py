@@ -10,8 +10,7 @@ interface, `EnvpoolXlaVecEnv`); the host loop (`mbrl_jax.host_loop`) takes `Host
 import contextlib
 import shlex
 
-from mbrl_jax.config import ConfigError
-from mbrl_jax.envs.base import EnvSpec, EnvState, TimeStep, VecEnv, first_timestep, rescale_action
+from mbrl_jax.envs.base import EnvConfig, EnvSpec, EnvState, TimeStep, VecEnv, first_timestep, rescale_action
 from mbrl_jax.envs.envpool_env import (
     EnvpoolState,
     EnvpoolVecEnv,
@@ -26,6 +25,7 @@ from mbrl_jax.envs.gymnasium_env import GymnasiumVecEnv, HostVecEnv, is_gymnasiu
 from mbrl_jax.envs.gymnax_env import GymnaxState, GymnaxVecEnv, list_envs
 from mbrl_jax.envs.gymnax_env import env_spec as gymnax_env_spec
 from mbrl_jax.envs.gymnax_env import make_env as make_gymnax_env
+from mbrl_jax.errors import ConfigError, did_you_mean
 
 LOOPS = ("auto", "compiled", "host")
 
@@ -106,6 +106,36 @@ def env_spec(name: str, action_repeat: int = 1) -> EnvSpec:
     return gymnax_env_spec(name)
 
 
+def check_env_settings(env: EnvConfig, devices: int) -> None:
+    """Raises ConfigError for an env name that is not known, or env settings that do not apply to it."""
+    default_sticky = EnvConfig.sticky_actions
+    if env.sticky_actions != default_sticky and not is_envpool_atari(env.name):
+        raise ConfigError(
+            f"env.sticky_actions={env.sticky_actions} applies to Atari tasks on envpool "
+            f"('envpool:Pong-v5'); env.name={env.name!r} is not one: leave it at "
+            f"{default_sticky}"
+        )
+    if env.action_repeat != 1 and not is_envpool_dmc(env.name):
+        raise ConfigError(
+            f"env.action_repeat={env.action_repeat} applies to DMC tasks on envpool "
+            f"('envpool:WalkerWalk-v1'), whose episodes all last the same number of env steps; "
+            f"env.name={env.name!r} is not one: leave it at 1 (Atari's action repeat of 4 is "
+            "envpool's frame skip)"
+        )
+    if is_host_env(env.name):
+        if devices != 1:
+            raise ConfigError(
+                f"run.devices={devices} with env.name={env.name!r}: a host env is one "
+                "set of envs on the host, which feeds one device; allowed: run.devices=1"
+            )
+    elif env.name not in list_envs():
+        hint = did_you_mean(env.name, list_envs())
+        raise ConfigError(
+            f"env.name={env.name!r} is not a known gymnax env{hint} (host envs: "
+            "'gymnasium:<id>', e.g. 'gymnasium:CartPole-v1', or 'envpool:<task_id>')"
+        )
+
+
 def make_host_env(
     name: str, num_envs: int, sticky_actions: float = 0.25, action_repeat: int = 1
 ) -> HostVecEnv:
@@ -142,7 +172,9 @@ def missing_package_as_config_error(name: str):
 
 
 __all__ = [
+    "EnvConfig",
     "EnvSpec",
+    "check_env_settings",
     "EnvState",
     "EnvpoolState",
     "EnvpoolVecEnv",

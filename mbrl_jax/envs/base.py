@@ -19,7 +19,36 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from mbrl_jax.settings import POSITIVE, UNIT_INTERVAL, one_of, setting
+
 EnvState = Any  # adapter-specific pytree, batched over envs
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    name: str = setting(
+        "CartPole-v1", "gymnax env id (on device), or 'gymnasium:<id>' / 'envpool:<task_id>' (host envs)"
+    )
+    num_envs: int = setting(4, "envs stepped in parallel on the device", POSITIVE)
+    loop: str = setting(
+        "auto",
+        "what drives the envs: 'compiled' (act, env step and learn in one compiled chunk: gymnax, envpool "
+        "through its XLA interface), 'host' (env steps in Python: Gymnasium, envpool on TPU or with 64-bit "
+        "arrays), or 'auto' (compiled wherever it works)",
+        one_of("auto", "compiled", "host"),
+    )
+    sticky_actions: float = setting(
+        0.25,
+        "Atari on envpool: probability that the env repeats its previous action instead of the chosen one "
+        "(Machado et al., 2018; DreamerV3's Atari setting); the atari100k preset turns it off",
+        UNIT_INTERVAL,
+    )
+    action_repeat: int = setting(
+        1,
+        "DMC on envpool: env steps per agent step, the action repeated and the rewards summed (DreamerV3's "
+        "DMC setting is 2; the dmc preset sets it); run.steps and the time limit count agent steps",
+        POSITIVE,
+    )
 
 
 @struct.dataclass

@@ -41,7 +41,6 @@ import numpy as np
 from flax import struct
 from jax.experimental import io_callback
 
-from mbrl_jax.config import ConfigError, did_you_mean
 from mbrl_jax.envs.base import (
     EnvSpec,
     TimeStep,
@@ -52,6 +51,7 @@ from mbrl_jax.envs.base import (
     rescale_action,
 )
 from mbrl_jax.envs.gymnasium_env import HostVecEnv, spaces_spec
+from mbrl_jax.errors import ConfigError, did_you_mean
 
 PREFIX = "envpool:"
 ATARI_OPTIONS = {

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from mbrl_jax.config import ConfigError, did_you_mean
 from mbrl_jax.envs.base import EnvSpec, TimeStep, next_step_timestep, obs_dtype
+from mbrl_jax.errors import ConfigError, did_you_mean
 
 PREFIX = "gymnasium:"
 

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from mbrl_jax.config import ConfigError, did_you_mean
 from mbrl_jax.envs.base import EnvSpec, TimeStep, VecEnv, first_timestep, rescale_action
+from mbrl_jax.errors import ConfigError, did_you_mean
 
 RGB64 = "-rgb64"
 RGB64_CELL, RGB64_SIZE = 6, 64

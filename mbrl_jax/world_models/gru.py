@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mbrl_jax.errors import ConfigError
 from mbrl_jax.nets.layers import GroupedDense, dense_init, from_groups, to_groups
+from mbrl_jax.settings import POSITIVE, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class GRUConfig:
+    blocks: int = setting(8, "block-diagonal groups of the GRU (wm.deter must divide by it)", POSITIVE)
+
+
+def check_gru(wm: Any, path: str) -> None:
+    if wm.deter % wm.gru.blocks:
+        raise ConfigError(f"{path}.deter={wm.deter} must be divisible by {path}.gru.blocks={wm.gru.blocks}")
+
+
+def make_block_gru(wm: Any) -> BlockGRU:
+    return BlockGRU(wm.deter, wm.hidden, wm.gru.blocks)
 
 
 def block_init(blocks: int):
@@ -32,6 +51,7 @@ class BlockGRU(nn.Module):
     deter: int
     hidden: int
     blocks: int
+    parallel = False
     grouped = True  # the state is group-major: the RSSM's layers read it per group (GroupedDense)
 
     def to_state(self, deter: jax.Array) -> jax.Array:

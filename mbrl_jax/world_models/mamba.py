@@ -22,13 +22,46 @@ same chunk products; the world model never differentiates them (imagination star
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mbrl_jax.errors import ConfigError
 from mbrl_jax.nets.layers import dense_init
+from mbrl_jax.settings import AT_LEAST_ONE, POSITIVE, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class MambaConfig:
+    layers: int = setting(2, "Mamba-2 layers (Drama: 2)", POSITIVE)
+    expand: int = setting(2, "inner width / wm.deter of each layer's mixer and gated MLP", POSITIVE)
+    head_dim: int = setting(64, "channels per SSM head (wm.deter * expand must divide by it)", POSITIVE)
+    state: int = setting(16, "SSM state size N per head", POSITIVE)
+    conv: int = setting(4, "causal depthwise convolution width", AT_LEAST_ONE)
+    chunk: int = setting(
+        64, "steps per chunk of the parallel (training) form; its work grows as T x chunk", POSITIVE
+    )
+
+
+def check_mamba(wm: Any, path: str) -> None:
+    if (wm.deter * wm.mamba.expand) % wm.mamba.head_dim:
+        raise ConfigError(
+            f"{path}.deter * {path}.mamba.expand = {wm.deter * wm.mamba.expand} must be divisible by "
+            f"{path}.mamba.head_dim={wm.mamba.head_dim}"
+        )
+
+
+def make_mamba(wm: Any) -> Mamba2:
+    m = wm.mamba
+    return Mamba2(wm.deter, m.layers, m.expand, m.head_dim, m.state, m.conv, m.chunk)
+
+
+# A parallel backbone starts every window from zeros (the replay stores only the GRU's latent).
+MAMBA_PRESETS = {"mamba": {"wm.backbone": "mamba", "replay.context": False}}
 
 
 def _dt_bias_init(key, shape, dtype=jnp.float32, dt_min=1e-3, dt_max=0.1):

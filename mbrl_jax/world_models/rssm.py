@@ -11,6 +11,7 @@ than twice per step. `Latent.deter` is [..., D] wherever a Latent leaves this mo
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -20,9 +21,106 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from mbrl_jax.errors import ConfigError, did_you_mean
 from mbrl_jax.nets.distributions import straight_through_onehot_sample, symlog, unimix_logits
 from mbrl_jax.nets.image import ImageDecoder, ImageEncoder, image_target
 from mbrl_jax.nets.layers import MLP, Head, dense_init
+from mbrl_jax.settings import (
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT_INTERVAL,
+    Composite,
+    RegisteredGroups,
+    one_of,
+    registered,
+    setting,
+)
+from mbrl_jax.world_models.backbone import BACKBONES, make_backbone
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldModelConfig(Composite):
+    backbone: str = setting("gru", "sequence backbone of the world model (mbrl_jax.world_models.BACKBONES)")
+    deter: int = setting(512, "deterministic state size (the backbone's output)", POSITIVE)
+    hidden: int = setting(64, "RSSM input / prior / posterior layer width", POSITIVE)
+    stoch: int = setting(32, "categorical latent variables", POSITIVE)
+    classes: int = setting(4, "classes per latent variable", POSITIVE)
+    units: int = setting(64, "MLP width of encoder, decoder and heads (and actor, critic)", POSITIVE)
+    depth: int = setting(
+        4, "image encoder / decoder channels: depth x (2, 3, 4, 4) per stride-2 stage (reference)", POSITIVE
+    )
+    conv: str = setting(
+        "auto",
+        "image convolutions as 'patches' (patch matrices times kernels: fast in CPU loops, k*k x the "
+        "memory) or 'xla' (XLA's convolution ops: native on GPU and TPU), same function and parameters; "
+        "'auto' takes patches on CPU and xla on GPU / TPU (jax.default_backend() when networks are built)",
+        one_of("auto", "patches", "xla"),
+        resumable=True,
+    )
+    enc_layers: int = setting(3, "encoder MLP layers", POSITIVE)
+    dec_layers: int = setting(3, "decoder MLP layers", POSITIVE)
+    head_layers: int = setting(1, "reward and continue head MLP layers", NON_NEGATIVE)
+    unimix: float = setting(0.01, "uniform mixture in the latent categoricals", UNIT_INTERVAL)
+    free_nats: float = setting(1.0, "KL below this (summed over latents) is not penalised", NON_NEGATIVE)
+    num_bins: int = setting(255, "two-hot bins of reward and value heads", POSITIVE)
+    loss_rec: float = setting(1.0, "scale of the reconstruction loss", NON_NEGATIVE)
+    loss_rew: float = setting(1.0, "scale of the reward loss", NON_NEGATIVE)
+    loss_con: float = setting(1.0, "scale of the continue loss", NON_NEGATIVE)
+    loss_dyn: float = setting(1.0, "scale of the dynamics KL (trains the prior)", NON_NEGATIVE)
+    loss_rep: float = setting(0.1, "scale of the representation KL (trains the posterior)", NON_NEGATIVE)
+    groups: RegisteredGroups = registered("wm")  # each backbone's settings: wm.gru, wm.mamba, ...
+
+    def check(self, path: str) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(
+                f"{path}.backbone={self.backbone!r} is not known{did_you_mean(self.backbone, BACKBONES)}; "
+                f"allowed: {', '.join(map(repr, BACKBONES))}"
+            )
+        for name, value in self.groups.items:  # another backbone's settings would be ignored
+            if name == self.backbone:
+                continue
+            for field in dataclasses.fields(value):
+                if getattr(value, field.name) != field.default:
+                    raise ConfigError(
+                        f"{path}.{name}.{field.name}={getattr(value, field.name)!r} is a setting of backbone "
+                        f"{name!r}; {path}.backbone={self.backbone!r} would ignore it: leave it at "
+                        f"{field.default!r}"
+                    )
+        entry = BACKBONES[self.backbone]
+        if entry.check is not None:
+            entry.check(self, path)
+
+
+def check_replay_context(config: Any) -> None:
+    """The replay stores the latent h of a step-by-step backbone; a parallel one keeps a larger state, so its
+    windows start from zeros. For agents that read the world model, from their checks."""
+    if config.replay.context and make_backbone(config.wm).parallel:
+        raise ConfigError(
+            f"replay.context=true stores the latent h with each step; wm.backbone={config.wm.backbone!r} "
+            "keeps a larger recurrent state (a parallel backbone), so its windows start from zeros: set "
+            "replay.context=false"
+        )
+
+
+# DreamerV3 model sizes (paper's size table; reference configs). Layer counts follow the reference.
+SIZE_PRESETS: dict[str, dict[str, Any]] = {
+    name: {
+        "wm.deter": deter,
+        "wm.hidden": hidden,
+        "wm.classes": classes,
+        "wm.units": units,
+        "wm.depth": depth,
+    }
+    for name, deter, hidden, classes, units, depth in [
+        ("size1m", 512, 64, 4, 64, 4),
+        ("size12m", 2048, 256, 16, 256, 16),
+        ("size25m", 3072, 384, 24, 384, 24),
+        ("size50m", 4096, 512, 32, 512, 32),
+        ("size100m", 6144, 768, 48, 768, 48),
+        ("size200m", 8192, 1024, 64, 1024, 64),
+        ("size400m", 12288, 1536, 96, 1536, 96),
+    ]
+}
 
 
 @struct.dataclass
@@ -129,7 +227,7 @@ class WorldModel(nn.Module):
 
     @property
     def parallel(self) -> bool:
-        return getattr(self.core, "parallel", False)
+        return self.core.parallel
 
     def zeros(self, batch_shape: tuple[int, ...]) -> Latent:
         """The latent before an episode's first step (with the backbone's zero state, if it has one)."""

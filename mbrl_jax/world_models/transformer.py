@@ -17,12 +17,46 @@ transposed whole at every step.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbrl_jax.errors import ConfigError
 from mbrl_jax.nets.layers import dense_init
+from mbrl_jax.settings import POSITIVE, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    layers: int = setting(2, "Transformer layers", POSITIVE)
+    heads: int = setting(
+        4, "attention heads (wm.deter / heads must be even, for rotary embeddings)", POSITIVE
+    )
+    context: int = setting(
+        64, "steps a step attends to, itself included (the key/value cache's length)", POSITIVE
+    )
+    mlp_ratio: int = setting(2, "gated MLP width / wm.deter", POSITIVE)
+
+
+def check_transformer(wm: Any, path: str) -> None:
+    heads = wm.transformer.heads
+    if wm.deter % heads or (wm.deter // heads) % 2:
+        raise ConfigError(
+            f"{path}.deter={wm.deter} must split into {path}.transformer.heads={heads} heads of an "
+            "even size (rotary embeddings rotate pairs of channels)"
+        )
+
+
+def make_transformer(wm: Any) -> Transformer:
+    m = wm.transformer
+    return Transformer(wm.deter, m.layers, m.heads, m.context, m.mlp_ratio)
+
+
+TRANSFORMER_PRESETS = {"transformer": {"wm.backbone": "transformer", "replay.context": False}}
 
 
 def rope(x: jax.Array, pos: jax.Array) -> jax.Array:

@@ -121,7 +121,7 @@ def test_bad_host_env_names_fail_before_compiling():
         check_devices(config, [0, 1])
     check_devices(make_config("debug"), [0, 1])  # a gymnax sweep is fine
     with pytest.raises(ConfigError, match="agent='tdmpc2' needs"):  # the agents' own checks still run
-        make_config("debug", **{"env.name": CARTPOLE, "agent": "tdmpc2"})
+        make_config("tdmpc2", **{"env.name": CARTPOLE})
     with pytest.raises(ValueError, match="not a host env"):
         make_host_env("CartPole-v1", 2)
 

@@ -119,6 +119,19 @@ def test_backbone_from_one_file_shows_its_settings_and_refuses_others(tanh_rnn, 
         make_config("debug", "tanh_rnn", **{"wm.gru.blocks": 2})
 
 
+def test_throughput_measures_the_agent_and_the_backbone_from_one_file(restore_registries):
+    throughput = load_script("benchmarks/throughput.py")
+    toy_agent.register(), toy_backbone.register()
+    settings = dict(updates=2, chunks=1, act_steps=4, peak_size=64, act_num_envs=(2,))
+    agent = throughput.measure(make_config("shooting", **{"run.chunk_steps": 50}), **settings)
+    assert agent["agent"] == "shooting" and not set(throughput.IMAGINATION_FIELDS) & set(agent)
+    backbone = throughput.measure(make_config("debug", "tanh_rnn", **{"run.chunk_steps": 50}), **settings)
+    assert backbone["agent"] == "dreamer" and backbone["imagination_steps_per_s"] > 0
+    for result in (agent, backbone):
+        for field in throughput.NUMERIC_FIELDS:
+            assert np.isfinite(result[field]) and result[field] > 0, (field, result[field])
+
+
 def test_registrations_do_not_outlive_their_test():
     assert "shooting" not in sys.modules["mbrl_jax.agents"].AGENTS
     assert not any(path.startswith(("shooting.", "wm.tanh_rnn.")) for path in FIELDS)

@@ -268,7 +268,7 @@ def test_the_policy_entropy_term_is_the_reference_one(tiny_agent):
     gaussian = scipy.stats.norm.logpdf(u, loc=mu, scale=std).sum(-1)
     losses = []
     for coef in (0.5, 2.0):
-        c = dataclasses.replace(config, tdmpc2=dataclasses.replace(config.tdmpc2, entropy_coef=coef))
+        c = config.replace(**{"tdmpc2.entropy_coef": coef})
         n = dataclasses.replace(nets, config=c)
         loss, _ = policy_loss(n, pi, state.params.model.q, zs, jnp.asarray(valid), return_norm_init(), key)
         losses.append(float(loss))

@@ -26,8 +26,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def emit(report: dict[str, Any], out: str | None) -> None:
-    """The report as one JSON line: written to `out` when given, and printed last on stdout."""
+    """The report as one JSON line: written to `out` when given (its folder made if missing, so a long
+    measurement is never lost to a typo in the path), and printed last on stdout."""
     text = json.dumps(report)
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
     print(text, flush=True)

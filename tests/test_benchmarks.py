@@ -369,3 +369,13 @@ def test_conv_layouts_prints_its_rows_as_json(capsys, monkeypatch):
     conv_layouts.main(["--batch", "4", "--steps", "2"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["batch"] == 4 and printed["rows"] == [row, row]
+
+
+def test_a_report_goes_into_a_folder_that_does_not_exist_yet(tmp_path, capsys):
+    """A measurement of minutes is not lost at the end because --out names a folder not made yet."""
+    from benchmarks.report import emit
+
+    out = tmp_path / "new" / "folder" / "bench.json"
+    emit({"updates_per_s": 1.5}, str(out))
+    assert json.loads(out.read_text()) == {"updates_per_s": 1.5}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"updates_per_s": 1.5}

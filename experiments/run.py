@@ -13,14 +13,14 @@ The config, by one rule:
      the defaults, with --preset cartpole when neither --preset nor --env is given.
   2. Apply the presets of --preset a,b,... left to right.
   3. Apply the field settings: --env E, --seed S, --steps N and key=value with dotted keys (any field of
-     mbrl_jax.config.Config: run.*, env.*, replay.*, wm.*, wm.gru.*, dreamer.*, optim.*, agent; see
+     mbrl_jax.config.Config: run.*, env.*, replay.*, wm.*, wm.gru.*, dreamer.*, drama.*, optim.*, agent; see
      --show-config). They may come in any order, mixed with the other flags: --steps N is the same as
      run.steps=N, and a field set twice (as flag or key) is an error naming both.
 Everything is validated, device memory included, before anything is allocated or compiled.
 
 Run directory: --logdir, by default runs/<env>-<presets>-seed<seed>. Running again with the same directory
 resumes the run there; only run.steps, run.checkpoint_every, run.checkpoint_minutes, run.keep_checkpoints,
-run.eval_policy and wm.conv may differ.
+run.eval_policy, wm.conv and drama.conv may differ.
 --new starts a fresh run in <logdir>-2 (-3, ...) when <logdir> already holds one.
 Ctrl-C or SIGTERM: the chunk in flight finishes and is checkpointed, then the run exits with status 130 / 143
 and prints how to resume it (a second signal stops at once, losing only that chunk).

@@ -38,7 +38,7 @@ def test_config_yaml_is_grouped_and_reads_back_to_the_same_config():
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     loaded = yaml.safe_load(text)
     assert loaded["replay"]["batch_size"] == 12 and loaded["wm"]["gru"]["blocks"] == 4
-    assert set(loaded) == {"agent", "run", "env", "replay", "wm", "dreamer", "optim", "tdmpc2"}
+    assert set(loaded) == {"agent", "run", "env", "replay", "wm", "dreamer", "optim", "drama", "tdmpc2"}
     assert set(loaded["wm"]) >= {"gru", "mamba", "transformer", "deter", "conv"}
     assert config_from_dict(loaded) == config
 
@@ -49,7 +49,8 @@ def test_a_flat_config_of_version_0_1_reads_to_the_same_config():
     flat = {legacy: config.flat()[paths[0]] for legacy, paths in LEGACY_KEYS.items()}
     flat["agent"] = "dreamer"
     added = set(ADDED_FIELDS_BEFORE)
-    later = {p for p in FIELDS if p.startswith(("tdmpc2.", "wm.mamba.", "wm.transformer."))}  # after 0.1
+    after = ("tdmpc2.", "drama.", "wm.mamba.", "wm.transformer.")  # groups added after 0.1
+    later = {p for p in FIELDS if p.startswith(after)}
     assert {p for paths in LEGACY_KEYS.values() for p in paths} | {"agent"} | added | later == set(FIELDS)
     assert config_from_dict(flat) == config
 

@@ -4,7 +4,7 @@ The built-in agents are registered here; each line names what the rest of the co
 `register_agent`). Everything else about an agent lives in its own module.
 """
 
-from mbrl_jax.agents import dreamer, tdmpc2
+from mbrl_jax.agents import drama, dreamer, tdmpc2
 from mbrl_jax.agents.base import (
     AGENTS,
     Agent,
@@ -25,6 +25,16 @@ register_agent(
     check=dreamer.check_dreamer,
     memory=dreamer.activation_floats,
     presets={**dreamer.DREAMER_PRESETS},
+)
+register_agent(
+    "drama",
+    drama.make_drama,
+    config=drama.DramaConfig,
+    help="Drama's Mamba-2 world model and actor-critic in imagination (the authors' code)",
+    reads=(),
+    check=drama.check_drama,
+    memory=drama.activation_floats,
+    presets={**drama.DRAMA_PRESETS},
 )
 register_agent(
     "tdmpc2",

@@ -9,7 +9,7 @@ of the `Agent` interface (mbrl_jax/agents/base.py):
   replay_context(carry)                                    -> what the replay stores per step for the context
 It reads the config groups `wm`, `dreamer`, `optim` and `replay.context`. Its own settings
 (`DreamerConfig`, the group `dreamer`), checks, memory estimate and presets (`classic` and the task presets
-on it, `rgb64`, `atari100k`, `debug`, `drama`) live here; `mbrl_jax/agents/__init__.py` registers them.
+on it, `rgb64`, `atari100k`, `debug`) live here; `mbrl_jax/agents/__init__.py` registers them.
 
 The losses are module functions of a `Networks` record and parameters, so each can be called on its own:
 `world_model_loss`, `imagine_trajectory`, `actor_critic_loss`, `replay_value_loss`.
@@ -178,17 +178,6 @@ DREAMER_PRESETS: dict[str, dict[str, Any]] = {
         "wm.dec_layers": 1,
         "dreamer.ac_layers": 1,
         "dreamer.imag_horizon": 5,
-    },
-    # Drama's world model (Wang et al., 2025): Mamba-2, 2 layers of width 512, batch 16 x 128, imagination
-    # horizon 16. Drama imagines from 1,024 sampled starts; add replay.sampler=frequency for its sampler.
-    "drama": {
-        "wm.backbone": "mamba",
-        "replay.context": False,
-        "wm.deter": 512,
-        "wm.mamba.layers": 2,
-        "replay.batch_size": 16,
-        "replay.batch_length": 128,
-        "dreamer.imag_horizon": 16,
     },
 }
 

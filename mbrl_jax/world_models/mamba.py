@@ -1,6 +1,7 @@
 """Mamba-2 sequence backbone (Dao & Gu, 2024) as Drama uses it (Wang et al., 2025): pure JAX, no CUDA kernels.
 
-Each layer is a pre-norm residual Mamba-2 mixer followed by a pre-norm residual gated MLP (SwiGLU):
+Each layer is a pre-norm residual Mamba-2 mixer followed by a pre-norm residual gated MLP (SwiGLU; `mlp=False`
+leaves it out, as Drama's layers do):
 
     u -> RMSNorm -> in_proj -> z, xBC, dt
     xBC -> causal depthwise conv (kernel `conv`) -> SiLU -> x [H, P], B [N], C [N]
@@ -93,6 +94,7 @@ class Mamba2Layer(nn.Module):
     state: int
     conv: int
     chunk: int = 64
+    mlp: bool = True  # the gated MLP after the mixer; Drama's layers have none (its d_intermediate = 0)
 
     @property
     def inner(self) -> int:
@@ -125,9 +127,10 @@ class Mamba2Layer(nn.Module):
         self.skip = self.param("skip", nn.initializers.ones, (self.heads,))
         self.gate_norm = nn.RMSNorm(epsilon=1e-5)
         self.out_proj = nn.Dense(self.width, use_bias=False, kernel_init=dense_init)
-        self.mlp_norm = nn.RMSNorm(epsilon=1e-5)
-        self.mlp_in = nn.Dense(2 * self.expand * self.width, use_bias=False, kernel_init=dense_init)
-        self.mlp_out = nn.Dense(self.width, use_bias=False, kernel_init=dense_init)
+        if self.mlp:
+            self.mlp_norm = nn.RMSNorm(epsilon=1e-5)
+            self.mlp_in = nn.Dense(2 * self.expand * self.width, use_bias=False, kernel_init=dense_init)
+            self.mlp_out = nn.Dense(self.width, use_bias=False, kernel_init=dense_init)
 
     def _project(self, u: jax.Array):
         zxbcdt = self.in_proj(self.mix_norm(u))
@@ -146,6 +149,8 @@ class Mamba2Layer(nn.Module):
         y = y + self.skip[:, None] * x
         y = y.reshape(*y.shape[:-2], self.inner)
         u = u + self.out_proj(self.gate_norm(y * jax.nn.silu(z)))
+        if not self.mlp:
+            return u
         gate, value = jnp.split(self.mlp_in(self.mlp_norm(u)), 2, -1)
         return u + self.mlp_out(jax.nn.silu(gate) * value)
 
@@ -243,12 +248,13 @@ class Mamba2(nn.Module):
     state: int
     conv: int
     chunk: int = 64
+    mlp: bool = True  # each layer's gated MLP (False: Drama's layers, the mixer alone)
     parallel = True
     grouped = False
 
     def setup(self):
         self.blocks = [
-            Mamba2Layer(self.width, self.expand, self.head_dim, self.state, self.conv, self.chunk)
+            Mamba2Layer(self.width, self.expand, self.head_dim, self.state, self.conv, self.chunk, self.mlp)
             for _ in range(self.layers)
         ]
         self.norm = nn.RMSNorm(epsilon=1e-5)

@@ -421,6 +421,9 @@ def runs_folder(logdir: Path) -> Path:
     return owner[0].parent if owner else logdir.parent
 
 
+PEER_COMMIT = "danijar/dreamerv3@e3f0224"  # what the first side-by-side JSON ran against
+
+
 def machine() -> str:
     import jax
 
@@ -480,6 +483,7 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
             f"![{s['task']}]({os.path.relpath(plot, results_md.parent)})",
             "",
         ]
+    lines += peer_section(out)
     lines += throughput_section(out)
     lines += scaling_section(out, results_md)
     lines += backbones_section(out, results_md)
@@ -556,6 +560,35 @@ def settings_note(summaries: list[dict], out: Path) -> str:
         "steps and its wall time so far; *random policy*: mean return of uniformly random actions over 64 "
         "episodes."
     )
+
+
+def peer_section(out: Path) -> list[str]:
+    """Tables from the JSON files `benchmarks/peer_sidebyside.py --out <out>/peer-sidebyside-*.json` wrote:
+    mbrl_jax beside the official DreamerV3 on the same workloads, as ratios."""
+    from benchmarks.peer_sidebyside import table_lines
+
+    lines = []
+    for path in sorted(out.glob("peer-sidebyside-*.json")):
+        report = json.loads(path.read_text())
+        m = report["machine"]
+        where = m if isinstance(m, str) else f"{m['device_kind']} ({m['platform']}), {m['cpu_count']} CPUs"
+        quiet = "a quiet machine (nothing else on the cores)" if report["quiet"] else "a BUSY machine"
+        load = report["load_before"]
+        load = load if isinstance(load, str) else " ".join(f"{x:.2f}" for x in load)
+        lines += [
+            f"## Side by side with the official DreamerV3: `{path.name}`",
+            "",
+            f"{report['date']}, {where}, {quiet}; load average before: {load}. mbrl_jax at "
+            f"{report['mbrl_jax_commit']}, the official DreamerV3 at {report.get('peer', PEER_COMMIT)}, "
+            "each pair one after the other in the same session. Speed: learner updates per second of wall "
+            "time while training, acting included; ratio = mbrl_jax / official (above 1: mbrl_jax faster). "
+            "Memory: peak resident set of the training process; ratio above 1: mbrl_jax uses more. "
+            "Method: " + report["method"],
+            "",
+            *table_lines(report),
+            "",
+        ]
+    return lines
 
 
 def throughput_section(out: Path) -> list[str]:

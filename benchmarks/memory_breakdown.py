@@ -9,7 +9,8 @@ Each preset is measured in a fresh child process, so that its peak RSS is its ow
 2. lowers and compiles the chunk as a run does (`jax.jit(run_chunk, donate_argnums=0)`) and reads
    `memory_analysis()`: arguments (the state), outputs (the new state and metrics), aliased bytes (outputs
    written into donated arguments), temporaries (XLA's scratch for the program, the backward pass's
-   activations among them) and generated code;
+   activations among them) and generated code; then hands the compiler's freed memory back to the OS as
+   the runner does (`release_freed_heap`), noting the resident set before and after;
 3. runs one chunk (`--chunk-steps` env steps: the program's memory does not depend on its length) and takes
    the peak RSS of the process (`ru_maxrss`: import, state, compile and run together);
 4. compiles the learner update alone (`agent.learn` on a replay-sampled batch, the state donated as in the
@@ -80,7 +81,7 @@ def measure(preset: str, chunk_steps: int, rss: bool) -> dict[str, Any]:
     from mbrl_jax.agents.dreamer import make_dreamer
     from mbrl_jax.config import make_config
     from mbrl_jax.envs import env_spec
-    from mbrl_jax.memory import estimate_memory
+    from mbrl_jax.memory import estimate_memory, release_freed_heap
     from mbrl_jax.nets.image import conv_form
     from mbrl_jax.replay import replay_sample
     from mbrl_jax.trainer import make_train
@@ -109,6 +110,8 @@ def measure(preset: str, chunk_steps: int, rss: bool) -> dict[str, Any]:
     result["chunk"] = analysis(chunk)
     if rss:
         result["rss_after_compile_mib"] = rss_mib()
+        release_freed_heap()  # as the runner does after compiling
+        result["rss_after_release_mib"] = rss_mib()
         start = time.perf_counter()
         state, metrics = jax.block_until_ready(chunk(state))
         result["chunk_run_s"] = time.perf_counter() - start
@@ -174,6 +177,7 @@ ROWS = (  # (label, function of a result -> value or None, format)
     ("RSS after import (MiB)", lambda r: r.get("rss_import_mib"), "{:,.0f}"),
     ("RSS after init (MiB)", lambda r: r.get("rss_after_init_mib"), "{:,.0f}"),
     ("RSS after compile (MiB)", lambda r: r.get("rss_after_compile_mib"), "{:,.0f}"),
+    ("RSS after releasing freed heap (MiB)", lambda r: r.get("rss_after_release_mib"), "{:,.0f}"),
     ("peak RSS, compile + 1 chunk (MiB)", lambda r: r.get("peak_rss_mib"), "{:,.0f}"),
     (
         "estimate / peak RSS",

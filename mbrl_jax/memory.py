@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
 GIB = 2**30
 # Resident memory of a CPU process beyond its state and XLA's temporaries: the imported libraries (0.4 GiB)
-# and what XLA's compiler of init and chunk leaves allocated (1.1 GiB for cartpole, 1.6 GiB for rgb64 at
-# size1m and size12m), measured with benchmarks/memory_breakdown.py (results/memory-breakdown-cpu.json). With
-# the activations' estimate 7-12% high there, 1.5 GiB puts the total within 5% of those three peak RSS.
+# and XLA's compiler at work (0.9 GiB for cartpole's chunk, 1.1 GiB for rgb64's; handed back to the OS after
+# compiling, `release_freed_heap`, so a peak of its own before the run: cartpole's peak RSS is its compile),
+# measured with benchmarks/memory_breakdown.py (results/memory-breakdown-cpu.json). 1.5 GiB puts the total
+# 3-16% above the three presets' peak RSS there (cartpole, rgb64,size1m, rgb64,size12m).
 CPU_RUNTIME_BYTES = 3 * GIB // 2
 
 
@@ -128,6 +129,22 @@ def device_memory(device: jax.Device | None = None) -> int | None:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def release_freed_heap() -> bool:
+    """Hands the pages the C allocator holds free back to the OS (glibc's `malloc_trim`). XLA's compiler
+    frees its working memory after a compile (about 1 GiB for the rgb64 chunk), but glibc keeps those pages
+    in the process, where they add to the peak beside the buffers the program allocates when it runs; the
+    runner calls this after compiling. True where it ran; False off glibc (macOS, musl), where it does
+    nothing."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 def replay_step_bytes(config: Config) -> dict[str, int]:

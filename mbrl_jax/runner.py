@@ -39,6 +39,7 @@ from mbrl_jax.config import (
 )
 from mbrl_jax.envs import resolve_loop
 from mbrl_jax.logging import MetricLogger, Progress
+from mbrl_jax.memory import release_freed_heap
 from mbrl_jax.parallel import (
     DIVERGED_FILE,
     SWEEP_FILE,
@@ -321,6 +322,7 @@ def _compile(lowered: list, say) -> list:
     say(f"compiling the training step (first time: about {estimate:.0f} s; {cached})")
     start = time.monotonic()
     compiled = [low.compile() for low in lowered]
+    release_freed_heap()  # the compiler's freed working memory, before the programs allocate theirs
     say(f"compiled in {time.monotonic() - start:.1f} s")
     return compiled
 

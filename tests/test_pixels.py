@@ -18,6 +18,7 @@ from mbrl_jax.nets.image import (
     conv_same,
     conv_transpose_same,
     image_stages,
+    patch_chunk,
 )
 from mbrl_jax.replay import replay_sample
 from mbrl_jax.trainer import episode_returns, make_train
@@ -80,6 +81,45 @@ def test_both_convolution_forms_equal_flax_convolutions(side, size, form):
     kernel, bias = params["params"]["kernel"], params["params"]["bias"]
     assert conv_transpose_same(x, kernel, bias).shape == want.shape
     assert conv_same(x, kernel[..., :3, :], bias, 2).shape == (2, -(-side // 2), -(-side // 2), 5)
+
+
+def test_patch_chunk_takes_the_largest_divisor_that_fits():
+    assert patch_chunk(1024, 300, budget=10**6) == 1024  # 0.3 MB: all at once
+    assert patch_chunk(1024, 300_000, budget=16 * 2**20) == 32  # 55 would fit; 32 divides 1024
+    assert patch_chunk(1040, 300_000, budget=16 * 2**20) == 52
+    assert patch_chunk(7, 300_000, budget=2 * 300_000) == 1  # a prime batch: one image at a time
+    assert patch_chunk(6, 10**9, budget=1) == 1
+
+
+@pytest.mark.parametrize("side", [16, 10])
+def test_chunked_patch_products_equal_flax_convolutions(side, monkeypatch):
+    """Layers whose patch matrices pass `PATCH_BYTES` run over the batch in chunks and rebuild the patches in
+    their backward pass: against flax.linen.Conv and ConvTranspose (XLA's convolution ops), values and
+    gradients of the input and the parameters, with a budget that splits a batch of 6 into chunks of 2."""
+    import flax.linen as nn
+
+    import mbrl_jax.nets.image as image
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, side, side, 3))
+    per_image = {  # bytes of one image's patch matrix: stride-2 5 x 5 layer; sub-pixel 3 x 3 layer
+        "conv": ((side + 1) // 2) ** 2 * 25 * 3 * 4,
+        "transpose": side * side * 9 * 3 * 4,
+    }
+    cases = {
+        "conv": (Conv(5, 5, 2, "patches"), nn.Conv(5, (5, 5), strides=2, padding="SAME")),
+        "transpose": (ConvTranspose(5, 5, "patches"), nn.ConvTranspose(5, (5, 5), (2, 2), padding="SAME")),
+    }
+    for name, (ours, reference) in cases.items():
+        monkeypatch.setattr(image, "PATCH_BYTES", 2 * per_image[name] + 1)  # chunks of 2 images
+        assert patch_chunk(6, per_image[name], image.PATCH_BYTES) == 2
+        params = jax.tree.map(lambda p: p + 0.1, reference.init(jax.random.PRNGKey(1), x))
+        np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-5)
+        loss = lambda module: lambda p, x: (module.apply(p, x) ** 2 * jnp.arange(5.0)).sum()
+        got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+        want = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+        _close(got, want, rel=1e-5)
+        lowered = jax.jit(jax.grad(loss(ours))).lower(params, x).as_text()
+        assert "while" in lowered  # the chunks' loop: the budget did split the batch
 
 
 @pytest.mark.parametrize("form", ["patches", "xla"])

@@ -256,3 +256,30 @@ def test_every_stored_run_folder_still_loads():
     assert len(stored) >= 60
     agents = {config_from_dict(load_config(path.parent)).agent for path in stored}
     assert agents == {"dreamer", "tdmpc2"}
+
+
+def test_peer_section_shows_both_sides_and_their_ratios(tmp_path):
+    """`benchmarks/peer_sidebyside.py`'s JSON as RESULTS.md's table: each side's figures and the ratios
+    mbrl_jax / official, and a pair measured without the peer shown without ratios."""
+    from benchmarks.learning import peer_section
+    from benchmarks.peer_sidebyside import make_pair
+
+    peer = {"updates_per_s": 0.2, "max_rss_mib": 2048.0}
+    report = {
+        "machine": {"device_kind": "cpu", "platform": "cpu", "cpu_count": 2},
+        "date": "2026-12-06",
+        "mbrl_jax_commit": "abc1234",
+        "peer": "danijar/dreamerv3@e3f0224",
+        "quiet": False,
+        "load_before": [2.5, 1.0, 0.5],
+        "method": "how",
+        "pairs": [
+            make_pair("image64", "size1m", peer, {"updates_per_s": 0.5, "max_rss_mib": 1024.0}),
+            make_pair("vector4", "size1m", None, {"updates_per_s": 1.5, "max_rss_mib": 3072.0}),
+        ],
+    }
+    (tmp_path / "peer-sidebyside-cpu-x.json").write_text(json.dumps(report))
+    text = "\n".join(peer_section(tmp_path))
+    assert "a BUSY machine" in text and "load average before: 2.50 1.00 0.50" in text
+    assert "| image64 | size1m | 0.200 | 0.500 | **2.50×** | 2.00 | 1.00 | **0.50×** |" in text
+    assert "| vector4 | size1m | – | 1.500 | – | – | 3.00 | – |" in text

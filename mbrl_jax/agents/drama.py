@@ -33,7 +33,6 @@ The losses are module functions, each callable on its own: `world_model_loss`, `
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -51,14 +50,14 @@ from mbrl_jax.nets.distributions import (
     categorical_kl,
     onehot_categorical,
     straight_through_onehot_sample,
-    symlog,
     twohot_bins,
     twohot_log_prob,
     twohot_mean,
     unimix_logits,
 )
 from mbrl_jax.nets.image import KERNEL, MIN_RES, Conv, ConvTranspose, conv_form, image_stages
-from mbrl_jax.nets.layers import MLP, Head
+from mbrl_jax.nets.layers import Head
+from mbrl_jax.nets.observations import ObservationCoding
 from mbrl_jax.returns import ReturnNorm, return_norm_init, return_scale, update_return_norm
 from mbrl_jax.settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, one_of, setting
 from mbrl_jax.world_models.mamba import Mamba2
@@ -262,7 +261,7 @@ class ActorCriticNet(nn.Module):
         return nn.Dense(self.out, kernel_init=orthogonal_init(1e-3))(x)
 
 
-class WorldModel(nn.Module):
+class WorldModel(ObservationCoding, nn.Module):
     """Drama's world model (module docstring). Observations are dicts: vector keys, concatenated, go through
     a symlog and an MLP (ours: the authors' model takes images only), image keys, concatenated along
     channels, through `ImageEncoder`; the decoders mirror them from z alone."""
@@ -286,24 +285,10 @@ class WorldModel(nn.Module):
     num_bins: int
     unimix: float
 
-    @property
-    def vector_keys(self) -> tuple[str, ...]:
-        return tuple(k for k, shape in self.obs_shapes if len(shape) == 1)
-
-    @property
-    def image_keys(self) -> tuple[str, ...]:
-        return tuple(k for k, shape in self.obs_shapes if len(shape) == 3)
-
     def setup(self):
-        shapes = dict(self.obs_shapes)
-        if self.vector_keys:
-            self.encoder = MLP(self.mlp_units, self.mlp_layers)
-            self.decoder = Head(sum(shapes[k][0] for k in self.vector_keys), self.mlp_units, self.mlp_layers)
-        if self.image_keys:
-            height, width = shapes[self.image_keys[0]][:2]
-            channels = sum(shapes[k][2] for k in self.image_keys)
-            self.image_encoder = ImageEncoder(self.depth, self.conv)
-            self.image_decoder = ImageDecoder((height, width, channels), self.depth, self.conv)
+        self.setup_observation_nets(
+            self.mlp_units, self.mlp_layers, self.mlp_layers, ImageEncoder, ImageDecoder
+        )
         latents = self.stoch * self.classes
         self.post_head = nn.Dense(latents, kernel_init=torch_default_init)
         self.prior_head = nn.Dense(latents, kernel_init=torch_default_init)
@@ -317,25 +302,12 @@ class WorldModel(nn.Module):
         self.term_head = Head(1, self.head_units, self.head_layers)
 
     def encode(self, obs: dict[str, jax.Array], train: bool = False) -> jax.Array:
-        """{key: [..., *shape]} -> [..., embed]."""
-        parts = []
-        if self.vector_keys:
-            parts.append(self.encoder(symlog(jnp.concatenate([obs[k] for k in self.vector_keys], -1))))
-        if self.image_keys:
-            image = jnp.concatenate([obs[k] for k in self.image_keys], -1)
-            parts.append(self.image_encoder(image, train))
-        return jnp.concatenate(parts, -1)
+        """{key: [..., *shape]} -> [..., embed] (mbrl_jax/nets/observations.py)."""
+        return self.encode_observation(obs, train)
 
     def decode(self, z: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         """z [..., S, K] -> {key: prediction}: symlog vectors, images as pixels / 255."""
-        flat, shapes, out = _flat(z), dict(self.obs_shapes), {}
-        if self.vector_keys:
-            sizes = [shapes[k][0] for k in self.vector_keys]
-            out.update(zip(self.vector_keys, _split(self.decoder(flat), sizes), strict=True))
-        if self.image_keys:
-            sizes = [shapes[k][2] for k in self.image_keys]
-            out.update(zip(self.image_keys, _split(self.image_decoder(flat, train), sizes), strict=True))
-        return out
+        return self.decode_observation(_flat(z), train)
 
     def _logits(self, x: jax.Array) -> jax.Array:
         return unimix_logits(x.reshape(*x.shape[:-1], self.stoch, self.classes), self.unimix)
@@ -394,10 +366,6 @@ class WorldModel(nn.Module):
 
 def _flat(z: jax.Array) -> jax.Array:
     return z.reshape(*z.shape[:-2], -1)
-
-
-def _split(x: jax.Array, sizes: list[int]) -> list[jax.Array]:
-    return jnp.split(x, list(itertools.accumulate(sizes))[:-1], -1)
 
 
 # ---- the actor's input normalisation (the authors' VecNormalize) -------------------------------------------

@@ -265,7 +265,8 @@ def activation_floats(config: Config, obs_shapes: dict[str, tuple[int, ...]]) ->
     wm_layers = w.enc_layers + w.dec_layers + 2 * w.head_layers
     imag_layers = 3 * d.ac_layers + 2 * w.head_layers
     per_start = step + 3 * w.units * wm_layers + (d.imag_horizon + 1) * (step + 3 * w.units * imag_layers)
-    return per_start + image_activation_floats(obs_shapes, w.depth, w.conv)
+    images = config.replay.batch_size * config.sample_length  # frames in one update
+    return per_start + image_activation_floats(obs_shapes, w.depth, w.conv, images)
 
 
 def make_networks(config: Config, spec: EnvSpec) -> Networks:

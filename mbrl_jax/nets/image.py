@@ -20,7 +20,13 @@ flax's and against each other, values and gradients):
   loops do not slow down. The transposed convolution is written in its sub-pixel form: one stride-1
   convolution giving each of the 2 x 2 output phases, then depth-to-space, so no multiply is spent on the
   zeros a stride-2 transposed convolution inserts. The price is memory: a k x k patch matrix holds k * k
-  times its input.
+  times its input, and XLA keeps it for the kernel's gradient (a `jax.checkpoint` does not stop that: XLA
+  CPU drops the barrier and merges the recomputation with the forward's). So a layer whose patch matrix
+  would pass `PATCH_BYTES` (the learner's batch at 64 x 64: 300 MiB for the first layer at size1m) runs
+  over the batch in chunks of at most that much (`patch_product`), and its backward pass rebuilds each
+  chunk's patches from the layer's input instead of keeping them: an rgb64,size1m update's temporaries
+  fall from 2.5 to 1.5 GiB at about the same speed. Smaller layers (acting, MinAtar's 10 x 10 grids) are
+  one product, as before.
 - `xla`: XLA's convolution ops (`conv_same_xla`, `conv_transpose_same_xla`), which GPUs (cuDNN) and TPUs (the
   MXU) run natively, without the memory-bound patch copies.
 
@@ -29,6 +35,9 @@ the networks are built.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -43,6 +52,7 @@ MULTS = (2, 3, 4, 4)
 KERNEL = 5
 CONV_FORMS = ("patches", "xla")  # what `wm.conv` resolves to; "auto" picks one per backend
 _NHWC = ("NHWC", "HWIO", "NHWC")  # flax's layouts: images NHWC, kernels HWIO
+PATCH_BYTES = 16 * 2**20  # the largest patch matrix built at once (module docstring)
 
 
 def conv_form(setting: str, backend: str | None = None) -> str:
@@ -101,12 +111,63 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def patch_chunk(images: int, bytes_per_image: int, budget: int) -> int:
+    """How many images of a batch of `images` one patch product takes at once: all of them where their
+    patches fit in `budget` bytes, else the largest divisor of `images` whose patches do (at least 1)."""
+    if images * bytes_per_image <= budget:
+        return images
+    fits = max(budget // bytes_per_image, 1)
+    return max(c for c in range(1, min(fits, images) + 1) if images % c == 0)
+
+
+def patch_product(
+    x: jax.Array, weights: jax.Array, patches: Callable[[jax.Array], jax.Array], budget: int | None = None
+) -> jax.Array:
+    """`patches(x) @ weights` for a batch `x` [N, ...] (`patches` maps images to their patch matrices, each
+    image's on its own). Where the batch's patches would pass `budget` bytes (`PATCH_BYTES`), the product runs
+    over chunks of images (`patch_chunk`) and the backward pass rebuilds each chunk's patches from `x` (module
+    docstring)."""
+    budget = PATCH_BYTES if budget is None else budget
+    n = x.shape[0]
+    shape = jax.eval_shape(patches, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+    chunk = patch_chunk(n, math.prod(shape.shape) * shape.dtype.itemsize, budget)
+    if chunk == n:
+        return patches(x) @ weights
+
+    def chunks(a: jax.Array) -> jax.Array:
+        return a.reshape(n // chunk, chunk, *a.shape[1:])
+
+    @jax.custom_vjp
+    def product(x, weights):
+        y = lax.map(lambda xs: patches(xs) @ weights, chunks(x))
+        return y.reshape(n, *y.shape[2:])
+
+    def forward(x, weights):
+        return product(x, weights), (x, weights)
+
+    def backward(residuals, grad):
+        x, weights = residuals
+
+        def chunk_grads(grad_weights, xs_and_grads):
+            xs, grads = xs_and_grads
+            p, patches_vjp = jax.vjp(patches, xs)
+            grad_weights = grad_weights + p.reshape(-1, p.shape[-1]).T @ grads.reshape(-1, grads.shape[-1])
+            return grad_weights, patches_vjp(grads @ weights.T)[0]
+
+        grad_weights, grad_x = lax.scan(chunk_grads, jnp.zeros_like(weights), (chunks(x), chunks(grad)))
+        return grad_x.reshape(x.shape), grad_weights
+
+    product.defvjp(forward, backward)
+    return product(x, weights)
+
+
 def conv_same(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
     """`lax.conv_general_dilated(x, kernel, (stride, stride), "SAME")` + bias for NHWC `x` and a square HWIO
-    `kernel`, as one matrix product of patches (module docstring). Height and width must be equal."""
+    `kernel`, as a matrix product of patches (module docstring). Height and width must be equal."""
     size = kernel.shape[0]
-    patches = _patches(x, size, stride, _same_padding(x.shape[1], size, stride))
-    return patches @ kernel.reshape(-1, kernel.shape[-1]) + bias
+    pad = _same_padding(x.shape[1], size, stride)
+    weights = kernel.reshape(-1, kernel.shape[-1])
+    return patch_product(x, weights, lambda x: _patches(x, size, stride, pad)) + bias
 
 
 def _subpixel_taps(size: int) -> tuple[np.ndarray, int]:
@@ -137,8 +198,9 @@ def conv_transpose_same(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax
     padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # index `size`: the zero tap
     phase = padded[table][:, :, table]  # [2 (row phase), taps, 2 (column phase), taps, C, F]
     phase = phase.transpose(1, 3, 4, 0, 2, 5).reshape(taps, taps, kernel.shape[2], 4 * features)
-    patches = _patches(x, taps, 1, (-low, taps - 1 + low))
-    y = patches @ phase.reshape(-1, 4 * features)  # [N, H, W, (row phase, column phase, F)]
+    pad = (-low, taps - 1 + low)
+    # [N, H, W, (row phase, column phase, F)]
+    y = patch_product(x, phase.reshape(-1, 4 * features), lambda x: _patches(x, taps, 1, pad))
     n, height, width, _ = y.shape
     y = y.reshape(n, height, width, 2, 2, features).transpose(0, 1, 3, 2, 4, 5)
     return y.reshape(n, 2 * height, 2 * width, features) + bias
@@ -160,30 +222,40 @@ _CONV = {"patches": conv_same, "xla": conv_same_xla}
 _CONV_TRANSPOSE = {"patches": conv_transpose_same, "xla": conv_transpose_same_xla}
 
 
-def image_activation_floats(obs_shapes: dict[str, tuple[int, ...]], depth: int, conv: str) -> int:
-    """float32 values the image encoder and decoder hold per replayed step for one update (for memory
-    estimates): each stage's feature map about 18 times (convolution, norm and activation, forward and
-    backward, on both sides), the image about 4 times (input, prediction, error), and in the patch form
-    (`conv`) every layer's patch matrix, which XLA keeps for the kernel's gradient (a `jax.checkpoint` does
-    not stop it: XLA CPU drops the barrier and merges the recomputation with the forward's), with 20% for the
-    largest layer's patch gradient and window copies. Fitted to XLA's temporaries of the two networks'
-    gradient at 64 x 64 x 3, depths 4 and 16: 8% high without the patches, 2-8% high with them."""
-    images = [shape for shape in obs_shapes.values() if len(shape) == 3]
-    if not images:
+def image_activation_floats(
+    obs_shapes: dict[str, tuple[int, ...]], depth: int, conv: str, images: int = 1
+) -> int:
+    """float32 values the image encoder and decoder hold per replayed step for one update of `images` frames
+    (for memory estimates): each stage's feature map about 18 times (convolution, norm and activation,
+    forward and backward, on both sides), the image about 4 times (input, prediction, error), and in the
+    patch form (`conv`) the patch matrices: those of a layer that is one product (`patch_product`) are kept
+    for the kernel's gradient, with 20% for the largest layer's patch gradient and window copies; a layer
+    run in chunks holds about 3 chunks' patches at a time (patches, their gradient, a copy), counted once
+    per update. Fitted to XLA's temporaries of the two networks' gradient at 64 x 64 x 3, depths 4 and 16,
+    and of the learner update at rgb64,size1m (benchmarks/memory_breakdown.py)."""
+    images_shapes = [shape for shape in obs_shapes.values() if len(shape) == 3]
+    if not images_shapes:
         return 0
-    height, width = images[0][:2]
-    pixels = sum(h * w * c for h, w, c in images)
+    height, width = images_shapes[0][:2]
+    pixels = sum(h * w * c for h, w, c in images_shapes)
     depths = image_depths(height, width, depth)
     sides = [(height >> (i + 1)) * (width >> (i + 1)) for i in range(len(depths))]  # positions per stage
     maps = sum(s * d for s, d in zip(sides, depths, strict=True))
     floats = 18 * maps + 4 * pixels
     if conv_form(conv) == "patches":
         taps = _subpixel_taps(KERNEL)[0].shape[1]  # the decoder's sub-pixel kernel side
-        inputs = [sum(c for *_, c in images), *depths[:-1]]  # channels into each encoder stage
-        encoder = sum(s * KERNEL * KERNEL * c for s, c in zip(sides, inputs, strict=True))
+        inputs = [sum(c for *_, c in images_shapes), *depths[:-1]]  # channels into each encoder stage
+        encoder = [s * KERNEL * KERNEL * c for s, c in zip(sides, inputs, strict=True)]
         # the decoder's transposed convolutions read every stage's map, the smallest from its `space` layer
-        decoder = sum(s * taps * taps * d for s, d in zip(sides, depths, strict=True))
-        floats += (12 * (encoder + decoder)) // 10
+        decoder = [s * taps * taps * d for s, d in zip(sides, depths, strict=True)]
+        kept, chunk_floats = 0, 0
+        for per_image in encoder + decoder:  # patch floats of one image, per layer
+            chunk = patch_chunk(images, 4 * per_image, PATCH_BYTES)
+            if chunk == images:
+                kept += per_image
+            else:
+                chunk_floats = max(chunk_floats, chunk * per_image)
+        floats += (12 * kept) // 10 + (3 * chunk_floats) // images
     return floats
 
 

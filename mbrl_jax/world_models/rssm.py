@@ -12,7 +12,6 @@ than twice per step. `Latent.deter` is [..., D] wherever a Latent leaves this mo
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ from mbrl_jax.errors import ConfigError, did_you_mean
 from mbrl_jax.nets.distributions import straight_through_onehot_sample, symlog, unimix_logits
 from mbrl_jax.nets.image import ImageDecoder, ImageEncoder, image_target
 from mbrl_jax.nets.layers import MLP, Head, dense_init
+from mbrl_jax.nets.observations import ObservationCoding
 from mbrl_jax.settings import (
     NON_NEGATIVE,
     POSITIVE,
@@ -163,19 +163,13 @@ def mask_loop(latent: Latent, keep: jax.Array) -> Latent:
     )
 
 
-def _split_last(x: jax.Array, sizes: list[int]) -> list[jax.Array]:
-    """x [..., sum(sizes)] -> pieces [..., size] along the last axis, in order."""
-    return jnp.split(x, list(itertools.accumulate(sizes))[:-1], -1)
-
-
-class WorldModel(nn.Module):
+class WorldModel(ObservationCoding, nn.Module):
     """Encoder, RSSM and heads around a sequence backbone `core` (mbrl_jax/world_models/backbone.py), whose
     state the prior and posterior layers read in the backbone's layout.
 
-    Observations are dicts (mbrl_jax/envs/base.py): the vector keys, concatenated, go through a symlog and an
-    MLP, the image keys, concatenated along channels, through the image encoder (mbrl_jax/nets/image.py);
-    the embedding is both side by side. The decoder mirrors it: an MLP head predicts the symlogged vectors
-    and the image decoder the pixels / 255.
+    Observations are dicts (mbrl_jax/envs/base.py), encoded and decoded as DreamerV3 does
+    (`ObservationCoding`, mbrl_jax/nets/observations.py) with DreamerV3's image networks
+    (mbrl_jax/nets/image.py); the decoder reads (h, z).
 
     A parallel backbone (`core.parallel`: Mamba, as in Drama and STORM) changes two things: the posterior
     reads the observation's embedding alone, so every z_t of a window is known before the backbone runs,
@@ -198,24 +192,8 @@ class WorldModel(nn.Module):
     num_bins: int
     unimix: float
 
-    @property
-    def vector_keys(self) -> tuple[str, ...]:
-        return tuple(k for k, shape in self.obs_shapes if len(shape) == 1)
-
-    @property
-    def image_keys(self) -> tuple[str, ...]:
-        return tuple(k for k, shape in self.obs_shapes if len(shape) == 3)
-
     def setup(self):
-        shapes = dict(self.obs_shapes)
-        if self.vector_keys:
-            self.encoder = MLP(self.units, self.enc_layers)
-            self.decoder = Head(sum(shapes[k][0] for k in self.vector_keys), self.units, self.dec_layers)
-        if self.image_keys:
-            height, width = shapes[self.image_keys[0]][:2]
-            channels = sum(shapes[k][2] for k in self.image_keys)
-            self.image_encoder = ImageEncoder(self.depth, self.conv)
-            self.image_decoder = ImageDecoder((height, width, channels), self.depth, self.conv)
+        self.setup_observation_nets(self.units, self.enc_layers, self.dec_layers, ImageEncoder, ImageDecoder)
         if self.parallel:
             self.core_in = nn.Dense(self.deter, kernel_init=dense_init)
         self.prior_net = MLP(self.hidden, 2)  # "imglayers" = 2 in the reference
@@ -235,24 +213,12 @@ class WorldModel(nn.Module):
         return latent.replace(core=self.core.initial_state(batch_shape)) if self.parallel else latent
 
     def encode(self, obs: dict[str, jax.Array]) -> jax.Array:
-        """{key: [..., *shape]} -> [..., embed]; vector observations are squashed with symlog first."""
-        parts = []
-        if self.vector_keys:
-            parts.append(self.encoder(symlog(jnp.concatenate([obs[k] for k in self.vector_keys], -1))))
-        if self.image_keys:
-            parts.append(self.image_encoder(jnp.concatenate([obs[k] for k in self.image_keys], -1)))
-        return jnp.concatenate(parts, -1)
+        """{key: [..., *shape]} -> [..., embed] (mbrl_jax/nets/observations.py)."""
+        return self.encode_observation(obs)
 
     def decode(self, feat: jax.Array) -> dict[str, jax.Array]:
         """feat [..., F] -> {key: prediction}: symlog vectors, images as pixels / 255 in [0, 1]."""
-        shapes, out = dict(self.obs_shapes), {}
-        if self.vector_keys:
-            sizes = [shapes[k][0] for k in self.vector_keys]
-            out.update(zip(self.vector_keys, _split_last(self.decoder(feat), sizes), strict=True))
-        if self.image_keys:
-            sizes = [shapes[k][2] for k in self.image_keys]
-            out.update(zip(self.image_keys, _split_last(self.image_decoder(feat), sizes), strict=True))
-        return out
+        return self.decode_observation(feat)
 
     def _logits(self, x: jax.Array) -> jax.Array:
         x = x.reshape(*x.shape[:-1], self.stoch, self.classes)

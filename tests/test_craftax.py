@@ -21,7 +21,7 @@ PIXELS = "craftax:Craftax-Classic-Pixels-v1"
 # (a training chunk holds two, its init one), so the default suite checks the adapter, the pixels and the
 # metrics without training, and the runs (a symbolic run that resumes exactly, a two-seed sweep against its
 # single runs, a pixel run that resumes exactly) and vmapped envs are opt-in: MBRL_JAX_TEST_CRAFTAX_RUNS=1
-# (about 6 minutes more with an empty compilation cache).
+# (about 11 minutes more on a shared 2-core CPU, most of it compiling the pixel run and the sweep).
 full_runs = pytest.mark.skipif(
     os.environ.get("MBRL_JAX_TEST_CRAFTAX_RUNS") != "1",
     reason="trains more craftax programs (minutes to compile); set MBRL_JAX_TEST_CRAFTAX_RUNS=1",
@@ -222,7 +222,7 @@ def test_pixel_run_resumes_exactly(tmp_path):
 def test_the_report_section_means_the_seeds_last_evaluations(tmp_path):
     import json
 
-    from benchmarks.craftax import craftax_section
+    from benchmarks.craftax_baseline import craftax_section
 
     def record(steps, wood, score):
         rates = {"eval_achievement/collect_wood": wood, "eval_achievement/place_table": 0.0}

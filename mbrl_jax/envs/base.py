@@ -33,9 +33,9 @@ class EnvConfig:
     num_envs: int = setting(4, "envs stepped in parallel on the device", POSITIVE)
     loop: str = setting(
         "auto",
-        "what drives the envs: 'compiled' (act, env step and learn in one compiled chunk: gymnax, envpool "
-        "through its XLA interface), 'host' (env steps in Python: Gymnasium, envpool on TPU or with 64-bit "
-        "arrays), or 'auto' (compiled wherever it works)",
+        "what drives the envs: 'compiled' (act, env step and learn in one compiled chunk: gymnax, craftax, "
+        "envpool through its XLA interface), 'host' (env steps in Python: Gymnasium, envpool on TPU or with "
+        "64-bit arrays), or 'auto' (compiled wherever it works)",
         one_of("auto", "compiled", "host"),
     )
     sticky_actions: float = setting(

@@ -1,6 +1,6 @@
 """Craftax figures that need no training, and the RESULTS.md section that reads them beside the runs.
 
-    python benchmarks/craftax.py --num-envs 1,16 --episodes 100 --out benchmarks/results/craftax-cpu.json
+    python benchmarks/craftax_baseline.py --episodes 100 --out benchmarks/results/craftax-cpu.json
 
 Measures on the first device: the envs' own speed (`env_steps_per_s`: env steps/s of a jitted `lax.scan` of
 `--steps` steps with uniformly random actions, no policy, best of 3 calls after a compiling one, per
@@ -159,7 +159,7 @@ def craftax_section(out: Path, runs: dict[str, list[Path]]) -> list[str]:
         "Success rate (%) of each achievement: the share of evaluation episodes that unlocked it, at a run's "
         "last evaluation, mean over seeds; score: Crafter's score, exp(mean ln(1 + s_i)) - 1 over the rates "
         "s_i in percent (Hafner, 2021). Random policy: uniformly random actions, every episode run to its "
-        "end (`benchmarks/craftax.py`).",
+        "end (`benchmarks/craftax_baseline.py`).",
         "",
     ]
     if columns:

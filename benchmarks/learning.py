@@ -483,6 +483,11 @@ def write_results(summaries: list[dict], out: Path, results_md: Path, command: s
             f"![{s['task']}]({os.path.relpath(plot, results_md.parent)})",
             "",
         ]
+    from benchmarks.craftax_baseline import craftax_section
+
+    lines += craftax_section(
+        out, {s["task"]: list(task_runs(out / "runs", s["task"]).values()) for s in summaries}
+    )
     lines += peer_section(out)
     lines += throughput_section(out)
     lines += scaling_section(out, results_md)

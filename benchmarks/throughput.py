@@ -599,6 +599,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peak-size", type=int, default=2048, help="matmul size for the f32 peak")
     parser.add_argument("--out", help="also write the JSON object to this file")
     parser.add_argument(
+        "--note",
+        help="stored as given with each result, e.g. whether the machine was shared (RESULTS.md shows it)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="add a profile of one learner update: XLA ops ranked by time"
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every preset")
@@ -637,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         figures = measure(config, args.updates, args.chunks, args.act_steps, peak, act_num_envs=act_num_envs)
         result = {"preset": name, **figures}
+        if args.note:
+            result["note"] = args.note
         if args.profile:
             result["profile"] = profile_markdown(profile_update(config))
             print(result["profile"], file=sys.stderr)

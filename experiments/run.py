@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--env",
         action=_Field,
-        help="gymnax env id, e.g. CartPole-v1, or gymnasium:<id> for a Gymnasium env (the field env.name)",
+        help="gymnax env id, e.g. CartPole-v1, craftax:<id> (craftax:Craftax-Classic-Symbolic-v1), or "
+        "gymnasium:<id> for a Gymnasium env (the field env.name)",
     )
     parser.add_argument(
         "--preset",

@@ -204,6 +204,7 @@ def make_host_train(config: Config) -> HostTrainer:
             evaluated = bool(plan.evaluate)
         eval_return = jnp.float32(evaluate(state.agent, k_eval) if evaluated else 0.0)
         episodes = (np.asarray(count), np.asarray(ret_sum), np.asarray(len_sum))
-        return state, chunk_metrics(c, state, metrics, episodes, eval_return, jnp.bool_(evaluated))
+        evaluation = {"eval_return": eval_return}
+        return state, chunk_metrics(c, state, metrics, episodes, evaluation, jnp.bool_(evaluated))
 
     return HostTrainer(c, env, eval_env, init, run_chunk, evaluate, abstract_state)

@@ -22,7 +22,7 @@ from flax import struct
 
 from mbrl_jax.agents import env_action, make_agent, random_action
 from mbrl_jax.config import Config, ReplayConfig
-from mbrl_jax.envs import TimeStep, VecEnv, is_envpool, make_env
+from mbrl_jax.envs import TimeStep, VecEnv, crafter_score, is_envpool, make_env
 from mbrl_jax.envs.envpool_env import per_seed
 from mbrl_jax.replay import (
     Replay,
@@ -80,7 +80,16 @@ def replay_row(ts: TimeStep, prev_action: jax.Array, context: dict) -> dict:
 def episode_returns(
     env: VecEnv, act: Callable, carry: Any, key: jax.Array, max_steps: int | None = None
 ) -> jax.Array:
-    """The return of the first episode in each of `env`'s N envs, all run in parallel from a reset.
+    """The return of the first episode in each of `env`'s N envs, all run in parallel from a reset: the
+    first output of `episode_outcomes`, whose docstring says more."""
+    return episode_outcomes(env, act, carry, key, max_steps)[0]
+
+
+def episode_outcomes(
+    env: VecEnv, act: Callable, carry: Any, key: jax.Array, max_steps: int | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """The return of the first episode in each of `env`'s N envs, all run in parallel from a reset, and the
+    achievements it unlocked (`env.achievements`; none for most envs).
 
     Args:
       env: N batched envs.
@@ -90,27 +99,34 @@ def episode_returns(
       key: split into a reset key and, per step, one key for `act` and one for the env.
       max_steps: env steps to run at most; None runs `max_episode_steps + 1` steps, so every episode ends.
     Returns:
-      [N] float32. Steps after an env's first episode ends do not count; an episode cut by `max_steps`
-      counts the rewards it got so far.
+      [N] float32 returns and [N, K] bool achievements (K = len(env.achievement_names), often 0). Steps
+      after an env's first episode ends do not count; an episode cut by `max_steps` counts the rewards it
+      got and the achievements it unlocked so far.
     """
     spec = env.spec
     k_reset, k_loop = jax.random.split(key)
     env_state, ts = env.reset(k_reset)
     n = env.num_envs
+    tracked = bool(env.achievement_names)  # else the loop stays as it was before achievements existed
 
     def step(loop, key_t):
-        env_state, ts, carry, prev_action, ret, finished = loop
+        env_state, ts, carry, prev_action, ret, finished, *unlocked = loop
         k_act, k_env = jax.random.split(key_t)
         action, carry = act(carry, ts.obs, prev_action, ts.is_first, k_act)
         env_state, ts = env.step(env_state, env_action(spec, action), k_env)
         ret = jnp.where(finished, ret, ts.episode_return)
+        if tracked:  # kept from the step that ends the episode: the next one resets the env's state
+            unlocked = [jnp.where(finished[:, None], unlocked[0], env.achievements(env_state))]
         finished = finished | ts.is_last
-        return (env_state, ts, carry, action, ret, finished), None
+        return (env_state, ts, carry, action, ret, finished, *unlocked), None
 
     init = (env_state, ts, carry, jnp.zeros((n, spec.action_dim)), jnp.zeros(n), jnp.zeros(n, bool))
+    if tracked:
+        init = (*init, env.achievements(env_state))
     steps = spec.max_episode_steps + 1 if max_steps is None else min(max_steps, spec.max_episode_steps + 1)
-    (_, ts, _, _, ret, finished), _ = jax.lax.scan(step, init, jax.random.split(k_loop, steps))
-    return jnp.where(finished, ret, ts.episode_return)
+    (_, ts, _, _, ret, finished, *unlocked), _ = jax.lax.scan(step, init, jax.random.split(k_loop, steps))
+    achievements = unlocked[0] if tracked else jnp.zeros((n, 0), bool)
+    return jnp.where(finished, ret, ts.episode_return), achievements
 
 
 def smoothed_window_rewards(replay: Replay, index: ReplayIndex, r: ReplayConfig) -> jax.Array:
@@ -233,10 +249,11 @@ def policy_action(agent: Any, state: TrainState) -> tuple[TrainState, jax.Array,
 
 
 def chunk_metrics(
-    c: Config, state: TrainState, metrics: dict, episodes: tuple, eval_return, evaluated
+    c: Config, state: TrainState, metrics: dict, episodes: tuple, evaluation: dict, evaluated
 ) -> dict:
-    """A chunk's metrics dict (see `make_train`) from per-iteration learner metrics [I] (or their means, [])
-    and episode statistics (count, return sum, length sum)."""
+    """A chunk's metrics dict (see `make_train`) from per-iteration learner metrics [I] (or their means, []),
+    episode statistics (count, return sum, length sum) and the evaluation's metrics (`eval_return`, and on
+    envs with achievements their success rates, `evaluation_metrics`)."""
     count, ret_sum, len_sum = episodes
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics.update(
@@ -245,10 +262,21 @@ def chunk_metrics(
         episodes=count.sum(),
         episode_return_sum=ret_sum.sum(),
         episode_length_sum=len_sum.sum().astype(jnp.float32),
-        eval_return=eval_return,
+        **evaluation,
         evaluated=evaluated,
     )
     return metrics
+
+
+ACHIEVEMENT_PREFIX = "eval_achievement/"
+
+
+def evaluation_metrics(names: tuple[str, ...], returns: jax.Array, achievements: jax.Array) -> dict:
+    """An evaluation's metrics from its episodes' returns [N] and achievements [N, K] (K = len(names)):
+    `eval_return`, the mean return, and per achievement `eval_achievement/<name>`, the percentage of the
+    episodes that unlocked it (Crafter's success rate; only where the env has achievements)."""
+    rates = 100.0 * jnp.mean(achievements.astype(jnp.float32), axis=0)
+    return {"eval_return": returns.mean(), **{ACHIEVEMENT_PREFIX + k: rates[i] for i, k in enumerate(names)}}
 
 
 # Folded into the key that would have been split at a chunk's end when the chunk is cut short of the chunk
@@ -309,7 +337,8 @@ def make_train(
         every chunk is whole and the `num_chunks`-th is the last. `metrics` is a dict of scalar arrays:
         the learner's losses and statistics averaged over the chunk's iterations, `env_steps` and
         `updates` (totals so far), `episodes` (episodes ended in the chunk) with `episode_return_sum` and
-        `episode_length_sum` over them, `eval_return` and `evaluated` (whether this chunk ended with an
+        `episode_length_sum` over them, `eval_return` (and `eval_achievement/<name>` on envs with
+        achievements, `evaluation_metrics`) and `evaluated` (whether this chunk ended with an
         evaluation: every `chunks_per_eval`-th chunk, and the last); `summarize_chunk` turns it into plain
         numbers.
       evaluate: `(AgentState, key) -> []` float32, the mean return of `eval_episodes` episodes with the
@@ -372,25 +401,35 @@ def make_train(
         return state, (jax.tree.map(jnp.mean, metrics), episodes)
 
     def evaluator(eval_env: VecEnv) -> Callable:
-        def evaluate(agent_state, key) -> jax.Array:
-            """Mean return of `eval_episodes` episodes run in parallel (actions by `run.eval_policy`)."""
+        def evaluate_all(agent_state, key) -> dict:
+            """`evaluation_metrics` of `eval_episodes` episodes run in parallel (actions by
+            `run.eval_policy`)."""
             use_mode = c.run.eval_policy == "mode"
 
             def act(policy, obs, prev_action, is_first, key_t):
                 return agent.act(agent_state, policy, obs, prev_action, is_first, key_t, mode=use_mode)
 
             carry = agent.initial_carry(c.run.eval_episodes)
-            return episode_returns(eval_env, act, carry, key, c.run.eval_steps or None).mean()
+            returns, achievements = episode_outcomes(eval_env, act, carry, key, c.run.eval_steps or None)
+            return evaluation_metrics(eval_env.achievement_names, returns, achievements)
 
-        return evaluate
+        return evaluate_all
 
-    evaluate = evaluator(eval_env)
+    evaluate_all = evaluator(eval_env)
+
+    def evaluate(agent_state, key) -> jax.Array:
+        """Mean return of `eval_episodes` episodes run in parallel (actions by `run.eval_policy`)."""
+        return evaluate_all(agent_state, key)["eval_return"]
+
     if pooled:  # each seed's evaluation steps its own pool, inside one cond taken outside the seed vmap
         evaluate_when = per_seed([evaluator(pool) for pool in eval_env.pools], when=True)
     else:
 
         def evaluate_when(evaluated, agent_state, key):
-            return jax.lax.cond(evaluated, evaluate, lambda *_: jnp.float32(0.0), agent_state, key)
+            def skip(*_):
+                return jax.tree.map(jnp.zeros_like, jax.eval_shape(evaluate_all, agent_state, key))
+
+            return jax.lax.cond(evaluated, evaluate_all, skip, agent_state, key)
 
     def skipped_iteration(state: TrainState, _):
         out = jax.eval_shape(iteration, state, None)[1]
@@ -422,8 +461,8 @@ def make_train(
             k_eval = jnp.where(plan.boundary, k_eval, jax.random.fold_in(state.key, CUT_EVAL_KEY))
             evaluated = plan.evaluate
         state = state.replace(key=key)
-        eval_return = evaluate_when(evaluated, state.agent, k_eval)
-        return state, chunk_metrics(c, state, metrics, episodes, eval_return, evaluated)
+        evaluation = evaluate_when(evaluated, state.agent, k_eval)
+        return state, chunk_metrics(c, state, metrics, episodes, evaluation, evaluated)
 
     def restart(state: TrainState) -> TrainState:
         env_state, timestep = env.reset(jax.random.fold_in(state.key, state.env_steps))
@@ -443,12 +482,18 @@ def summarize_chunk(raw: dict) -> dict:
 
     Episode statistics come out of the chunk as sums and a count; their means are defined only when an
     episode ended in the chunk, so `episode_return` / `episode_length` are absent otherwise (never NaN);
-    `eval_return` is absent after chunks without an evaluation (`run.eval_every`).
+    `eval_return` (and on envs with achievements `eval_achievement/<name>`, with `eval_crafter_score` from
+    them) is absent after chunks without an evaluation (`run.eval_every`).
     """
     out = {k: np.asarray(v).item() for k, v in jax.device_get(raw).items()}
     ret_sum, len_sum = out.pop("episode_return_sum"), out.pop("episode_length_sum")
+    rates = [k for k in out if k.startswith(ACHIEVEMENT_PREFIX)]
     if not out.pop("evaluated", True):  # no evaluation after this chunk (run.eval_every)
         out.pop("eval_return")
+        for k in rates:
+            out.pop(k)
+    elif rates:
+        out["eval_crafter_score"] = crafter_score([out[k] for k in rates])
     for key in ("env_steps", "updates", "episodes"):
         out[key] = int(out[key])
     if out["episodes"] > 0:

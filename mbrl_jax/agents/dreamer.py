@@ -109,6 +109,14 @@ CLASSIC: dict[str, Any] = {
     "optim.warmup": 100,
 }
 
+CRAFTAX: dict[str, Any] = {
+    "env.name": "craftax:Craftax-Classic-Symbolic-v1",
+    "env.num_envs": 1,
+    "run.steps": 1_000_000,
+    "run.eval_every": 50_000,
+    "replay.train_ratio": 512.0,
+}
+
 DREAMER_PRESETS: dict[str, dict[str, Any]] = {
     "classic": CLASSIC,
     "cartpole": {**CLASSIC, "env.name": "CartPole-v1"},
@@ -158,6 +166,13 @@ DREAMER_PRESETS: dict[str, dict[str, Any]] = {
         "run.eval_episodes": 100,
         "replay.train_ratio": 256.0,
     },
+    # Craftax-Classic (Crafter in JAX, on device; README "Craftax"): DreamerV3's `crafter` settings (its
+    # configs.yaml: one env, train ratio 512; it sets no model size, so the default model here too) and
+    # Crafter's budget of 1M env steps (the official config runs 1.1M). Symbolic observations (a 1,345-float
+    # vector); `craftax-pixels` takes the 64 x 64 RGB frames that DreamerV3 trains Crafter on. Evaluations
+    # run whole episodes (up to 10,000 steps), so every 50k steps; they report Crafter's achievements.
+    "craftax": CRAFTAX,
+    "craftax-pixels": {**CRAFTAX, "env.name": "craftax:Craftax-Classic-Pixels-v1"},
     # Tiny settings for tests and smoke runs: compiles fast, learns nothing in particular.
     "debug": {
         "run.steps": 2_000,

@@ -1,8 +1,9 @@
 """Batched envs: one interface (`VecEnv`, `TimeStep`, `EnvSpec`) and its adapters.
 
-gymnax ids ("CartPole-v1") are on-device `VecEnv`s. "gymnasium:<id>" and "envpool:<task_id>" names are host
-envs: simulated on the host, so never vmapped over seeds or split over devices. Which loop drives an env is
-`env.loop` (`resolve_loop`): the compiled loop takes `VecEnv`s (gymnax, and envpool through its XLA
+gymnax ids ("CartPole-v1") and craftax names ("craftax:Craftax-Classic-Symbolic-v1") are on-device `VecEnv`s.
+"gymnasium:<id>" and "envpool:<task_id>" names are host envs: simulated on the host, so never vmapped over
+seeds or split over devices. Which loop drives an env is
+`env.loop` (`resolve_loop`): the compiled loop takes `VecEnv`s (gymnax, craftax, and envpool through its XLA
 interface, `EnvpoolXlaVecEnv`); the host loop (`mbrl_jax.host_loop`) takes `HostVecEnv`s (`GymnasiumVecEnv`,
 `EnvpoolVecEnv`).
 """
@@ -11,6 +12,7 @@ import contextlib
 import shlex
 
 from mbrl_jax.envs.base import EnvConfig, EnvSpec, EnvState, TimeStep, VecEnv, first_timestep, rescale_action
+from mbrl_jax.envs.craftax_env import CraftaxVecEnv, crafter_score, is_craftax, unknown_craftax_env
 from mbrl_jax.envs.envpool_env import (
     EnvpoolState,
     EnvpoolVecEnv,
@@ -61,8 +63,9 @@ def resolve_loop(name: str, loop: str = "auto") -> str:
             )
         return "host"
     if loop == "host":
+        kind = "craftax" if is_craftax(name) else "gymnax"
         raise ConfigError(
-            f"env.loop=host with env.name={name!r}: a gymnax env runs on device, in the compiled loop; "
+            f"env.loop=host with env.name={name!r}: a {kind} env runs on device, in the compiled loop; "
             "allowed: env.loop=auto or compiled (the host loop is for 'gymnasium:' and 'envpool:' envs)"
         )
     return "compiled"
@@ -88,6 +91,9 @@ def make_env(
         raise ConfigError(
             f"env.name={name!r} is a Gymnasium env: only the host loop drives it (make_host_env)"
         )
+    if is_craftax(name):
+        with missing_package_as_config_error(name):
+            return CraftaxVecEnv(name, num_envs)
     return make_gymnax_env(name, num_envs)
 
 
@@ -103,6 +109,11 @@ def env_spec(name: str, action_repeat: int = 1) -> EnvSpec:
         from mbrl_jax.envs.envpool_env import env_spec as envpool_env_spec
 
         return envpool_env_spec(name, action_repeat)
+    if is_craftax(name):
+        from mbrl_jax.envs.craftax_env import env_spec as craftax_env_spec
+
+        with missing_package_as_config_error(name):
+            return craftax_env_spec(name)
     return gymnax_env_spec(name)
 
 
@@ -128,11 +139,16 @@ def check_env_settings(env: EnvConfig, devices: int) -> None:
                 f"run.devices={devices} with env.name={env.name!r}: a host env is one "
                 "set of envs on the host, which feeds one device; allowed: run.devices=1"
             )
+    elif is_craftax(env.name):
+        reason = unknown_craftax_env(env.name)
+        if reason is not None:
+            raise ConfigError(reason)
     elif env.name not in list_envs():
         hint = did_you_mean(env.name, list_envs())
         raise ConfigError(
-            f"env.name={env.name!r} is not a known gymnax env{hint} (host envs: "
-            "'gymnasium:<id>', e.g. 'gymnasium:CartPole-v1', or 'envpool:<task_id>')"
+            f"env.name={env.name!r} is not a known gymnax env{hint} (craftax envs: 'craftax:<id>', e.g. "
+            "'craftax:Craftax-Classic-Symbolic-v1'; host envs: 'gymnasium:<id>', e.g. "
+            "'gymnasium:CartPole-v1', or 'envpool:<task_id>')"
         )
 
 
@@ -172,6 +188,7 @@ def missing_package_as_config_error(name: str):
 
 
 __all__ = [
+    "CraftaxVecEnv",
     "EnvConfig",
     "EnvSpec",
     "check_env_settings",
@@ -187,8 +204,10 @@ __all__ = [
     "HostVecEnv",
     "TimeStep",
     "VecEnv",
+    "crafter_score",
     "env_spec",
     "first_timestep",
+    "is_craftax",
     "is_envpool_atari",
     "is_envpool_dmc",
     "is_host_env",

@@ -27,14 +27,15 @@ EnvState = Any  # adapter-specific pytree, batched over envs
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
     name: str = setting(
-        "CartPole-v1", "gymnax env id (on device), or 'gymnasium:<id>' / 'envpool:<task_id>' (host envs)"
+        "CartPole-v1",
+        "gymnax env id or 'craftax:<id>' (on device), or 'gymnasium:<id>' / 'envpool:<task_id>' (host envs)",
     )
     num_envs: int = setting(4, "envs stepped in parallel on the device", POSITIVE)
     loop: str = setting(
         "auto",
-        "what drives the envs: 'compiled' (act, env step and learn in one compiled chunk: gymnax, envpool "
-        "through its XLA interface), 'host' (env steps in Python: Gymnasium, envpool on TPU or with 64-bit "
-        "arrays), or 'auto' (compiled wherever it works)",
+        "what drives the envs: 'compiled' (act, env step and learn in one compiled chunk: gymnax, craftax, "
+        "envpool through its XLA interface), 'host' (env steps in Python: Gymnasium, envpool on TPU or with "
+        "64-bit arrays), or 'auto' (compiled wherever it works)",
         one_of("auto", "compiled", "host"),
     )
     sticky_actions: float = setting(
@@ -98,6 +99,7 @@ class VecEnv(abc.ABC):
     spec: EnvSpec
     num_envs: int
     host_state: bool = False  # True where the envs' state lives outside `EnvState` (envpool's C++ pool)
+    achievement_names: tuple[str, ...] = ()  # what `achievements` reports (Crafter's, on craftax envs)
 
     @abc.abstractmethod
     def reset(self, key: jax.Array) -> tuple[EnvState, TimeStep]:
@@ -106,6 +108,11 @@ class VecEnv(abc.ABC):
     @abc.abstractmethod
     def step(self, state: EnvState, action: jax.Array, key: jax.Array) -> tuple[EnvState, TimeStep]:
         """Advance every env by one call; envs whose last TimeStep had is_last=True reset instead."""
+
+    def achievements(self, state: EnvState) -> jax.Array:
+        """[N, len(achievement_names)] bool: what each env's current episode has unlocked so far; after a
+        step that returned is_last, the ended episode's; [N, 0] for envs without achievements."""
+        return jnp.zeros((self.num_envs, 0), bool)
 
 
 def first_timestep(obs: dict[str, jax.Array]) -> TimeStep:

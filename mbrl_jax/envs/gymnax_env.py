@@ -130,14 +130,32 @@ class GymnaxVecEnv(VecEnv):
     def __init__(self, name: str, num_envs: int):
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        self.env, self.params = _make_gymnax(name)
         self.name = name
-        self.spec = _spec(name, self.env, self.params)
-        self._obs_kind, self._obs_shape = observation_kind(self.env, self.params)
         self.num_envs = num_envs
+        self.env, self.params, self.spec = self._make(name)
         self._space = self.env.action_space(self.params)
+
+    def _make(self, name: str) -> tuple[Any, Any, EnvSpec]:
+        """The env object, its params and the adapter's spec (a subclass adapts another gymnax-API package
+        here, with `_observe` and `_end`)."""
+        env, params = _make_gymnax(name)
+        self._obs_kind, self._obs_shape = observation_kind(env, params)
         # gymnax >= 1.0 reports truncation apart (`is_truncated`); older versions merge it into `done`.
-        self._legacy_done = not hasattr(self.env, "is_truncated")
+        self._legacy_done = not hasattr(env, "is_truncated")
+        return env, params, _spec(name, env, params)
+
+    def _observe(self, obs: jax.Array) -> dict[str, jax.Array]:
+        """The env's observations [N, *env shape] -> the adapter's dict."""
+        return observe(self.name, obs, self._obs_kind, self._obs_shape)
+
+    def _end(self, env_state: Any, done: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(terminated, truncated), [N] bool each, of the stepped envs `env_state`; `done`: [N] bool."""
+        if self._legacy_done:
+            truncated = env_state.time >= self.params.max_steps_in_episode
+            return done & ~truncated, truncated
+        # a termination on the time-limit step stays a termination: no bootstrap
+        truncated = jax.vmap(self.env.is_truncated, in_axes=(0, None))(env_state, self.params)
+        return done, truncated.reshape(self.num_envs).astype(bool)
 
     def _env_action(self, action: jax.Array) -> jax.Array:
         """Agent action -> gymnax action: [N] int32, or [N, *space.shape] rescaled to [low, high]."""
@@ -154,7 +172,7 @@ class GymnaxVecEnv(VecEnv):
     def reset(self, key: jax.Array) -> tuple[GymnaxState, TimeStep]:
         """Reset all envs. TimeStep leaves are [N, ...] with is_first all True."""
         obs, env_state = self._reset_envs(key)
-        ts = first_timestep(observe(self.name, obs, self._obs_kind, self._obs_shape))
+        ts = first_timestep(self._observe(obs))
         return GymnaxState(env_state, ts.is_last, ts.episode_return, ts.episode_length), ts
 
     def step(self, state: GymnaxState, action: jax.Array, key: jax.Array) -> tuple[GymnaxState, TimeStep]:
@@ -173,19 +191,13 @@ class GymnaxVecEnv(VecEnv):
             mask = reset.reshape(n, *([1] * (stepped.ndim - 1)))
             return jnp.where(mask, first, stepped).astype(stepped.dtype)
 
-        done = done.reshape(n).astype(bool)
-        if self._legacy_done:
-            truncated = env_state.time >= self.params.max_steps_in_episode
-            terminated = done & ~truncated
-        else:  # a termination on the time-limit step stays a termination: no bootstrap
-            truncated = jax.vmap(self.env.is_truncated, in_axes=(0, None))(env_state, self.params)
-            truncated, terminated = truncated.reshape(n).astype(bool), done
+        terminated, truncated = self._end(env_state, done.reshape(n).astype(bool))
         is_last = (terminated | truncated) & ~reset
         reward = jnp.where(reset, 0.0, reward.reshape(n).astype(jnp.float32))
         episode_return = jnp.where(reset, 0.0, state.episode_return + reward)
         episode_length = jnp.where(reset, 0, state.episode_length + 1).astype(jnp.int32)
         ts = TimeStep(
-            obs=observe(self.name, pick(obs0, obs), self._obs_kind, self._obs_shape),
+            obs=self._observe(pick(obs0, obs)),
             reward=reward,
             is_first=reset,
             is_last=is_last,

@@ -7,8 +7,9 @@
 
 Every run trains through the library's driver, `mbrl_jax.runner`, as `experiments/run.py` does: the seeds
 given for a task as one sweep (`train_sweep`: one compiled program, the train state vmapped over seeds) in
-`<out>/runs/<task>-seeds<seeds>/` with a `seed<s>/` folder per seed; one seed, or each seed of an env that
-cannot be swept (Gymnasium, envpool on the host loop), with `train` in `<out>/runs/<task>-s<seed>/`. So the
+`<out>/runs/<task>-seeds<seeds>/` with a `seed<s>/` folder per seed (host envs too: a host-loop sweep); one
+seed, or each seed of a config that cannot be swept (`check_devices` refuses it), with `train` in
+`<out>/runs/<task>-s<seed>/`. So the
 runner's non-finite guard (losses and agent state; a seed that turns stops with its `diverged.json`, the
 other seeds of its sweep go on), metric logs, checkpoints and exact resume hold here too: the command re-run
 after an interruption (Ctrl-C, a kill, a lost machine) resumes every unfinished run from its last
@@ -117,8 +118,8 @@ def run_task(
     skipped. An unfinished one with a checkpoint is resumed where it is: its own `<task>-s<seed>/` with
     `train`, or the sweep that holds it with `train_sweep` (all of that sweep's seeds; the runner resumes a
     sweep only as a whole). The rest start: several as one sweep in `<task>-seeds<seeds>/` (`seed<s>/`
-    per seed), one seed, or each seed of an env that cannot be swept (Gymnasium, envpool on the host loop),
-    alone in `<task>-s<seed>/`. A folder left without a checkpoint holds nothing to resume and starts over.
+    per seed), one seed, or each seed of a config that cannot be swept (`check_devices` refuses it), alone
+    in `<task>-s<seed>/`. A folder left without a checkpoint holds nothing to resume and starts over.
     `stop_after_chunks` ends every program after that many chunks, as an interruption would (tests).
     Returns one row per seed."""
     from mbrl_jax.runner import check_logdir, hold_logdir, latest_checkpoint, sweep_of_seed_folder

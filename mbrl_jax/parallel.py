@@ -183,33 +183,22 @@ def wait_for_all_processes(name: str) -> None:
 
 
 def check_devices(config: Config, seeds: Sequence[int] | None = None) -> None:
-    """ConfigError for a sweep that cannot be one program (a Gymnasium env, or an envpool env on the host
-    loop or over several devices), or when `run.devices` exceeds the devices JAX sees, does not divide a
-    sweep's seeds, or (with several processes) leaves out another process's devices."""
+    """ConfigError for a sweep that cannot be one program (an envpool sweep over several devices), or when
+    `run.devices` exceeds the devices JAX sees, does not divide a sweep's seeds, or (with several processes)
+    leaves out another process's devices. A sweep of a host env (Gymnasium, envpool on the host loop) is one
+    program of the host loop, each seed with its own envs (`mbrl_jax.host_loop`), on one device (the
+    config's own check refuses `run.devices` > 1 for a host env)."""
     import jax
 
-    from mbrl_jax.envs import is_envpool, is_host_env, resolve_loop
+    from mbrl_jax.envs import is_envpool
 
     wanted, present = config.run.devices, jax.devices()
     name = config.env.name
-    if seeds is not None and is_host_env(name):
-        if not is_envpool(name):
-            raise ConfigError(
-                f"env.name={name!r} is a Gymnasium env: its envs step in Python, one set per process, so a "
-                "sweep of seeds in one program needs a gymnax or envpool env; run each seed on its own "
-                "(--seed S)"
-            )
-        if resolve_loop(name, config.env.loop) == "host":
-            raise ConfigError(
-                f"env.name={name!r} with env.loop={config.env.loop!r} runs on the host loop, which trains "
-                "one seed; a sweep of envpool seeds runs in the compiled loop (envpool's XLA interface: "
-                "Atari and classic control on CPU or GPU); run each seed on its own (--seed S)"
-            )
-        if wanted > 1:
-            raise ConfigError(
-                f"run.devices={wanted} with env.name={name!r}: a sweep's envpool pools step on the host "
-                "that made them, so an envpool sweep runs on one device; set run.devices=1"
-            )
+    if seeds is not None and is_envpool(name) and wanted > 1:
+        raise ConfigError(
+            f"run.devices={wanted} with env.name={name!r}: a sweep's envpool pools step on the host "
+            "that made them, so an envpool sweep runs on one device; set run.devices=1"
+        )
     if jax.process_count() > 1 and wanted != len(present):
         raise ConfigError(
             f"run.devices={wanted}, but {jax.process_count()} processes hold {len(present)} devices in all; "

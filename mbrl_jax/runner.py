@@ -445,18 +445,22 @@ def make_programs(config: Config, seeds: Sequence[int] | None = None) -> Program
 
 
 def _host_programs(config: Config, seeds: Sequence[int] | None) -> Programs:
-    """The host loop's init and chunk (`mbrl_jax.host_loop`); one run on one device only."""
-    check_devices(config, seeds)  # refuses a sweep
+    """The host loop's init and chunk (`mbrl_jax.host_loop`), on one device: a run, or a sweep whose jitted
+    pieces are vmapped over seeds, with one set of host envs per seed (seed s's key and envs as its run's)."""
+    check_devices(config, seeds)
     from mbrl_jax.host_loop import make_host_train
 
-    trainer = make_host_train(config)
-    flags = jax.jit(finite_flags)
+    trainer = make_host_train(config, seeds)
+    flags = jax.jit(finite_flags if seeds is None else jax.vmap(finite_flags))
 
     def chunk_and_check(state, plan):
         state, metrics = trainer.run_chunk(state, plan)
         return state, metrics, flags(state, metrics)
 
-    key = jax.random.PRNGKey(config.run.seed)
+    if seeds is None:
+        key = jax.random.PRNGKey(config.run.seed)
+    else:
+        key = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
     return Programs(trainer.init, chunk_and_check, key, None, target=trainer.abstract_state(key), host=True)
 
 

@@ -3,6 +3,7 @@ envpool's XLA interface (`EnvpoolXlaSweep`), each seeded as its single run seeds
 over seeds. The pools against single pools stepped with the same actions (CartPole and Pong's frames), a
 sweep against its single runs seed by seed, and its resume."""
 
+import dataclasses
 import shutil
 
 import jax
@@ -113,9 +114,16 @@ def test_an_envpool_sweep_resumes_as_exactly_as_a_single_envpool_run(straight_sw
     assert jax.device_get(state_a.replay.data["is_first"])[:, :, 264 // 2].all()  # restarted at the resume
 
 
-def test_sweeps_that_cannot_be_one_program_are_refused_with_the_reason():
-    with pytest.raises(ConfigError, match="runs on the host loop, which trains one seed"):
-        check_devices(make_config("debug", **{**SMALL, "env.loop": "host"}), SEEDS)
-    with pytest.raises(ConfigError, match="is a Gymnasium env: its envs step in Python"):
-        check_devices(make_config("debug", **{**SMALL, "env.name": "gymnasium:CartPole-v1"}), SEEDS)
-    check_devices(make_config("debug", **SMALL), SEEDS)  # quiet: the compiled loop on one device
+def test_host_env_sweeps_are_one_program_and_multi_device_envpool_sweeps_are_refused():
+    """A sweep on the host loop (envpool with env.loop=host, a Gymnasium env) is one host-loop program
+    (tests/test_host_sweep.py); an envpool sweep over several devices is refused with the reason (a config
+    that the validation stops earlier, as for any host env, built here past it)."""
+    check_devices(make_config("debug", **{**SMALL, "env.loop": "host"}), SEEDS)
+    check_devices(make_config("debug", **{**SMALL, "env.name": "gymnasium:CartPole-v1"}), SEEDS)
+    config = make_config("debug", **SMALL)
+    check_devices(config, SEEDS)  # quiet: the compiled loop on one device
+    spread = dataclasses.replace(config, run=dataclasses.replace(config.run, devices=3))
+    with pytest.raises(
+        ConfigError, match=r"run.devices=3 with env.name='envpool:CartPole-v1': a sweep's envpool"
+    ):
+        check_devices(spread, SEEDS)

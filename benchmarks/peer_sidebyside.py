@@ -2,14 +2,15 @@
 (acting included) and the peak resident memory of the training process, as ratios.
 
     python benchmarks/peer_sidebyside.py --out benchmarks/results/peer-sidebyside-cpu-DATE.json
-    python benchmarks/peer_sidebyside.py --pair image64:size1m:330 --pair vector4:size1m:330
+    python benchmarks/peer_sidebyside.py --pair image64:size1m:330 --pair image64:size12m:600:32
 
-Each pair WORKLOAD:SIZE:SECONDS runs, one after the other in fresh processes:
+Each pair WORKLOAD:SIZE:SECONDS[:CHUNK_STEPS] runs, one after the other in fresh processes:
 - the peer: `../shared/peers/dreamerv3-official.sh WORKLOAD SIZE SECONDS` (beside the project's root; it sets
   up the official code, commit e3f0224, in its own venv and prints its updates/s and peak RSS as JSON);
 - mbrl_jax: `runner.train` on the same workload (`PRESETS`: image64 is `--preset rgb64,SIZE`, vector4 is
   `--preset SIZE` on CartPole; both at batch 16 x 64, train ratio 512, 4 envs, float32), a replay of 10,000
-  steps, chunks of `--chunk-steps` env steps and no evaluation, stopped after SECONDS of wall time. updates/s
+  steps, chunks of CHUNK_STEPS env steps (default `--chunk-steps`; fewer where an update takes seconds, so
+  that several chunks end within SECONDS) and no evaluation, stopped after SECONDS of wall time. updates/s
   is the learner updates of the chunks after the first divided by the wall time between the first chunk's
   end and the last's (acting included, compile excluded); peak RSS is the process's `ru_maxrss`.
 
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))  # runnable from a checkout without install
 PEER_SCRIPT = ROOT.parent / "shared" / "peers" / "dreamerv3-official.sh"
 PEER = "danijar/dreamerv3@e3f0224"
 PRESETS = {"image64": "rgb64,{size}", "vector4": "{size},env.name=CartPole-v1"}
-DEFAULT_PAIRS = ("image64:size1m:330", "vector4:size1m:330", "image64:size12m:600")
+DEFAULT_PAIRS = ("image64:size1m:330", "vector4:size1m:330", "image64:size12m:600:32")
 OURS_SETTINGS = {"replay.capacity": 10_000, "run.eval_every": 10**9}
 
 
@@ -101,31 +102,33 @@ def make_pair(workload: str, size: str, peer: dict | None, ours: dict) -> dict[s
     return pair
 
 
-def parse_pair(text: str) -> tuple[str, str, int]:
+def parse_pair(text: str, chunk_steps: int) -> tuple[str, str, int, int]:
+    """WORKLOAD:SIZE:SECONDS[:CHUNK_STEPS] -> its four values (`chunk_steps` where the text has none)."""
     parts = text.split(":")
-    if len(parts) != 3 or parts[0] not in PRESETS or not parts[2].isdigit():
+    if len(parts) not in (3, 4) or parts[0] not in PRESETS or not all(p.isdigit() for p in parts[2:]):
         raise SystemExit(
-            f"--pair {text!r}: expected WORKLOAD:SIZE:SECONDS with WORKLOAD one of {', '.join(PRESETS)}, "
-            "e.g. image64:size1m:330"
+            f"--pair {text!r}: expected WORKLOAD:SIZE:SECONDS[:CHUNK_STEPS] with WORKLOAD one of "
+            f"{', '.join(PRESETS)}, e.g. image64:size1m:330 or image64:size12m:600:32"
         )
-    return parts[0], parts[1], int(parts[2])
+    return parts[0], parts[1], int(parts[2]), int(parts[3]) if len(parts) == 4 else chunk_steps
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--pair", action="append", help=f"WORKLOAD:SIZE:SECONDS (default: {DEFAULT_PAIRS})")
-    parser.add_argument("--chunk-steps", type=int, default=128, help="mbrl_jax's run.chunk_steps")
+    parser.add_argument(
+        "--pair", action="append", help=f"WORKLOAD:SIZE:SECONDS[:CHUNK_STEPS] (default: {DEFAULT_PAIRS})"
+    )
+    parser.add_argument("--chunk-steps", type=int, default=128, help="mbrl_jax's run.chunk_steps by default")
     parser.add_argument("--ours-only", action="store_true", help="skip the peer (its figures then absent)")
     parser.add_argument("--busy", action="store_true", help="something else ran on the cores: say so")
     parser.add_argument("--out", help="also write the JSON report to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # measure mbrl_jax on this pair here
     args = parser.parse_args(argv)
-    pairs = [parse_pair(p) for p in args.pair or DEFAULT_PAIRS]
+    pairs = [parse_pair(p, args.chunk_steps) for p in args.pair or DEFAULT_PAIRS]
     if args.child:
-        workload, size, seconds = parse_pair(args.child)
-        print(json.dumps(measure_ours(workload, size, seconds, args.chunk_steps)), flush=True)
+        print(json.dumps(measure_ours(*parse_pair(args.child, args.chunk_steps))), flush=True)
         return 0
     import jax
 
@@ -136,12 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     ).stdout.strip()
     load_before = os.getloadavg()
     results = []
-    for workload, size, seconds in pairs:
+    for workload, size, seconds, chunk_steps in pairs:
         print(f"{workload} {size}: peer ...", file=sys.stderr, flush=True)
         peer = None if args.ours_only else measure_peer(workload, size, seconds)
         print(f"{workload} {size}: mbrl_jax ...", file=sys.stderr, flush=True)
-        child = [sys.executable, __file__, "--child", f"{workload}:{size}:{seconds}"]
-        child += ["--chunk-steps", str(args.chunk_steps)]
+        child = [sys.executable, __file__, "--child", f"{workload}:{size}:{seconds}:{chunk_steps}"]
         done = subprocess.run(child, stdout=subprocess.PIPE, text=True)
         if done.returncode != 0:
             raise SystemExit(f"mbrl_jax on {workload}:{size} stopped: exit status {done.returncode}")

@@ -18,10 +18,10 @@ run: $(STAMP)
 	$(PY) experiments/run.py $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py $(ARGS)

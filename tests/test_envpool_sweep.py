@@ -77,6 +77,7 @@ def straight_sweep(tmp_path_factory):
     return logdir, state, records
 
 
+@pytest.mark.slow  # the sweep and its three single runs
 def test_each_seed_of_an_envpool_sweep_matches_its_single_run(straight_sweep):
     """The tolerance of the gymnax sweep tests (tests/test_sweep.py: vmapped matmuls sum in another order):
     env steps, episodes and returns exactly, losses to 1e-4."""
@@ -93,6 +94,7 @@ def test_each_seed_of_an_envpool_sweep_matches_its_single_run(straight_sweep):
     )
 
 
+@pytest.mark.slow  # two resumed sweeps
 def test_an_envpool_sweep_resumes_as_exactly_as_a_single_envpool_run(straight_sweep, tmp_path):
     """As a single envpool run (tests/test_envpool_xla.py): the pools restart every env at the resume
     point, so a sweep resumed from its checkpoint at 264 equals the uninterrupted sweep up to there, and the

@@ -94,6 +94,7 @@ def _params(state):
     return jax.tree.leaves(jax.device_get(state.agent.params))
 
 
+@pytest.mark.slow  # a straight run and two resumes, each building its pool
 def test_xla_run_resumes_deterministically_and_exactly_up_to_the_checkpoint(tmp_path):
     """The compiled loop on envpool: learns without non-finite values, stores episode starts; a run cut
     after its checkpoint resumes to the uninterrupted run's records up to the checkpoint, and the same

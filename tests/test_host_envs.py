@@ -237,6 +237,7 @@ def test_sticky_actions_are_refused_where_they_do_not_apply():
         make_config("debug", **{"env.sticky_actions": 1.5})
 
 
+@pytest.mark.slow  # compiles a Pong program with 64 x 64 frames per loop
 @pytest.mark.parametrize("loop", ["host", "compiled"])
 def test_envpool_pong_from_pixels_through_chunks_and_resume(tmp_path, loop):
     """Atari from pixels with the atari100k env settings, on the host loop and in the compiled loop

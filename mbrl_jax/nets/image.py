@@ -32,6 +32,16 @@ flax's and against each other, values and gradients):
 
 `auto`, the default, is `patches` on CPU and `xla` on GPU and TPU, decided by `jax.default_backend()` when
 the networks are built.
+
+At 64 x 64 x 3 the learner's batch (16 x 65 frames) has 32 MiB of feature map in the first stage's output
+alone at size1m (130 MiB at size12m), and the backward pass keeps each convolution's, norm's and activation's
+outputs on both sides: most of an update's memory. So where a batch's maps (`stack_map_floats`) would pass
+`STACK_BYTES`, each network as a whole (`ImageEncoder.stack`, `ImageDecoder.stack`) runs over chunks of images
+in a loop, and its backward pass runs each chunk's forward again inside a second loop and takes its gradient
+there (`rebuilt_map`, a `jax.custom_vjp` like `patch_product`'s: a `jax.checkpoint` would be merged back into
+the forward, as above), keeping only the networks' input: an rgb64,size1m update's temporaries fall from 1.5
+GiB to 0.4 GiB at about the same speed. Batches within it (acting, MinAtar's 10 x 10 grids) are one program,
+as before. The parameters are the same either way (declared by `stack`, which init runs on the whole batch).
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ KERNEL = 5
 CONV_FORMS = ("patches", "xla")  # what `wm.conv` resolves to; "auto" picks one per backend
 _NHWC = ("NHWC", "HWIO", "NHWC")  # flax's layouts: images NHWC, kernels HWIO
 PATCH_BYTES = 16 * 2**20  # the largest patch matrix built at once (module docstring)
+STACK_BYTES = 16 * 2**20  # the most feature-map bytes of the image networks run at once (module docstring)
 
 
 def conv_form(setting: str, backend: str | None = None) -> str:
@@ -76,6 +87,15 @@ def image_stages(height: int, width: int) -> int:
 def image_depths(height: int, width: int, depth: int) -> tuple[int, ...]:
     """Channels of each stage, shallowest first."""
     return tuple(depth * m for m in MULTS[: image_stages(height, width)])
+
+
+def stack_map_floats(shape: tuple[int, int, int], depth: int) -> int:
+    """float32 values of one image's feature maps in the image encoder or decoder (each stage's output, the
+    image itself): what decides whether a batch runs through them in chunks (`STACK_BYTES`)."""
+    height, width, channels = shape
+    depths = image_depths(height, width, depth)
+    sides = [(height >> (i + 1)) * (width >> (i + 1)) for i in range(len(depths))]
+    return sum(s * d for s, d in zip(sides, depths, strict=True)) + height * width * channels
 
 
 def scale_image(image: jax.Array) -> jax.Array:
@@ -161,6 +181,46 @@ def patch_product(
     return product(x, weights)
 
 
+def rebuilt_map(fn: Callable, params, x: jax.Array, chunk: int) -> jax.Array:
+    """`fn(params, x)` for a batch `x` [N, ...] whose images `fn` maps each on its own, run over chunks of
+    `chunk` images (which divides N); the backward pass runs `fn` again on each chunk inside a loop and takes
+    its gradient there, so only `x` is kept for it, never the whole batch's intermediates (module docstring).
+    An integer `x` (pixels) gets no gradient."""
+    n = x.shape[0]
+
+    def chunks(a: jax.Array) -> jax.Array:
+        return a.reshape(n // chunk, chunk, *a.shape[1:])
+
+    @jax.custom_vjp
+    def mapped(params, x):
+        y = lax.map(lambda xs: fn(params, xs), chunks(x))
+        return y.reshape(n, *y.shape[2:])
+
+    def forward(params, x):
+        return mapped(params, x), (params, x)
+
+    def backward(residuals, grad):
+        params, x = residuals
+        differentiable = jnp.issubdtype(x.dtype, jnp.inexact)
+
+        def chunk_grads(grad_params, xs_and_grads):
+            xs, grads = xs_and_grads
+            if differentiable:
+                grads_params, grad_xs = jax.vjp(fn, params, xs)[1](grads)
+            else:
+                (grads_params,), grad_xs = jax.vjp(lambda p: fn(p, xs), params)[1](grads), None
+            return jax.tree.map(jnp.add, grad_params, grads_params), grad_xs
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grad_params, grad_x = lax.scan(chunk_grads, zeros, (chunks(x), chunks(grad)))
+        if differentiable:
+            return grad_params, grad_x.reshape(x.shape)
+        return grad_params, np.zeros(x.shape, jax.dtypes.float0)
+
+    mapped.defvjp(forward, backward)
+    return mapped(params, x)
+
+
 def conv_same(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
     """`lax.conv_general_dilated(x, kernel, (stride, stride), "SAME")` + bias for NHWC `x` and a square HWIO
     `kernel`, as a matrix product of patches (module docstring). Height and width must be equal."""
@@ -231,20 +291,27 @@ def image_activation_floats(
     patch form (`conv`) the patch matrices: those of a layer that is one product (`patch_product`) are kept
     for the kernel's gradient, with 20% for the largest layer's patch gradient and window copies; a layer
     run in chunks holds about 3 chunks' patches at a time (patches, their gradient, a copy), counted once
-    per update. Fitted to XLA's temporaries of the two networks' gradient at 64 x 64 x 3, depths 4 and 16,
-    and of the learner update at rgb64,size1m (benchmarks/memory_breakdown.py)."""
+    per update. A batch whose feature maps pass `STACK_BYTES` runs through the networks in chunks
+    (`rebuilt_map`): about half of that (one network's loop at a time) for one chunk's images, spread over
+    the batch, and the image once (the decoder's prediction) for the batch. Fitted to XLA's
+    temporaries of the two networks' gradient at 64 x 64 x 3, depths 4 and 16, and of the learner update
+    at rgb64,size1m, whole and in chunks (benchmarks/memory_breakdown.py, tests/test_memory.py)."""
     images_shapes = [shape for shape in obs_shapes.values() if len(shape) == 3]
     if not images_shapes:
         return 0
     height, width = images_shapes[0][:2]
     pixels = sum(h * w * c for h, w, c in images_shapes)
+    channels = sum(c for *_, c in images_shapes)
+    chunk = patch_chunk(images, 4 * stack_map_floats((height, width, channels), depth), STACK_BYTES)
+    if chunk < images:
+        return pixels + image_activation_floats(obs_shapes, depth, conv, chunk) * chunk // (2 * images)
     depths = image_depths(height, width, depth)
     sides = [(height >> (i + 1)) * (width >> (i + 1)) for i in range(len(depths))]  # positions per stage
     maps = sum(s * d for s, d in zip(sides, depths, strict=True))
     floats = 18 * maps + 4 * pixels
     if conv_form(conv) == "patches":
         taps = _subpixel_taps(KERNEL)[0].shape[1]  # the decoder's sub-pixel kernel side
-        inputs = [sum(c for *_, c in images_shapes), *depths[:-1]]  # channels into each encoder stage
+        inputs = [channels, *depths[:-1]]  # channels into each encoder stage
         encoder = [s * KERNEL * KERNEL * c for s, c in zip(sides, inputs, strict=True)]
         # the decoder's transposed convolutions read every stage's map, the smallest from its `space` layer
         decoder = [s * taps * taps * d for s, d in zip(sides, depths, strict=True)]
@@ -301,19 +368,26 @@ class ImageEncoder(nn.Module):
     depth: int
     conv: str = "patches"  # the convolutions' form: one of CONV_FORMS, or "auto" (`conv_form`)
 
-    @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
         lead, (height, width, channels) = image.shape[:-3], image.shape[-3:]
-        depths = image_depths(height, width, self.depth)
-        if not depths:
+        if not image_depths(height, width, self.depth):
             raise ValueError(
                 f"an image of {height} x {width} cannot be halved: sides must be even and > {MIN_RES}"
             )
-        x = scale_image(image).reshape(-1, height, width, channels)
+        images = image.reshape(-1, height, width, channels)
+        per_image = 4 * stack_map_floats((height, width, channels), self.depth)
+        x = _stack_in_chunks(self, images, per_image)
+        return x.reshape(*lead, -1)
+
+    @nn.compact
+    def stack(self, image: jax.Array) -> jax.Array:
+        """The network on a batch of images: [N, H, W, C] uint8 -> [N, h, w, depths[-1]]."""
+        depths = image_depths(*image.shape[1:3], self.depth)
+        x = scale_image(image)
         for i, d in enumerate(depths):
             x = Conv(d, KERNEL, 2, self.conv, name=f"conv{i}")(x)
             x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name=f"norm{i}")(x))
-        return x.reshape(*lead, -1)
+        return x
 
 
 class ImageDecoder(nn.Module):
@@ -323,13 +397,19 @@ class ImageDecoder(nn.Module):
     depth: int
     conv: str = "patches"  # as ImageEncoder's
 
-    @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
+        lead = feat.shape[:-1]
+        per_image = 4 * stack_map_floats(self.shape, self.depth)
+        x = _stack_in_chunks(self, feat.reshape(-1, feat.shape[-1]), per_image)
+        return x.reshape(*lead, *self.shape)
+
+    @nn.compact
+    def stack(self, feat: jax.Array) -> jax.Array:
+        """The network on a batch of features: [N, F] -> [N, H, W, C] pixels in [0, 1]."""
         height, width, channels = self.shape
         depths = image_depths(height, width, self.depth)
         factor = 2 ** len(depths)
         small = (height // factor, width // factor, depths[-1])
-        lead = feat.shape[:-1]
         x = nn.Dense(small[0] * small[1] * small[2], kernel_init=dense_init, name="space")(feat)
         x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name="space_norm")(x))
         x = x.reshape(-1, *small)
@@ -337,4 +417,20 @@ class ImageDecoder(nn.Module):
             x = ConvTranspose(d, KERNEL, self.conv, name=f"conv{i}")(x)
             x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name=f"norm{i}")(x))
         x = ConvTranspose(channels, KERNEL, self.conv, name="out")(x)
-        return jax.nn.sigmoid(x).reshape(*lead, height, width, channels)
+        return jax.nn.sigmoid(x)
+
+
+def _stack_in_chunks(module: ImageEncoder | ImageDecoder, x: jax.Array, per_image: int) -> jax.Array:
+    """`module.stack(x)` for a batch `x` [N, ...] whose feature maps take `per_image` bytes an image: at
+    once where the batch's pass `STACK_BYTES` not (and at init, which declares the parameters), else in
+    chunks of images (`patch_chunk`) whose backward pass rebuilds each chunk's maps (`rebuilt_map`), from
+    the module's parameters as they stand."""
+    chunk = patch_chunk(x.shape[0], per_image, STACK_BYTES)
+    if chunk == x.shape[0] or module.is_initializing():
+        return module.stack(x)
+    unbound = module.clone(parent=None)
+
+    def stack(params, xs):
+        return unbound.apply({"params": params}, xs, method="stack")
+
+    return rebuilt_map(stack, module.variables["params"], x, chunk)

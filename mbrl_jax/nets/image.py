@@ -374,16 +374,16 @@ class ImageEncoder(nn.Module):
             raise ValueError(
                 f"an image of {height} x {width} cannot be halved: sides must be even and > {MIN_RES}"
             )
-        images = image.reshape(-1, height, width, channels)
         per_image = 4 * stack_map_floats((height, width, channels), self.depth)
-        x = _stack_in_chunks(self, images, per_image)
+        x = _stack_in_chunks(self, image, image.reshape(-1, height, width, channels), per_image)
         return x.reshape(*lead, -1)
 
     @nn.compact
     def stack(self, image: jax.Array) -> jax.Array:
-        """The network on a batch of images: [N, H, W, C] uint8 -> [N, h, w, depths[-1]]."""
-        depths = image_depths(*image.shape[1:3], self.depth)
-        x = scale_image(image)
+        """The network on images: [..., H, W, C] uint8 -> [N, h, w, depths[-1]], N the images."""
+        height, width, channels = image.shape[-3:]
+        depths = image_depths(height, width, self.depth)
+        x = scale_image(image).reshape(-1, height, width, channels)
         for i, d in enumerate(depths):
             x = Conv(d, KERNEL, 2, self.conv, name=f"conv{i}")(x)
             x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name=f"norm{i}")(x))
@@ -400,12 +400,12 @@ class ImageDecoder(nn.Module):
     def __call__(self, feat: jax.Array) -> jax.Array:
         lead = feat.shape[:-1]
         per_image = 4 * stack_map_floats(self.shape, self.depth)
-        x = _stack_in_chunks(self, feat.reshape(-1, feat.shape[-1]), per_image)
+        x = _stack_in_chunks(self, feat, feat.reshape(-1, feat.shape[-1]), per_image)
         return x.reshape(*lead, *self.shape)
 
     @nn.compact
     def stack(self, feat: jax.Array) -> jax.Array:
-        """The network on a batch of features: [N, F] -> [N, H, W, C] pixels in [0, 1]."""
+        """The network on features: [..., F] -> [N, H, W, C] pixels in [0, 1], N the feature vectors."""
         height, width, channels = self.shape
         depths = image_depths(height, width, self.depth)
         factor = 2 ** len(depths)
@@ -420,14 +420,17 @@ class ImageDecoder(nn.Module):
         return jax.nn.sigmoid(x)
 
 
-def _stack_in_chunks(module: ImageEncoder | ImageDecoder, x: jax.Array, per_image: int) -> jax.Array:
-    """`module.stack(x)` for a batch `x` [N, ...] whose feature maps take `per_image` bytes an image: at
-    once where the batch's pass `STACK_BYTES` not (and at init, which declares the parameters), else in
-    chunks of images (`patch_chunk`) whose backward pass rebuilds each chunk's maps (`rebuilt_map`), from
-    the module's parameters as they stand."""
+def _stack_in_chunks(
+    module: ImageEncoder | ImageDecoder, inputs: jax.Array, x: jax.Array, per_image: int
+) -> jax.Array:
+    """`module.stack` of the network's `inputs` [..., *shape], as a batch `x` [N, *shape] whose feature maps
+    take `per_image` bytes an image: at once, on `inputs` as given (the program as before), where the
+    batch's do not pass `STACK_BYTES` (and at init, which declares the parameters), else in chunks of
+    images (`patch_chunk`) whose backward pass rebuilds each chunk's maps (`rebuilt_map`), from the module's
+    parameters as they stand."""
     chunk = patch_chunk(x.shape[0], per_image, STACK_BYTES)
     if chunk == x.shape[0] or module.is_initializing():
-        return module.stack(x)
+        return module.stack(inputs)
     unbound = module.clone(parent=None)
 
     def stack(params, xs):

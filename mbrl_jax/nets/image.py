@@ -43,6 +43,12 @@ the forward, as above), keeping only the networks' input: an rgb64,size1m update
 GiB to 0.4 GiB for about 5% more time per update (the chunks' forward runs twice). Batches within it (acting,
 MinAtar's 10 x 10 grids) are one program, as before. The parameters are the same either way (declared by
 `stack`, which init runs on the whole batch).
+
+Open: under a data-parallel mesh (`run.devices` > 1, the batch split along 'data') XLA's partitioner does not
+split the chunks' loop: it gathers the batch and runs every chunk on every device (4 virtual CPU devices: 12
+all-gathers, 130-frame convolutions per device where one program has 260). Chunks that take every batch row
+and a slice of time steps (a chunk size that is a multiple of the batch size, the loop over time) would keep
+each device on its own rows.
 """
 
 from __future__ import annotations

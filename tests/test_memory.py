@@ -86,7 +86,7 @@ def test_image_activations_follow_xla_in_both_conv_forms(monkeypatch):
     add, against what XLA says they add; and with patch products run in chunks (`PATCH_BYTES` lowered so
     that this small batch is chunked, as the learner's batch of 1,040 frames is at the default), the
     patches' memory mostly gone, in XLA's figure and in the estimate; and with the whole networks run in
-    chunks (`STACK_BYTES` lowered so that 18 frames go 3 at a time, as 1,040 go 130 at a time at the default),
+    chunks (`STACK_BYTES` lowered so that 18 frames go 2 at a time, as 1,040 go 80 at a time at the default),
     most of the rest gone too, in both forms, and the estimate as close."""
     import mbrl_jax.nets.image as image
 
@@ -100,7 +100,7 @@ def test_image_activations_follow_xla_in_both_conv_forms(monkeypatch):
     per_image = 4 * image.stack_map_floats((64, 64, 3), configs["xla"].wm.depth)  # bytes of an image's maps
     monkeypatch.undo()  # PATCH_BYTES as it is: a 3-frame chunk's patches are one product
     monkeypatch.setattr(image, "STACK_BYTES", 3 * per_image)
-    assert image.patch_chunk(18, per_image, image.STACK_BYTES) == 3  # 2 x 9 frames (batch_length + 1)
+    assert image.patch_chunk(18, per_image, image.STACK_BYTES) == 2  # 2 x 9 frames (batch_length + 1)
     for form, config in configs.items():
         xla[f"{form} in chunks"] = _update_temporaries(config)
         estimate[f"{form} in chunks"] = estimate_memory(config).activations

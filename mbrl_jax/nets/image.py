@@ -44,11 +44,12 @@ GiB to 0.4 GiB for about 5% more time per update (the chunks' forward runs twice
 MinAtar's 10 x 10 grids) are one program, as before. The parameters are the same either way (declared by
 `stack`, which init runs on the whole batch).
 
-Open: under a data-parallel mesh (`run.devices` > 1, the batch split along 'data') XLA's partitioner does not
-split the chunks' loop: it gathers the batch and runs every chunk on every device (4 virtual CPU devices: 12
-all-gathers, 130-frame convolutions per device where one program has 260). Chunks that take every batch row
-and a slice of time steps (a chunk size that is a multiple of the batch size, the loop over time) would keep
-each device on its own rows.
+The chunks are strided (`to_chunks`: chunk j takes frames j, j + m, j + 2m, ... of m chunks), and their
+count has as few factors of two as fits (`patch_chunk`: 1,040 frames go 80 at a time at size1m, 13 chunks):
+under a data-parallel mesh (`run.devices` > 1, the batch split by rows along 'data') every chunk then
+takes its share of every device's rows, and XLA's partitioner keeps each device looping over its own frames.
+Contiguous chunks made it gather the whole batch onto every device and run every chunk everywhere (4
+virtual CPU devices: 12 all-gathers in the two networks' gradient; tests/test_pixels.py counts them).
 """
 
 from __future__ import annotations
@@ -139,12 +140,30 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 def patch_chunk(images: int, bytes_per_image: int, budget: int) -> int:
-    """How many images of a batch of `images` one patch product takes at once: all of them where their
-    patches fit in `budget` bytes, else the largest divisor of `images` whose patches do (at least 1)."""
+    """How many images of a batch of `images` one chunk takes (a patch product, the image networks): all of
+    them where they fit in `budget` bytes, else `images / m` for the chunk count m whose chunks fit that has
+    the fewest factors of two, the fewest chunks among those (`to_chunks`: a chunk then keeps as many of
+    the batch's factors of two as it can, so that a batch split over a power-of-two count of devices is
+    split evenly in every chunk); 1 where even one image does not fit."""
     if images * bytes_per_image <= budget:
         return images
-    fits = max(budget // bytes_per_image, 1)
-    return max(c for c in range(1, min(fits, images) + 1) if images % c == 0)
+    counts = [m for m in range(2, images + 1) if images % m == 0 and images // m * bytes_per_image <= budget]
+    if not counts:
+        return 1
+    return images // min(counts, key=lambda m: ((m & -m), m))  # m & -m: the largest power of two dividing m
+
+
+def to_chunks(a: jax.Array, chunk: int) -> jax.Array:
+    """[N, ...] -> [N / chunk, chunk, ...], chunk j holding images j, j + N / chunk, j + 2 N / chunk, ...:
+    strided, not contiguous, so that where the batch is split over devices along N (a data-parallel mesh)
+    each chunk takes its share from every device (where `chunk` is a multiple of their count) and XLA's
+    partitioner keeps the loop over chunks on each device's own images instead of gathering the batch."""
+    return a.reshape(chunk, a.shape[0] // chunk, *a.shape[1:]).swapaxes(0, 1)
+
+
+def from_chunks(y: jax.Array) -> jax.Array:
+    """The inverse of `to_chunks`: [N / chunk, chunk, ...] -> [N, ...] in the batch's order."""
+    return y.swapaxes(0, 1).reshape(-1, *y.shape[2:])
 
 
 def patch_product(
@@ -161,13 +180,9 @@ def patch_product(
     if chunk == n:
         return patches(x) @ weights
 
-    def chunks(a: jax.Array) -> jax.Array:
-        return a.reshape(n // chunk, chunk, *a.shape[1:])
-
     @jax.custom_vjp
     def product(x, weights):
-        y = lax.map(lambda xs: patches(xs) @ weights, chunks(x))
-        return y.reshape(n, *y.shape[2:])
+        return from_chunks(lax.map(lambda xs: patches(xs) @ weights, to_chunks(x, chunk)))
 
     def forward(x, weights):
         return product(x, weights), (x, weights)
@@ -181,8 +196,9 @@ def patch_product(
             grad_weights = grad_weights + p.reshape(-1, p.shape[-1]).T @ grads.reshape(-1, grads.shape[-1])
             return grad_weights, patches_vjp(grads @ weights.T)[0]
 
-        grad_weights, grad_x = lax.scan(chunk_grads, jnp.zeros_like(weights), (chunks(x), chunks(grad)))
-        return grad_x.reshape(x.shape), grad_weights
+        chunks = (to_chunks(x, chunk), to_chunks(grad, chunk))
+        grad_weights, grad_x = lax.scan(chunk_grads, jnp.zeros_like(weights), chunks)
+        return from_chunks(grad_x), grad_weights
 
     product.defvjp(forward, backward)
     return product(x, weights)
@@ -190,18 +206,13 @@ def patch_product(
 
 def rebuilt_map(fn: Callable, params, x: jax.Array, chunk: int) -> jax.Array:
     """`fn(params, x)` for a batch `x` [N, ...] whose images `fn` maps each on its own, run over chunks of
-    `chunk` images (which divides N); the backward pass runs `fn` again on each chunk inside a loop and takes
-    its gradient there, so only `x` is kept for it, never the whole batch's intermediates (module docstring).
-    An integer `x` (pixels) gets no gradient."""
-    n = x.shape[0]
-
-    def chunks(a: jax.Array) -> jax.Array:
-        return a.reshape(n // chunk, chunk, *a.shape[1:])
+    `chunk` images (which divides N; strided, `to_chunks`); the backward pass runs `fn` again on each chunk
+    inside a loop and takes its gradient there, so only `x` is kept for it, never the whole batch's
+    intermediates (module docstring). An integer `x` (pixels) gets no gradient."""
 
     @jax.custom_vjp
     def mapped(params, x):
-        y = lax.map(lambda xs: fn(params, xs), chunks(x))
-        return y.reshape(n, *y.shape[2:])
+        return from_chunks(lax.map(lambda xs: fn(params, xs), to_chunks(x, chunk)))
 
     def forward(params, x):
         return mapped(params, x), (params, x)
@@ -219,9 +230,9 @@ def rebuilt_map(fn: Callable, params, x: jax.Array, chunk: int) -> jax.Array:
             return jax.tree.map(jnp.add, grad_params, grads_params), grad_xs
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        grad_params, grad_x = lax.scan(chunk_grads, zeros, (chunks(x), chunks(grad)))
+        grad_params, grad_x = lax.scan(chunk_grads, zeros, (to_chunks(x, chunk), to_chunks(grad, chunk)))
         if differentiable:
-            return grad_params, grad_x.reshape(x.shape)
+            return grad_params, from_chunks(grad_x)
         return grad_params, np.zeros(x.shape, jax.dtypes.float0)
 
     mapped.defvjp(forward, backward)
@@ -300,7 +311,8 @@ def image_activation_floats(
     run in chunks holds about 3 chunks' patches at a time (patches, their gradient, a copy), counted once
     per update. A batch whose feature maps pass `STACK_BYTES` runs through the networks in chunks
     (`rebuilt_map`): about half of that (one network's loop at a time) for one chunk's images, spread over
-    the batch, and the image once (the decoder's prediction) for the batch. Fitted to XLA's
+    the batch, and the image twice for the batch (the decoder's prediction, and the strided chunks' copy of
+    it, `to_chunks`). Fitted to XLA's
     temporaries of the two networks' gradient at 64 x 64 x 3, depths 4 and 16, and of the learner update
     at rgb64,size1m, whole and in chunks (benchmarks/memory_breakdown.py, tests/test_memory.py)."""
     images_shapes = [shape for shape in obs_shapes.values() if len(shape) == 3]
@@ -311,7 +323,7 @@ def image_activation_floats(
     channels = sum(c for *_, c in images_shapes)
     chunk = patch_chunk(images, 4 * stack_map_floats((height, width, channels), depth), STACK_BYTES)
     if chunk < images:
-        return pixels + image_activation_floats(obs_shapes, depth, conv, chunk) * chunk // (2 * images)
+        return 2 * pixels + image_activation_floats(obs_shapes, depth, conv, chunk) * chunk // (2 * images)
     depths = image_depths(height, width, depth)
     sides = [(height >> (i + 1)) * (width >> (i + 1)) for i in range(len(depths))]  # positions per stage
     maps = sum(s * d for s, d in zip(sides, depths, strict=True))

@@ -8,7 +8,8 @@ steps for the backward pass. The per-step coefficients below were fitted to XLA'
 (`compiled.memory_analysis().temp_size_in_bytes` of a chunk) over batch, length, horizon, deter, units,
 latent and bin sizes, and err on the high side by about 10-20%; `tests/test_memory.py` keeps them honest.
 The image encoder and decoder are fitted the same way, per convolution form (`wm.conv`), from the temporaries
-of their gradient at 64 x 64 x 3, depths 4 and 16 (benchmarks/memory_breakdown.py).
+of their gradient at 64 x 64 x 3, depths 4 and 16, whole and run over the batch in chunks as the learner's
+batch is (`mbrl_jax.nets.image.image_activation_floats`; benchmarks/memory_breakdown.py).
 
 Where the device is the host (the CPU backend) the process itself also counts: the imported libraries, XLA's
 compiler and the compiled programs (`runtime`, measured as peak RSS less the state and XLA's temporaries).
@@ -32,9 +33,9 @@ if TYPE_CHECKING:
 GIB = 2**30
 # Resident memory of a CPU process beyond its state and XLA's temporaries: the imported libraries (0.4 GiB)
 # and XLA's compiler at work (0.9 GiB for cartpole's chunk, 1.1 GiB for rgb64's; handed back to the OS after
-# compiling, `release_freed_heap`, so a peak of its own before the run: cartpole's peak RSS is its compile),
-# measured with benchmarks/memory_breakdown.py (results/memory-breakdown-cpu.json). 1.5 GiB puts the total
-# 3-16% above the three presets' peak RSS there (cartpole, rgb64,size1m, rgb64,size12m).
+# compiling, `release_freed_heap`, so a peak of its own before the run: cartpole's and rgb64,size1m's peak RSS
+# is their compile), measured with benchmarks/memory_breakdown.py (results/memory-breakdown-cpu.json). 1.5 GiB
+# puts the total 3-25% above the three presets' peak RSS there (cartpole, rgb64,size1m, rgb64,size12m).
 CPU_RUNTIME_BYTES = 3 * GIB // 2
 
 

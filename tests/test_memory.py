@@ -84,8 +84,10 @@ def test_image_activations_follow_xla_in_both_conv_forms(monkeypatch):
     """A learner update on 64 x 64 x 3 frames, its convolutions as patch products or as XLA's: the
     estimated activations against XLA's temporaries, within 30% and never below; what the patch matrices
     add, against what XLA says they add; and with patch products run in chunks (`PATCH_BYTES` lowered so
-    that this small batch is chunked, as the learner's batch of 1,024 frames is at the default), the
-    patches' memory mostly gone, in XLA's figure and in the estimate."""
+    that this small batch is chunked, as the learner's batch of 1,040 frames is at the default), the
+    patches' memory mostly gone, in XLA's figure and in the estimate; and with the whole networks run in
+    chunks (`STACK_BYTES` lowered so that 18 frames go 2 at a time, as 1,040 go 80 at a time at the default),
+    most of the rest gone too, in both forms, and the estimate as close."""
     import mbrl_jax.nets.image as image
 
     settings = {"env.name": "Breakout-MinAtar-rgb64", "replay.batch_size": 2, "replay.batch_length": 8}
@@ -95,12 +97,21 @@ def test_image_activations_follow_xla_in_both_conv_forms(monkeypatch):
     monkeypatch.setattr(image, "PATCH_BYTES", 2**20)
     xla["chunked"] = _update_temporaries(configs["patches"])
     estimate["chunked"] = estimate_memory(configs["patches"]).activations
+    per_image = 4 * image.stack_map_floats((64, 64, 3), configs["xla"].wm.depth)  # bytes of an image's maps
+    monkeypatch.undo()  # PATCH_BYTES as it is: a 3-frame chunk's patches are one product
+    monkeypatch.setattr(image, "STACK_BYTES", 3 * per_image)
+    assert image.patch_chunk(18, per_image, image.STACK_BYTES) == 2  # 2 x 9 frames (batch_length + 1)
+    for form, config in configs.items():
+        xla[f"{form} in chunks"] = _update_temporaries(config)
+        estimate[f"{form} in chunks"] = estimate_memory(config).activations
     for form in xla:
         assert 1.0 <= estimate[form] / xla[form] <= 1.3, (form, estimate[form], xla[form])
     assert xla["patches"] > 1.5 * xla["xla"]  # the patch matrices are most of an image update's memory
     added = (estimate["patches"] - estimate["xla"]) / (xla["patches"] - xla["xla"])
     assert 1.0 <= added <= 1.4, added
     assert xla["chunked"] < xla["xla"] + 0.25 * (xla["patches"] - xla["xla"])
+    for form in ("patches", "xla"):  # the networks' maps, forward and backward, one chunk at a time
+        assert xla[f"{form} in chunks"] < 0.4 * xla[form], (form, xla[f"{form} in chunks"], xla[form])
 
 
 def test_the_process_runtime_counts_on_cpu_once_per_sweep():

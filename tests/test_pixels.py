@@ -1,6 +1,7 @@
 """The pixel path: image encoder and decoder, uint8 observations through env and replay, dict observations in
 the world-model loss, the rendered 64 x 64 task, and the evaluation interval and step budget."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,9 +18,13 @@ from mbrl_jax.nets.image import (
     conv_form,
     conv_same,
     conv_transpose_same,
+    image_depths,
     image_stages,
     patch_chunk,
+    scale_image,
+    stack_map_floats,
 )
+from mbrl_jax.nets.layers import dense_init
 from mbrl_jax.replay import replay_sample
 from mbrl_jax.trainer import episode_returns, make_train
 from mbrl_jax.world_models.rssm import reconstruction_loss
@@ -55,8 +60,6 @@ def test_both_convolution_forms_equal_flax_convolutions(side, size, form):
     """`Conv` (stride 2 and 1) and `ConvTranspose` in either form (the patch form's transposed convolution is
     sub-pixel) against flax.linen.Conv and ConvTranspose with 'SAME' padding (XLA's convolution op), values
     and gradients, and with the same parameter tree, so that either module loads the other's parameters."""
-    import flax.linen as nn
-
     x = jax.random.normal(jax.random.PRNGKey(0), (2, side, side, 3))
     for stride in (2, 1):
         ours = Conv(5, size, stride, form)
@@ -86,7 +89,7 @@ def test_both_convolution_forms_equal_flax_convolutions(side, size, form):
 def test_patch_chunk_takes_the_largest_divisor_that_fits():
     assert patch_chunk(1024, 300, budget=10**6) == 1024  # 0.3 MB: all at once
     assert patch_chunk(1024, 300_000, budget=16 * 2**20) == 32  # 55 would fit; 32 divides 1024
-    assert patch_chunk(1040, 300_000, budget=16 * 2**20) == 52
+    assert patch_chunk(1040, 300_000, budget=16 * 2**20) == 16  # 65 chunks: the fewest odd count that fits
     assert patch_chunk(7, 300_000, budget=2 * 300_000) == 1  # a prime batch: one image at a time
     assert patch_chunk(6, 10**9, budget=1) == 1
 
@@ -96,8 +99,6 @@ def test_chunked_patch_products_equal_flax_convolutions(side, monkeypatch):
     """Layers whose patch matrices pass `PATCH_BYTES` run over the batch in chunks and rebuild the patches in
     their backward pass: against flax.linen.Conv and ConvTranspose (XLA's convolution ops), values and
     gradients of the input and the parameters, with a budget that splits a batch of 6 into chunks of 2."""
-    import flax.linen as nn
-
     import mbrl_jax.nets.image as image
 
     x = jax.random.normal(jax.random.PRNGKey(0), (6, side, side, 3))
@@ -120,6 +121,134 @@ def test_chunked_patch_products_equal_flax_convolutions(side, monkeypatch):
         _close(got, want, rel=1e-5)
         lowered = jax.jit(jax.grad(loss(ours))).lower(params, x).as_text()
         assert "while" in lowered  # the chunks' loop: the budget did split the batch
+
+
+class _OneProgramEncoder(nn.Module):
+    """ImageEncoder as it was before its batch could run in chunks: one compact method, the whole batch."""
+
+    depth: int
+    conv: str
+
+    @nn.compact
+    def __call__(self, image):
+        lead, (height, width, channels) = image.shape[:-3], image.shape[-3:]
+        x = scale_image(image).reshape(-1, height, width, channels)
+        for i, d in enumerate(image_depths(height, width, self.depth)):
+            x = Conv(d, 5, 2, self.conv, name=f"conv{i}")(x)
+            x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name=f"norm{i}")(x))
+        return x.reshape(*lead, -1)
+
+
+class _OneProgramDecoder(nn.Module):
+    """ImageDecoder as it was before its batch could run in chunks."""
+
+    shape: tuple[int, int, int]
+    depth: int
+    conv: str
+
+    @nn.compact
+    def __call__(self, feat):
+        height, width, channels = self.shape
+        depths = image_depths(height, width, self.depth)
+        small = (height >> len(depths), width >> len(depths), depths[-1])
+        x = nn.Dense(small[0] * small[1] * small[2], kernel_init=dense_init, name="space")(feat)
+        x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name="space_norm")(x)).reshape(-1, *small)
+        for i, d in reversed(list(enumerate(depths[:-1]))):
+            x = ConvTranspose(d, 5, self.conv, name=f"conv{i}")(x)
+            x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name=f"norm{i}")(x))
+        x = ConvTranspose(channels, 5, self.conv, name="out")(x)
+        return jax.nn.sigmoid(x).reshape(*feat.shape[:-1], *self.shape)
+
+
+_MESH_SCRIPT = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax, jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import mbrl_jax.nets.image as image
+form, shape = sys.argv[1], (16, 16, 3)
+per_image = 4 * image.stack_map_floats(shape, 4)
+image.STACK_BYTES, image.PATCH_BYTES = 24 * per_image, 4 * 16 * 16 * 75  # chunks of 24 frames, patches of 4
+enc, dec = image.ImageEncoder(4, form), image.ImageDecoder(shape, 4, form)
+frames, feat = jnp.zeros((8, 9, *shape), jnp.uint8), jnp.zeros((8, 9, 32))
+params = enc.init(jax.random.PRNGKey(0), frames[:1, :1]), dec.init(jax.random.PRNGKey(0), feat[:1, :1])
+rows = NamedSharding(Mesh(jax.devices(), ("data",)), P("data"))
+def loss(params, frames, feat):
+    return (enc.apply(params[0], frames) ** 2).sum() + (dec.apply(params[1], feat) ** 2).sum()
+text = jax.jit(jax.grad(loss)).lower(params, jax.device_put(frames, rows), jax.device_put(feat, rows))
+text = text.compile().as_text()
+print("while" in text, text.count("all-gather"))
+"""
+
+
+@pytest.mark.parametrize("form", ["patches", "xla"])
+def test_chunks_stay_on_their_devices_under_a_data_parallel_mesh(form):
+    """The learner's batch split over 4 devices by rows (as `run.devices` splits it): the image networks
+    and their patch products run in chunks (budgets lowered: 72 frames in chunks of 24, patch products of 4
+    frames), and each device loops over its own rows' frames: XLA's partitioned program gathers nothing
+    (contiguous chunks made it all-gather the batch, 12 times for the two networks' gradient)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's mbrl_jax
+    command = [sys.executable, "-c", _MESH_SCRIPT, form]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "0"], done.stdout
+
+
+@pytest.mark.parametrize("form", ["patches", "xla"])
+@pytest.mark.parametrize(("shape", "depth"), [((16, 16, 3), 4), ((10, 10, 4), 4)])
+def test_image_nets_in_chunks_equal_one_program_with_the_same_parameters(shape, depth, form, monkeypatch):
+    """The encoder and decoder whose batch passes `STACK_BYTES` (lowered so that a batch of 6 runs in chunks
+    of 2, as the learner's 1,040 frames do at the default) against the networks as they were before
+    (one program over the batch): the same parameter tree, drawn the same from one key (a checkpoint from
+    before loads), and the same features, pixels and gradients (parameters and decoder input) up to float32
+    summation order; and a batch within the budget (acting) is the one program, bit for bit."""
+    import mbrl_jax.nets.image as image_nets
+
+    image = jax.random.randint(jax.random.PRNGKey(0), (2, 3, *shape), 0, 256).astype(jnp.uint8)
+    feat = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 40))
+    weights = jax.random.uniform(jax.random.PRNGKey(2), (2, 3, *shape))
+    cases = {  # name: (chunked, one program, input, loss of the output)
+        "encoder": (
+            ImageEncoder(depth, form),
+            _OneProgramEncoder(depth, form),
+            image,
+            lambda y: (jnp.sin(y) * jnp.arange(1.0, 3.0)[:, None, None]).sum(),
+        ),
+        "decoder": (
+            ImageDecoder(shape, depth, form),
+            _OneProgramDecoder(shape, depth, form),
+            feat,
+            lambda y: ((y - 0.3) ** 2 * weights).sum(),
+        ),
+    }
+    per_image = 4 * stack_map_floats(shape, depth)
+    for name, (ours, before, x, loss) in cases.items():
+        monkeypatch.setattr(image_nets, "STACK_BYTES", 2 * per_image + 1)  # chunks of 2 images
+        params = ours.init(jax.random.PRNGKey(3), x)
+        want_params = before.init(jax.random.PRNGKey(3), x)
+        assert jax.tree.structure(params) == jax.tree.structure(want_params), name
+        _close(params, want_params, 0.0)
+        params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(5), p.shape), params)
+        argnums = (0,) if name == "encoder" else (0, 1)  # pixels have no gradient
+
+        def grad(module, loss=loss, argnums=argnums):
+            return jax.grad(lambda p, inputs: loss(module.apply(p, inputs)), argnums)
+
+        _close(ours.apply(params, x), before.apply(params, x), 1e-5)
+        want = grad(before)(params, x)
+        _close(grad(ours)(params, x), want, 1e-4)
+        assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(want))
+        assert "while" in jax.jit(grad(ours)).lower(params, x).as_text()  # the budget did split the batch
+        monkeypatch.setattr(image_nets, "STACK_BYTES", 6 * per_image)  # the whole batch fits: as before
+        np.testing.assert_array_equal(jax.jit(ours.apply)(params, x), jax.jit(before.apply)(params, x))
+        got, want = jax.jit(grad(ours))(params, x), jax.jit(grad(before))(params, x)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("form", ["patches", "xla"])

@@ -32,6 +32,24 @@ flax's and against each other, values and gradients):
 
 `auto`, the default, is `patches` on CPU and `xla` on GPU and TPU, decided by `jax.default_backend()` when
 the networks are built.
+
+At 64 x 64 x 3 the learner's batch (16 x 65 frames) has 32 MiB of feature map in the first stage's output
+alone at size1m (130 MiB at size12m), and the backward pass keeps each convolution's, norm's and activation's
+outputs on both sides: most of an update's memory. So where a batch's maps (`stack_map_floats`) would pass
+`STACK_BYTES`, each network as a whole (`ImageEncoder.stack`, `ImageDecoder.stack`) runs over chunks of images
+in a loop, and its backward pass runs each chunk's forward again inside a second loop and takes its gradient
+there (`rebuilt_map`, a `jax.custom_vjp` like `patch_product`'s: a `jax.checkpoint` would be merged back into
+the forward, as above), keeping only the networks' input: an rgb64,size1m update's temporaries fall from 1.5
+GiB to 0.4 GiB for about 5% more time per update (the chunks' forward runs twice). Batches within it (acting,
+MinAtar's 10 x 10 grids) are one program, as before. The parameters are the same either way (declared by
+`stack`, which init runs on the whole batch).
+
+The chunks are strided (`to_chunks`: chunk j takes frames j, j + m, j + 2m, ... of m chunks), and their
+count has as few factors of two as fits (`patch_chunk`: 1,040 frames go 80 at a time at size1m, 13 chunks):
+under a data-parallel mesh (`run.devices` > 1, the batch split by rows along 'data') every chunk then
+takes its share of every device's rows, and XLA's partitioner keeps each device looping over its own frames.
+Contiguous chunks made it gather the whole batch onto every device and run every chunk everywhere (4
+virtual CPU devices: 12 all-gathers in the two networks' gradient; tests/test_pixels.py counts them).
 """
 
 from __future__ import annotations
@@ -53,6 +71,7 @@ KERNEL = 5
 CONV_FORMS = ("patches", "xla")  # what `wm.conv` resolves to; "auto" picks one per backend
 _NHWC = ("NHWC", "HWIO", "NHWC")  # flax's layouts: images NHWC, kernels HWIO
 PATCH_BYTES = 16 * 2**20  # the largest patch matrix built at once (module docstring)
+STACK_BYTES = 16 * 2**20  # the most feature-map bytes of the image networks run at once (module docstring)
 
 
 def conv_form(setting: str, backend: str | None = None) -> str:
@@ -76,6 +95,15 @@ def image_stages(height: int, width: int) -> int:
 def image_depths(height: int, width: int, depth: int) -> tuple[int, ...]:
     """Channels of each stage, shallowest first."""
     return tuple(depth * m for m in MULTS[: image_stages(height, width)])
+
+
+def stack_map_floats(shape: tuple[int, int, int], depth: int) -> int:
+    """float32 values of one image's feature maps in the image encoder or decoder (each stage's output, the
+    image itself): what decides whether a batch runs through them in chunks (`STACK_BYTES`)."""
+    height, width, channels = shape
+    depths = image_depths(height, width, depth)
+    sides = [(height >> (i + 1)) * (width >> (i + 1)) for i in range(len(depths))]
+    return sum(s * d for s, d in zip(sides, depths, strict=True)) + height * width * channels
 
 
 def scale_image(image: jax.Array) -> jax.Array:
@@ -112,12 +140,30 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 def patch_chunk(images: int, bytes_per_image: int, budget: int) -> int:
-    """How many images of a batch of `images` one patch product takes at once: all of them where their
-    patches fit in `budget` bytes, else the largest divisor of `images` whose patches do (at least 1)."""
+    """How many images of a batch of `images` one chunk takes (a patch product, the image networks): all of
+    them where they fit in `budget` bytes, else `images / m` for the chunk count m whose chunks fit that has
+    the fewest factors of two, the fewest chunks among those (`to_chunks`: a chunk then keeps as many of
+    the batch's factors of two as it can, so that a batch split over a power-of-two count of devices is
+    split evenly in every chunk); 1 where even one image does not fit."""
     if images * bytes_per_image <= budget:
         return images
-    fits = max(budget // bytes_per_image, 1)
-    return max(c for c in range(1, min(fits, images) + 1) if images % c == 0)
+    counts = [m for m in range(2, images + 1) if images % m == 0 and images // m * bytes_per_image <= budget]
+    if not counts:
+        return 1
+    return images // min(counts, key=lambda m: ((m & -m), m))  # m & -m: the largest power of two dividing m
+
+
+def to_chunks(a: jax.Array, chunk: int) -> jax.Array:
+    """[N, ...] -> [N / chunk, chunk, ...], chunk j holding images j, j + N / chunk, j + 2 N / chunk, ...:
+    strided, not contiguous, so that where the batch is split over devices along N (a data-parallel mesh)
+    each chunk takes its share from every device (where `chunk` is a multiple of their count) and XLA's
+    partitioner keeps the loop over chunks on each device's own images instead of gathering the batch."""
+    return a.reshape(chunk, a.shape[0] // chunk, *a.shape[1:]).swapaxes(0, 1)
+
+
+def from_chunks(y: jax.Array) -> jax.Array:
+    """The inverse of `to_chunks`: [N / chunk, chunk, ...] -> [N, ...] in the batch's order."""
+    return y.swapaxes(0, 1).reshape(-1, *y.shape[2:])
 
 
 def patch_product(
@@ -134,13 +180,9 @@ def patch_product(
     if chunk == n:
         return patches(x) @ weights
 
-    def chunks(a: jax.Array) -> jax.Array:
-        return a.reshape(n // chunk, chunk, *a.shape[1:])
-
     @jax.custom_vjp
     def product(x, weights):
-        y = lax.map(lambda xs: patches(xs) @ weights, chunks(x))
-        return y.reshape(n, *y.shape[2:])
+        return from_chunks(lax.map(lambda xs: patches(xs) @ weights, to_chunks(x, chunk)))
 
     def forward(x, weights):
         return product(x, weights), (x, weights)
@@ -154,11 +196,47 @@ def patch_product(
             grad_weights = grad_weights + p.reshape(-1, p.shape[-1]).T @ grads.reshape(-1, grads.shape[-1])
             return grad_weights, patches_vjp(grads @ weights.T)[0]
 
-        grad_weights, grad_x = lax.scan(chunk_grads, jnp.zeros_like(weights), (chunks(x), chunks(grad)))
-        return grad_x.reshape(x.shape), grad_weights
+        chunks = (to_chunks(x, chunk), to_chunks(grad, chunk))
+        grad_weights, grad_x = lax.scan(chunk_grads, jnp.zeros_like(weights), chunks)
+        return from_chunks(grad_x), grad_weights
 
     product.defvjp(forward, backward)
     return product(x, weights)
+
+
+def rebuilt_map(fn: Callable, params, x: jax.Array, chunk: int) -> jax.Array:
+    """`fn(params, x)` for a batch `x` [N, ...] whose images `fn` maps each on its own, run over chunks of
+    `chunk` images (which divides N; strided, `to_chunks`); the backward pass runs `fn` again on each chunk
+    inside a loop and takes its gradient there, so only `x` is kept for it, never the whole batch's
+    intermediates (module docstring). An integer `x` (pixels) gets no gradient."""
+
+    @jax.custom_vjp
+    def mapped(params, x):
+        return from_chunks(lax.map(lambda xs: fn(params, xs), to_chunks(x, chunk)))
+
+    def forward(params, x):
+        return mapped(params, x), (params, x)
+
+    def backward(residuals, grad):
+        params, x = residuals
+        differentiable = jnp.issubdtype(x.dtype, jnp.inexact)
+
+        def chunk_grads(grad_params, xs_and_grads):
+            xs, grads = xs_and_grads
+            if differentiable:
+                grads_params, grad_xs = jax.vjp(fn, params, xs)[1](grads)
+            else:
+                (grads_params,), grad_xs = jax.vjp(lambda p: fn(p, xs), params)[1](grads), None
+            return jax.tree.map(jnp.add, grad_params, grads_params), grad_xs
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grad_params, grad_x = lax.scan(chunk_grads, zeros, (to_chunks(x, chunk), to_chunks(grad, chunk)))
+        if differentiable:
+            return grad_params, from_chunks(grad_x)
+        return grad_params, np.zeros(x.shape, jax.dtypes.float0)
+
+    mapped.defvjp(forward, backward)
+    return mapped(params, x)
 
 
 def conv_same(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
@@ -231,20 +309,28 @@ def image_activation_floats(
     patch form (`conv`) the patch matrices: those of a layer that is one product (`patch_product`) are kept
     for the kernel's gradient, with 20% for the largest layer's patch gradient and window copies; a layer
     run in chunks holds about 3 chunks' patches at a time (patches, their gradient, a copy), counted once
-    per update. Fitted to XLA's temporaries of the two networks' gradient at 64 x 64 x 3, depths 4 and 16,
-    and of the learner update at rgb64,size1m (benchmarks/memory_breakdown.py)."""
+    per update. A batch whose feature maps pass `STACK_BYTES` runs through the networks in chunks
+    (`rebuilt_map`): about half of that (one network's loop at a time) for one chunk's images, spread over
+    the batch, and the image twice for the batch (the decoder's prediction, and the strided chunks' copy of
+    it, `to_chunks`). Fitted to XLA's
+    temporaries of the two networks' gradient at 64 x 64 x 3, depths 4 and 16, and of the learner update
+    at rgb64,size1m, whole and in chunks (benchmarks/memory_breakdown.py, tests/test_memory.py)."""
     images_shapes = [shape for shape in obs_shapes.values() if len(shape) == 3]
     if not images_shapes:
         return 0
     height, width = images_shapes[0][:2]
     pixels = sum(h * w * c for h, w, c in images_shapes)
+    channels = sum(c for *_, c in images_shapes)
+    chunk = patch_chunk(images, 4 * stack_map_floats((height, width, channels), depth), STACK_BYTES)
+    if chunk < images:
+        return 2 * pixels + image_activation_floats(obs_shapes, depth, conv, chunk) * chunk // (2 * images)
     depths = image_depths(height, width, depth)
     sides = [(height >> (i + 1)) * (width >> (i + 1)) for i in range(len(depths))]  # positions per stage
     maps = sum(s * d for s, d in zip(sides, depths, strict=True))
     floats = 18 * maps + 4 * pixels
     if conv_form(conv) == "patches":
         taps = _subpixel_taps(KERNEL)[0].shape[1]  # the decoder's sub-pixel kernel side
-        inputs = [sum(c for *_, c in images_shapes), *depths[:-1]]  # channels into each encoder stage
+        inputs = [channels, *depths[:-1]]  # channels into each encoder stage
         encoder = [s * KERNEL * KERNEL * c for s, c in zip(sides, inputs, strict=True)]
         # the decoder's transposed convolutions read every stage's map, the smallest from its `space` layer
         decoder = [s * taps * taps * d for s, d in zip(sides, depths, strict=True)]
@@ -301,19 +387,26 @@ class ImageEncoder(nn.Module):
     depth: int
     conv: str = "patches"  # the convolutions' form: one of CONV_FORMS, or "auto" (`conv_form`)
 
-    @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
         lead, (height, width, channels) = image.shape[:-3], image.shape[-3:]
-        depths = image_depths(height, width, self.depth)
-        if not depths:
+        if not image_depths(height, width, self.depth):
             raise ValueError(
                 f"an image of {height} x {width} cannot be halved: sides must be even and > {MIN_RES}"
             )
+        per_image = 4 * stack_map_floats((height, width, channels), self.depth)
+        x = _stack_in_chunks(self, image, image.reshape(-1, height, width, channels), per_image)
+        return x.reshape(*lead, -1)
+
+    @nn.compact
+    def stack(self, image: jax.Array) -> jax.Array:
+        """The network on images: [..., H, W, C] uint8 -> [N, h, w, depths[-1]], N the images."""
+        height, width, channels = image.shape[-3:]
+        depths = image_depths(height, width, self.depth)
         x = scale_image(image).reshape(-1, height, width, channels)
         for i, d in enumerate(depths):
             x = Conv(d, KERNEL, 2, self.conv, name=f"conv{i}")(x)
             x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name=f"norm{i}")(x))
-        return x.reshape(*lead, -1)
+        return x
 
 
 class ImageDecoder(nn.Module):
@@ -323,13 +416,19 @@ class ImageDecoder(nn.Module):
     depth: int
     conv: str = "patches"  # as ImageEncoder's
 
-    @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
+        lead = feat.shape[:-1]
+        per_image = 4 * stack_map_floats(self.shape, self.depth)
+        x = _stack_in_chunks(self, feat, feat.reshape(-1, feat.shape[-1]), per_image)
+        return x.reshape(*lead, *self.shape)
+
+    @nn.compact
+    def stack(self, feat: jax.Array) -> jax.Array:
+        """The network on features: [..., F] -> [N, H, W, C] pixels in [0, 1], N the feature vectors."""
         height, width, channels = self.shape
         depths = image_depths(height, width, self.depth)
         factor = 2 ** len(depths)
         small = (height // factor, width // factor, depths[-1])
-        lead = feat.shape[:-1]
         x = nn.Dense(small[0] * small[1] * small[2], kernel_init=dense_init, name="space")(feat)
         x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name="space_norm")(x))
         x = x.reshape(-1, *small)
@@ -337,4 +436,23 @@ class ImageDecoder(nn.Module):
             x = ConvTranspose(d, KERNEL, self.conv, name=f"conv{i}")(x)
             x = jax.nn.silu(nn.RMSNorm(epsilon=1e-4, name=f"norm{i}")(x))
         x = ConvTranspose(channels, KERNEL, self.conv, name="out")(x)
-        return jax.nn.sigmoid(x).reshape(*lead, height, width, channels)
+        return jax.nn.sigmoid(x)
+
+
+def _stack_in_chunks(
+    module: ImageEncoder | ImageDecoder, inputs: jax.Array, x: jax.Array, per_image: int
+) -> jax.Array:
+    """`module.stack` of the network's `inputs` [..., *shape], as a batch `x` [N, *shape] whose feature maps
+    take `per_image` bytes an image: at once, on `inputs` as given (the program as before), where the
+    batch's do not pass `STACK_BYTES` (and at init, which declares the parameters), else in chunks of
+    images (`patch_chunk`) whose backward pass rebuilds each chunk's maps (`rebuilt_map`), from the module's
+    parameters as they stand."""
+    chunk = patch_chunk(x.shape[0], per_image, STACK_BYTES)
+    if chunk == x.shape[0] or module.is_initializing():
+        return module.stack(inputs)
+    unbound = module.clone(parent=None)
+
+    def stack(params, xs):
+        return unbound.apply({"params": params}, xs, method="stack")
+
+    return rebuilt_map(stack, module.variables["params"], x, chunk)

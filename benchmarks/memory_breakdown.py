@@ -83,8 +83,7 @@ def measure(preset: str, chunk_steps: int, rss: bool) -> dict[str, Any]:
     from mbrl_jax.envs import env_spec
     from mbrl_jax.memory import estimate_memory, release_freed_heap
     from mbrl_jax.nets.image import conv_form
-    from mbrl_jax.replay import replay_sample
-    from mbrl_jax.trainer import make_train
+    from mbrl_jax.trainer import make_train, sample_learner_batch
 
     presets, own = split_preset(preset)
     config = make_config(*presets, **{"run.chunk_steps": chunk_steps, **own})
@@ -122,7 +121,7 @@ def measure(preset: str, chunk_steps: int, rss: bool) -> dict[str, Any]:
     agent = make_dreamer(config, env_spec(config.env.name, config.env.action_repeat))
     abstract = jax.eval_shape(lambda s: s, state)
     batch = jax.eval_shape(
-        lambda replay, k: replay_sample(replay, k, config.replay.batch_size, config.sample_length)[0],
+        lambda replay, k: sample_learner_batch(config, replay, k)[0],
         abstract.replay,
         key,
     )

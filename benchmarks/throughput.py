@@ -68,8 +68,7 @@ from mbrl_jax.envs import (  # noqa: E402
     resolve_loop,
 )
 from mbrl_jax.host_loop import make_host_train  # noqa: E402
-from mbrl_jax.replay import replay_sample  # noqa: E402
-from mbrl_jax.trainer import make_train  # noqa: E402
+from mbrl_jax.trainer import make_train, sample_learner_batch  # noqa: E402
 from mbrl_jax.world_models.rssm import WorldModel, imagine  # noqa: E402
 
 DEFAULT_PRESET = "cartpole"
@@ -450,9 +449,7 @@ def measure(
         state, result = measure_training_host(make_host_train(c), k_train, chunks)
     else:
         state, result = measure_training(make_train(c), k_train, chunks)
-    batch = jax.jit(replay_sample, static_argnums=(2, 3))(
-        state.replay, k_batch, c.replay.batch_size, c.sample_length
-    )[0]
+    batch = jax.jit(sample_learner_batch, static_argnums=0)(c, state.replay, k_batch)[0]
     result.update(measure_learner(agent, state.agent, batch, k_learn, updates))
     if isinstance(agent, Imagines):
         result.update(
@@ -498,9 +495,7 @@ def profile_update(config: Config, top: int = 15) -> dict[str, Any]:
     trainer = make_train(config)
     agent = make_agent(config, env_spec(config.env.name, config.env.action_repeat))
     state = jax.jit(trainer.init)(jax.random.PRNGKey(config.run.seed))
-    batch = replay_sample(
-        state.replay, jax.random.PRNGKey(1), config.replay.batch_size, config.sample_length
-    )[0]
+    batch = sample_learner_batch(config, state.replay, jax.random.PRNGKey(1))[0]
     return profile_ops(jax.jit(agent.learn), state.agent, batch, jax.random.PRNGKey(2), top=top)
 
 

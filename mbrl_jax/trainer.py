@@ -146,40 +146,49 @@ def smoothed_window_rewards(replay: Replay, index: ReplayIndex, r: ReplayConfig)
     return smooth[:, left : smooth.shape[1] - right]
 
 
+def sample_learner_batch(c: Config, replay: Replay, key: jax.Array) -> tuple[dict, ReplayIndex, Replay]:
+    """The batch one learner update trains on, as the training loop samples it: windows from `replay`
+    (`c.replay.sampler`), DreamSmooth's reward target where it is on, and the frequency sampler's imagination
+    windows (`batch["imag"]`, Drama). Returns the batch, the windows' index, and the replay with the
+    sampler's counts updated."""
+    r = c.replay
+    batch, index, replay = replay_sample(
+        replay,
+        key,
+        r.batch_size,
+        c.sample_length,
+        r.online,
+        stride=r.batch_length,
+        sampler=r.sampler,
+        tau=r.dfs_tau,
+    )
+    if r.reward_smoothing != "none":
+        smooth = smoothed_window_rewards(replay, index, r)
+        batch = {**batch, "reward": smooth, "reward_raw": batch["reward"]}
+    if r.sampler == "frequency":
+        # Imagination starts come from their own windows (Drama); fold_in keeps the uniform path's keys.
+        imag, replay = replay_sample_imagination(
+            replay,
+            jax.random.fold_in(key, 1),
+            r.imag_batch,
+            c.imag_sample_length,
+            r.dfs_imag_tau,
+            r.dfs_alpha,
+            r.dfs_beta,
+            r.imag_batch / r.batch_size,
+        )
+        batch = {**batch, "imag": imag}
+    return batch, index, replay
+
+
 def make_learn_step(c: Config, agent: Any, mesh: jax.sharding.Mesh | None = None) -> Callable:
     """`learn_step(state, _) -> (state, metrics)`: one learner update of `agent` on windows sampled from the
     state's replay (shared by the compiled loop and the host loop)."""
-    r = c.replay
 
     def learn_step(state: TrainState, _):
         """One learner update on a sampled batch: `lax.scan`-shaped (carry, None) -> (carry, metrics)."""
         key, k_sample, k_learn = jax.random.split(state.key, 3)
-        batch, index, replay = replay_sample(
-            state.replay,
-            k_sample,
-            r.batch_size,
-            c.sample_length,
-            r.online,
-            stride=r.batch_length,
-            sampler=r.sampler,
-            tau=r.dfs_tau,
-        )
-        if r.reward_smoothing != "none":
-            smooth = smoothed_window_rewards(replay, index, r)
-            batch = {**batch, "reward": smooth, "reward_raw": batch["reward"]}
-        if r.sampler == "frequency":
-            # Imagination starts come from their own windows (Drama); fold_in keeps the uniform path's keys.
-            imag, replay = replay_sample_imagination(
-                replay,
-                jax.random.fold_in(k_sample, 1),
-                r.imag_batch,
-                c.imag_sample_length,
-                r.dfs_imag_tau,
-                r.dfs_alpha,
-                r.dfs_beta,
-                r.imag_batch / r.batch_size,
-            )
-            batch = {**batch, "imag": imag}
+        batch, index, replay = sample_learner_batch(c, state.replay, k_sample)
         if mesh is not None:
             split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
             batch = jax.lax.with_sharding_constraint(batch, jax.tree.map(lambda _: split, batch))

@@ -1,7 +1,7 @@
 """Seeds of an envpool task in one compiled program (`--seeds` with envpool:<task>): one pool per seed on
 envpool's XLA interface (`EnvpoolXlaSweep`), each seeded as its single run seeds its pool, the agent vmapped
-over seeds. The pools against single pools stepped with the same actions (CartPole and Pong's frames), a
-sweep against its single runs seed by seed, and its resume."""
+over seeds. The pools against single pools stepped with the same actions (CartPole and Pong's frames), and
+sweeps of CartPole and of Pong from pixels against their single runs seed by seed, and their resume."""
 
 import dataclasses
 import shutil
@@ -26,6 +26,23 @@ SMALL = {
     "run.checkpoint_every": 200,
     "replay.prefill": 64,
     "replay.batch_length": 16,
+}
+# Pong from 64 x 64 x 3 frames with the atari100k env settings in the compiled loop (envpool's XLA step inside
+# the chunk), at the debug sizes; an update every 4 env steps: the tests check the plumbing, not learning.
+PONG = {
+    "env.name": "envpool:Pong-v5",
+    "run.steps": 160,
+    "run.chunk_steps": 48,
+    "run.checkpoint_every": 48,
+    "run.eval_episodes": 1,
+    "run.eval_steps": 30,
+    "replay.prefill": 64,
+    "replay.batch_length": 16,
+    "replay.train_ratio": 16.0,
+}
+RUNS = {  # task -> (config, env steps at the end of each chunk)
+    "CartPole": (lambda: make_config("debug", **SMALL), [164, 264, 364]),
+    "Pong": (lambda: make_config("atari100k", "debug", **PONG), [112, 160]),
 }
 FIELDS = ("reward", "is_first", "is_last", "is_terminal", "episode_return", "episode_length")
 
@@ -70,50 +87,58 @@ def test_sweep_pools_step_as_each_seeds_own_pool(task, steps):
     assert not np.array_equal(observations[0], observations[1])  # the seeds' pools really differ
 
 
-@pytest.fixture(scope="module")
-def straight_sweep(tmp_path_factory):
-    logdir = tmp_path_factory.mktemp("envpool-sweep")
-    state, records = train_sweep(make_config("debug", **SMALL), SEEDS, logdir, progress=False)
-    return logdir, state, records
+@pytest.fixture(scope="module", params=list(RUNS))
+def straight_sweep(request, tmp_path_factory):
+    """A 3-seed sweep of CartPole or of Pong, run to its end: (config, its chunks' env steps, folder, state,
+    records per seed)."""
+    make, steps = RUNS[request.param]
+    config = make()
+    logdir = tmp_path_factory.mktemp(f"envpool-sweep-{request.param}")
+    state, records = train_sweep(config, SEEDS, logdir, progress=False)
+    return config, steps, logdir, state, records
 
 
 @pytest.mark.slow  # the sweep and its three single runs
 def test_each_seed_of_an_envpool_sweep_matches_its_single_run(straight_sweep):
     """The tolerance of the gymnax sweep tests (tests/test_sweep.py: vmapped matmuls sum in another order):
     env steps, episodes and returns exactly, losses to 1e-4."""
-    logdir, _, sweep_records = straight_sweep
-    config = make_config("debug", **SMALL)
+    config, steps, logdir, state, sweep_records = straight_sweep
     for seed in SEEDS:
         _, single = train(config.replace(**{"run.seed": seed}), None, progress=False)
         swept = sweep_records[seed]
         assert read_metrics(logdir / f"seed{seed}") == swept
-        assert [r["env_steps"] for r in swept] == [r["env_steps"] for r in single] == [164, 264, 364]
+        assert [r["env_steps"] for r in swept] == [r["env_steps"] for r in single] == steps
+        assert all(np.isfinite(v) for r in swept for k, v in r.items() if k.startswith("loss"))
         assert_records_match_single_run(swept, single, seed)
     assert sweep_records[0][-1]["eval_return"] != sweep_records[1][-1]["eval_return"] or (
         sweep_records[0][-1]["loss_model"] != sweep_records[1][-1]["loss_model"]
     )
+    if config.env.name == "envpool:Pong-v5":  # the frames as the replay keeps them, each seed's its own
+        frames = jax.device_get(state.replay.data["obs"]["image"])
+        assert frames.dtype == np.uint8 and frames.shape[-3:] == (64, 64, 3) and frames[:, :, :80].max() > 0
+        assert not np.array_equal(frames[0, :, :80], frames[1, :, :80])
 
 
 @pytest.mark.slow  # two resumed sweeps
 def test_an_envpool_sweep_resumes_as_exactly_as_a_single_envpool_run(straight_sweep, tmp_path):
     """As a single envpool run (tests/test_envpool_xla.py): the pools restart every env at the resume
-    point, so a sweep resumed from its checkpoint at 264 equals the uninterrupted sweep up to there, and the
-    same checkpoint resumed twice gives the same sweep, seed by seed."""
-    logdir, _, straight = straight_sweep
-    config = make_config("debug", **SMALL)
+    point, so a sweep resumed from its last checkpoint but one equals the uninterrupted sweep up to there,
+    and the same checkpoint resumed twice gives the same sweep, seed by seed."""
+    config, steps, logdir, _, straight = straight_sweep
     cut = tmp_path / "a"
     shutil.copytree(logdir, cut)
-    shutil.rmtree(cut / "checkpoints" / "364")  # as if stopped after its checkpoint at 264
+    shutil.rmtree(cut / "checkpoints" / str(steps[-1]))  # as if stopped after its checkpoint before the end
     shutil.copytree(cut, tmp_path / "b")
     state_a, _ = train_sweep(config, SEEDS, cut, progress=False)
     state_b, _ = train_sweep(config, SEEDS, tmp_path / "b", progress=False)
     for seed in SEEDS:
         rows_a, rows_b = read_metrics(cut / f"seed{seed}"), read_metrics(tmp_path / "b" / f"seed{seed}")
-        assert [r["env_steps"] for r in rows_a] == [164, 264, 364]
-        assert rows_a[:2] == straight[seed][:2] and rows_a == rows_b
+        assert [r["env_steps"] for r in rows_a] == steps
+        assert rows_a[:-1] == straight[seed][:-1] and rows_a == rows_b
     for x, y in zip(jax.tree.leaves(state_a.agent), jax.tree.leaves(state_b.agent), strict=True):
         np.testing.assert_array_equal(x, y)
-    assert jax.device_get(state_a.replay.data["is_first"])[:, :, 264 // 2].all()  # restarted at the resume
+    restarted = jax.device_get(state_a.replay.data["is_first"])[:, :, steps[-2] // config.env.num_envs]
+    assert restarted.all()  # every seed's envs restarted at the resume point
 
 
 def test_host_env_sweeps_are_one_program_and_multi_device_envpool_sweeps_are_refused():

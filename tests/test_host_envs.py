@@ -31,9 +31,6 @@ SMALL = {
     "replay.batch_length": 16,
 }
 
-# envpool is an optional extra (about 470 MB of Atari ROMs and MuJoCo assets): `pip install -e .[envpool]`.
-
-
 def _hand_rollout(env_id: str, seed: int, n: int, actions: np.ndarray) -> list[dict]:
     """The expected TimeStep fields, from n plain Gymnasium envs stepped by hand in the DreamerV3 convention:
     after an episode ends, the next call resets that env (unseeded, as auto-reset does) with reward 0."""
@@ -237,16 +234,15 @@ def test_sticky_actions_are_refused_where_they_do_not_apply():
         make_config("debug", **{"env.sticky_actions": 1.5})
 
 
-@pytest.mark.slow  # compiles a Pong program with 64 x 64 frames per loop
-@pytest.mark.parametrize("loop", ["host", "compiled"])
-def test_envpool_pong_from_pixels_through_chunks_and_resume(tmp_path, loop):
-    """Atari from pixels with the atari100k env settings, on the host loop and in the compiled loop
-    (envpool's XLA step inside the chunk): chunks of act, store and learn, and a run cut after its first
-    checkpoint resumes to the uninterrupted run's records up to there and runs to the end."""
+@pytest.mark.slow  # compiles a Pong program with 64 x 64 frames
+def test_envpool_pong_from_pixels_through_chunks_and_resume_on_the_host_loop(tmp_path):
+    """Atari from pixels with the atari100k env settings on the host loop: chunks of act, store and learn,
+    and a run cut after its first checkpoint resumes to the uninterrupted run's records up to there and runs
+    to the end. (The compiled loop's Pong runs, as sweeps and single runs: tests/test_envpool_sweep.py.)"""
     settings = {
         **SMALL,
         "env.name": "envpool:Pong-v5",
-        "env.loop": loop,
+        "env.loop": "host",
         "env.sticky_actions": 0.0,
         "run.steps": 160,
         "run.chunk_steps": 48,

@@ -31,6 +31,7 @@ SMALL = {
     "replay.batch_length": 16,
 }
 
+
 def _hand_rollout(env_id: str, seed: int, n: int, actions: np.ndarray) -> list[dict]:
     """The expected TimeStep fields, from n plain Gymnasium envs stepped by hand in the DreamerV3 convention:
     after an episode ends, the next call resets that env (unseeded, as auto-reset does) with reward 0."""

@@ -1,6 +1,14 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Most tests compile small programs and run them briefly, so compiling is most of the suite's time: XLA's
+# backend optimizations are off (`jax_disable_most_optimizations`: LLVM at -O0, its expensive passes skipped),
+# which compiles about a third faster and runs slower; results can differ from an optimized build in the last
+# bits, and every comparison in a test is between programs compiled alike. The environment variable reaches
+# the tests' child processes too. A test that runs long (learning) or asserts on XLA's memory figures for
+# what users run is marked `optimized` and compiles as users do. JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the
+# whole suite optimized.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 
@@ -17,6 +25,20 @@ import dataclasses  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _optimizations_as_marked(request):
+    """A test marked `optimized` compiles with XLA's optimizations on (module comment above)."""
+    if request.node.get_closest_marker("optimized") is None:
+        yield
+        return
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from mbrl_jax.runner import train
 
 
 @pytest.mark.slow
+@pytest.mark.optimized  # runs long: compiled as users run it
 def test_cartpole_learns_well_above_random():
     config = make_config("cartpole", **{"run.steps": 6_000, "replay.train_ratio": 64.0, "run.seed": 0})
     _, records = train(config, logdir=None, progress=False)

@@ -20,6 +20,7 @@ from mbrl_jax.replay import replay_sample
 from mbrl_jax.trainer import make_train
 
 
+@pytest.mark.optimized  # XLA's memory figures for the program users run
 def test_estimate_is_close_to_xla_for_a_compiled_chunk():
     """XLA's memory analysis of the compiled chunk (arguments + temporaries) against the estimate: the
     estimate of what XLA allocates (`device`: the process's runtime aside) may err high, not low, and not by
@@ -80,6 +81,7 @@ def _update_temporaries(config) -> int:
     return compiled.memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.optimized  # XLA's memory figures for the program users run
 def test_image_activations_follow_xla_in_both_conv_forms(monkeypatch):
     """A learner update on 64 x 64 x 3 frames, its convolutions as patch products or as XLA's: the
     estimated activations against XLA's temporaries, within 30% and never below; what the patch matrices

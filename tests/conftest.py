@@ -21,24 +21,36 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _optimizations_as_marked(request):
-    """A test marked `optimized` compiles with XLA's optimizations on (module comment above)."""
-    if request.node.get_closest_marker("optimized") is None:
-        yield
-        return
+@contextlib.contextmanager
+def _optimizations_on():
     before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", False)
     try:
         yield
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_optimizations_as_marked(request):
+    """A module marked `optimized` (`pytestmark`) compiles with XLA's optimizations on, its module-scoped
+    fixtures included (module comment above)."""
+    with _optimizations_on() if request.node.get_closest_marker("optimized") else contextlib.nullcontext():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _optimizations_as_marked(request):
+    """A test marked `optimized` compiles with XLA's optimizations on (module comment above)."""
+    with _optimizations_on() if request.node.get_closest_marker("optimized") else contextlib.nullcontext():
+        yield
 
 
 @pytest.fixture

@@ -5,9 +5,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # backend optimizations are off (`jax_disable_most_optimizations`: LLVM at -O0, its expensive passes skipped),
 # which compiles about a third faster and runs slower; results can differ from an optimized build in the last
 # bits, and every comparison in a test is between programs compiled alike. The environment variable reaches
-# the tests' child processes too. A test that runs long (learning) or asserts on XLA's memory figures for
-# what users run is marked `optimized` and compiles as users do. JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the
-# whole suite optimized.
+# the tests' child processes too. A test that runs long (learning), asserts on XLA's memory figures for what
+# users run, or compares programs that agree only when optimized (the sweep modules: a vmapped seed's results
+# moved with another seed's values at -O0) is marked `optimized` and compiles as users do.
+# JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the whole suite optimized.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
@@ -38,18 +39,22 @@ def _optimizations_on():
         jax.config.update("jax_disable_most_optimizations", before)
 
 
+def _as_marked(node):
+    return _optimizations_on() if node.get_closest_marker("optimized") else contextlib.nullcontext()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _module_optimizations_as_marked(request):
     """A module marked `optimized` (`pytestmark`) compiles with XLA's optimizations on, its module-scoped
     fixtures included (module comment above)."""
-    with _optimizations_on() if request.node.get_closest_marker("optimized") else contextlib.nullcontext():
+    with _as_marked(request.node):
         yield
 
 
 @pytest.fixture(autouse=True)
 def _optimizations_as_marked(request):
     """A test marked `optimized` compiles with XLA's optimizations on (module comment above)."""
-    with _optimizations_on() if request.node.get_closest_marker("optimized") else contextlib.nullcontext():
+    with _as_marked(request.node):
         yield
 
 

@@ -15,9 +15,8 @@ from mbrl_jax.parallel import parse_seeds
 from mbrl_jax.runner import train, train_sweep
 from mbrl_jax.stats import iqm
 
-# Compiled as users run them (tests/conftest.py): at -O0 a vmapped seed's results moved with another seed's
-# values (a NaN seed 1 changed seed 0's mean value by one ulp), and one of 2,560 parameters of a host sweep's
-# seed ended 3% off its single run's, where the optimized programs agree as these tests require.
+# Compiled as users run them (tests/conftest.py): at -O0 a sweep with a NaN seed 1 gave seed 0 a value one ulp
+# off the straight sweep's, where the optimized programs agree exactly as these tests require.
 pytestmark = pytest.mark.optimized
 
 SMALL = {

@@ -90,9 +90,24 @@ def plot_run(logdir: str | Path) -> Path:
         raise ValueError(f"{logdir / JSONL} has no eval_return, episode_return or loss* values")
     cols = min(3, len(series))
     rows = math.ceil(len(series) / cols)
-    fig = Figure(figsize=(4.0 * cols, 3.0 * rows))
+    width, height = 4.0 * cols, 3.0 * rows
+    fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False)
+    # margins fixed in inches (room for tick labels, titles and the x label) instead of tight_layout, which
+    # measures every text and was half of this function's time for a run's 11 panels
+    axes = fig.subplots(
+        rows,
+        cols,
+        squeeze=False,
+        gridspec_kw={
+            "left": 0.75 / width,
+            "right": 1 - 0.15 / width,
+            "bottom": 0.55 / height,
+            "top": 1 - 0.35 / height,
+            "wspace": 0.3,
+            "hspace": 0.45,
+        },
+    )
     for ax, (key, (steps, values)) in zip(axes.flat, series.items(), strict=False):
         ax.plot(steps, values)
         ax.set_title(key, fontsize="medium")
@@ -100,7 +115,6 @@ def plot_run(logdir: str | Path) -> Path:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(series) :]:
         ax.set_visible(False)
-    fig.tight_layout()
     out_png = logdir / "curves.png"
     fig.savefig(out_png, dpi=110)
     return out_png

@@ -7,9 +7,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # bits, and every comparison in a test is between programs compiled alike. The environment variable reaches
 # the tests' child processes too. A test that runs long (learning), asserts on XLA's memory figures for what
 # users run, or compares programs that agree only when optimized (the sweep modules: a vmapped seed's results
-# moved with another seed's values at -O0) is marked `optimized` and compiles as users do.
+# moved with another seed's values at -O0) is marked `optimized` and compiles as users do. So are the modules
+# that mostly run programs already compiled (the runner's resumes, the CLI, the step budget): there the slower
+# -O0 programs cost more than their compiles save (those three files: 378 s at -O0, 302 s optimized).
 # JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the whole suite optimized.
-os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+OPT_OFF = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+os.environ.setdefault(OPT_OFF, "1")
 
 import jax  # noqa: E402
 
@@ -31,12 +34,18 @@ import pytest  # noqa: E402
 
 @contextlib.contextmanager
 def _optimizations_on():
-    before = jax.config.read("jax_disable_most_optimizations")
+    """Optimized compiles here and in the processes started meanwhile (they read the variable)."""
+    before, before_env = jax.config.read("jax_disable_most_optimizations"), os.environ.get(OPT_OFF)
     jax.config.update("jax_disable_most_optimizations", False)
+    os.environ[OPT_OFF] = "0"
     try:
         yield
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
+        if before_env is None:
+            os.environ.pop(OPT_OFF, None)
+        else:
+            os.environ[OPT_OFF] = before_env
 
 
 def _as_marked(node):

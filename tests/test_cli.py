@@ -9,6 +9,9 @@ from experiments import run as run_cli
 from mbrl_jax.checkpoint import save_config
 from mbrl_jax.config import make_config
 
+# runs its compiled programs more than it compiles them: optimized (tests/conftest.py)
+pytestmark = pytest.mark.optimized
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

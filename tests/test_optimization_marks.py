@@ -1,7 +1,9 @@
 """tests/conftest.py compiles tests at -O0 unless they are marked `optimized`: the mark turns XLA's
-optimizations on for that test alone."""
+optimizations on for that test alone, and for the processes it starts."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -9,6 +11,13 @@ import pytest
 
 def _optimizations_off() -> bool:
     return jax.config.read("jax_disable_most_optimizations")
+
+
+def _child_optimizations_off() -> bool:
+    """The setting a process started now compiles with (as the multi-host and CLI tests start theirs)."""
+    code = "import jax; print(jax.config.read('jax_disable_most_optimizations'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "True"
 
 
 SUITE_SETTING = _optimizations_off()  # at import, outside any test: the suite's own setting
@@ -20,9 +29,11 @@ def test_the_suite_compiles_as_the_environment_says():
 
 
 @pytest.mark.optimized
-def test_a_marked_test_compiles_optimized():
+def test_a_marked_test_compiles_optimized_and_so_do_its_child_processes():
     assert not _optimizations_off()
+    assert not _child_optimizations_off()
 
 
 def test_an_unmarked_test_after_it_compiles_as_the_suite_does():
     assert _optimizations_off() == SUITE_SETTING
+    assert _child_optimizations_off() == SUITE_SETTING

@@ -34,7 +34,7 @@ config = make_config(
         "env.num_envs": 4,
         "replay.batch_size": 8,
         "run.devices": 4,
-        "run.steps": 248,
+        "run.steps": 208,
         "run.chunk_steps": 40,
         "run.checkpoint_every": 40,
         "replay.prefill": 128,

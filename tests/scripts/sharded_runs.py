@@ -32,9 +32,9 @@ if cache:
 SMALL = {
     "env.num_envs": 4,
     "replay.batch_size": 8,
-    "run.steps": 528,
-    "run.chunk_steps": 200,
-    "run.checkpoint_every": 200,
+    "run.steps": 328,  # two chunks after the prefill: the resume starts the second
+    "run.chunk_steps": 100,
+    "run.checkpoint_every": 100,
     "replay.prefill": 128,
     "replay.batch_length": 16,
 }

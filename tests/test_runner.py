@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+import mbrl_jax.runner as runner
 from mbrl_jax.config import ConfigError, make_config
 from mbrl_jax.logging import read_metrics
 from mbrl_jax.runner import train
@@ -262,10 +263,12 @@ def test_time_based_checkpoints(tmp_path, minutes, expected):
 
 @pytest.fixture
 def fresh_compilation_cache(tmp_path):
-    """An empty persistent compilation cache for one test, so that its first compiles are real misses."""
+    """An empty persistent compilation cache for one test, and no programs kept from earlier tests, so that
+    its first compiles are real misses."""
     from jax.experimental.compilation_cache import compilation_cache
 
     previous = jax.config.jax_compilation_cache_dir
+    runner.clear_programs()
     compilation_cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
     yield
@@ -275,7 +278,8 @@ def fresh_compilation_cache(tmp_path):
 
 def test_the_runners_chunk_compiles_once_across_a_resume(tmp_path, fresh_compilation_cache):
     """The runner's own programs (init and chunk), compiled for a fresh run, are reused when the run resumes:
-    the resume asks the compilation cache for its chunk and gets it, compiling nothing."""
+    in the same process it asks for nothing; in a new process (the kept programs forgotten) it asks the
+    compilation cache for its chunk and gets it, compiling nothing."""
     requests, hits = [], []
 
     def listener(event: str, **kwargs) -> None:
@@ -289,13 +293,17 @@ def test_the_runners_chunk_compiles_once_across_a_resume(tmp_path, fresh_compila
     try:
         train(config, tmp_path / "run", progress=False, stop_after_chunks=1)
         first = (len(requests), len(hits))
+        train(config, tmp_path / "run", progress=False, stop_after_chunks=1)
+        in_process = len(requests) - first[0]
+        runner.clear_programs()
         train(config, tmp_path / "run", progress=False)
-        resumed = (len(requests) - first[0], len(hits) - first[1])
+        resumed = (len(requests) - first[0] - in_process, len(hits) - first[1])
     finally:
         jax.monitoring.unregister_event_listener(listener)
     assert first[0] - first[1] >= 2  # the fresh run compiled init and the chunk (misses)
+    assert in_process == 0  # resumed in this process: its programs were kept
     assert resumed[0] >= 1 and resumed[0] == resumed[1]  # the resume compiled its chunk: every request a hit
-    assert read_metrics(tmp_path / "run")[-1]["env_steps"] >= 400
+    assert [r["env_steps"] for r in read_metrics(tmp_path / "run")][-3:] == [264, 364, 400]
 
 
 def test_changing_the_evaluation_policy_on_resume_leaves_training_exact(tmp_path, straight_run):
@@ -333,3 +341,20 @@ def test_frequency_sampler_and_reward_smoothing_resume_exactly(tmp_path):
     _assert_same(_params(resumed), _params(straight))
     _assert_same(jax.tree.leaves(jax.device_get(resumed.replay.counts)), jax.tree.leaves(counts))
     assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "straight")
+
+
+def test_a_config_run_again_in_this_process_reuses_its_programs(monkeypatch):
+    """A second run (or resume) of a config in the same process reuses its jitted programs, so it neither
+    traces nor compiles again; another config, a patched make_train, or envs held outside the state (an
+    envpool pool) get programs of their own."""
+    config = make_config("debug", **SHORT)
+    first = runner.make_programs(config)
+    assert runner.make_programs(config).chunk is first.chunk
+    assert runner.make_programs(config.replace(**{"run.seed": 1})).chunk is not first.chunk
+    real_make_train = runner.make_train
+    monkeypatch.setattr(runner, "make_train", lambda *a, **k: real_make_train(*a, **k))
+    assert runner.make_programs(config).chunk is not first.chunk
+    monkeypatch.undo()
+    assert runner.make_programs(config).chunk is first.chunk
+    pooled = make_config("debug", **{**SHORT, "env.name": "envpool:CartPole-v1"})
+    assert runner.make_programs(pooled).chunk is not runner.make_programs(pooled).chunk

@@ -412,8 +412,8 @@ class Programs:
 
 # The programs of the last few configs this process ran. A pure program (its envs in its state, as gymnax's
 # are) is a function of the config alone, so a second run of the same config in this process (a resume, a
-# rerun, the next seed's evaluation) reuses the jitted functions and skips tracing, lowering and loading
-# (about 4 s of a 7 s debug run). Programs that hold outside state (envpool's pools, host envs) are not kept.
+# rerun) reuses the jitted functions and skips tracing, lowering and loading (a debug rerun: 5.0 s instead of
+# 9.4 s). Programs that hold outside state (envpool's pools, host envs) are not kept.
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 _PROGRAMS_KEPT = 4
 
@@ -465,7 +465,6 @@ def make_programs(config: Config, seeds: Sequence[int] | None = None) -> Program
 
 
 def _jitted_programs(trainer, config: Config, seeds: Sequence[int] | None, mesh) -> Programs:
-
     def chunk_and_check(state, plan):
         state, metrics = trainer.run_chunk(state, plan)
         return state, metrics, finite_flags(state, metrics)

@@ -35,17 +35,14 @@ import pytest  # noqa: E402
 @contextlib.contextmanager
 def _optimizations_on():
     """Optimized compiles here and in the processes started meanwhile (they read the variable)."""
-    before, before_env = jax.config.read("jax_disable_most_optimizations"), os.environ.get(OPT_OFF)
+    before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", False)
-    os.environ[OPT_OFF] = "0"
     try:
-        yield
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(OPT_OFF, "0")
+            yield
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
-        if before_env is None:
-            os.environ.pop(OPT_OFF, None)
-        else:
-            os.environ[OPT_OFF] = before_env
 
 
 def _as_marked(node):

@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Most tests compile small programs and run them briefly, so compiling is most of the suite's time: XLA's
@@ -15,23 +13,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # optimized). JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the whole suite optimized.
 OPT_OFF = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 os.environ.setdefault(OPT_OFF, "1")
-# XLA's CPU fusion emitters (its default) compile these small programs slower than its older elemental emitter
-# does, and run them only a little faster. A debug chunk at -O0: compiled in 8.8 s against 5.9 s with the
-# older emitter, run in 1.16 s against 1.41 s; a 64 x 64 pixel chunk: 13.9 against 9.4 s, 15.8 against 17.4 s;
-# optimized, 21.7 against 18.3 s and 7.1 against 7.4 s. So the suite and the processes it starts compile with
-# the older emitter, where this jaxlib knows the flag: XLA aborts on a flag it does not know, so a child
-# process tries it first.
-LEGACY_EMITTER = "--xla_cpu_use_fusion_emitters=false"
-
-
-def _xla_knows(flag: str) -> bool:
-    probe = [sys.executable, "-c", "import jax; jax.devices()"]
-    env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(probe, env=env, capture_output=True, timeout=300).returncode == 0
-
-
-if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", "") and _xla_knows(LEGACY_EMITTER):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {LEGACY_EMITTER}".strip()
 
 import jax  # noqa: E402
 

@@ -67,7 +67,7 @@ def make_setup(preset: str, backbone: str, length: int, overrides: dict):
     config = make_setup_config(preset, backbone, length, overrides)
     spec = env_spec(config.env.name)
     agent = make_dreamer(config, spec)
-    state = agent.init(jax.random.PRNGKey(0))
+    state = jax.jit(agent.init)(jax.random.PRNGKey(0))  # one program, not one per operation
     return config, spec, agent, state
 
 

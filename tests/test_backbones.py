@@ -28,15 +28,15 @@ def small_config(backbone: str, **extra):
 def random_state(core, batch: int, key):
     """A state as one from earlier steps: random caches and SSM states; a transformer's `valid` flags 0/1 and
     its positions whole numbers."""
-    zeros = core.initial_state((batch,))
+    zeros = jax.eval_shape(lambda: core.initial_state((batch,)))  # shapes and dtypes
     paths, treedef = jax.tree_util.tree_flatten_with_path(zeros)
     leaves = []
     for (path, x), k in zip(paths, jax.random.split(key, len(paths)), strict=True):
         name = jax.tree_util.keystr(path)
         if "valid" in name:
-            leaves.append(jax.random.bernoulli(k, 0.7, x.shape).astype(x.dtype))
+            leaves.append(np.asarray(jax.random.bernoulli(k, 0.7, x.shape)).astype(x.dtype))
         elif "pos" in name:
-            leaves.append(jax.random.randint(k, x.shape, 0, 20).astype(x.dtype))
+            leaves.append(np.asarray(jax.random.randint(k, x.shape, 0, 20)).astype(x.dtype))
         else:
             leaves.append(jax.random.normal(k, x.shape))
     return jax.tree.unflatten(treedef, leaves)
@@ -65,7 +65,8 @@ def test_parallel_form_equals_steps(backbone, length):
     B, W = 3, 32
     k_in, k_reset, k_state, k_init = jax.random.split(jax.random.PRNGKey(length), 4)
     inputs = jax.random.normal(k_in, (B, length, W))
-    reset = jax.random.bernoulli(k_reset, 0.15, (B, length)).at[0, 0].set(True)
+    reset = np.array(jax.random.bernoulli(k_reset, 0.15, (B, length)))
+    reset[0, 0] = True
     state = random_state(core, B, k_state)
     params = jax.jit(core.init)(k_init, inputs, reset, state)
     sequence = jax.jit(lambda *a: core.apply(*a, method=type(core).sequence))
@@ -76,8 +77,8 @@ def test_parallel_form_equals_steps(backbone, length):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
     # The carried start state matters where no reset cuts it off (row 1 starts mid-episode unless drawn).
     if not bool(reset[1, 0]):
-        fresh = sequence(params, inputs, reset, core.initial_state((B,)))[0]
-        assert np.abs(np.asarray(fresh[1, 0] - out[1, 0])).max() > 1e-4
+        fresh = np.asarray(sequence(params, inputs, reset, core.initial_state((B,)))[0])
+        assert np.abs(fresh[1, 0] - np.asarray(out)[1, 0]).max() > 1e-4
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
@@ -86,7 +87,8 @@ def test_parallel_form_gradients_equal_steps(backbone):
     B, T, W = 2, 13, 32
     k_in, k_state, k_init = jax.random.split(jax.random.PRNGKey(7), 3)
     inputs = jax.random.normal(k_in, (B, T, W))
-    reset = jnp.zeros((B, T), bool).at[1, 5].set(True)
+    reset = np.zeros((B, T), bool)
+    reset[1, 5] = True
     state = random_state(core, B, k_state)
     params = jax.jit(core.init)(k_init, inputs, reset, state)
     weights = jax.random.normal(jax.random.PRNGKey(8), (B, T, W))
@@ -113,11 +115,12 @@ def test_transformer_step_sees_exactly_its_context_window():
     attends to the last `context` steps up to t), read off the Jacobian."""
     core = make_backbone(small_config("transformer").wm)
     C, T, W = core.context, 20, 32
-    reset = jnp.zeros((1, T), bool).at[0, 0].set(True).at[0, 13].set(True)
+    reset = np.zeros((1, T), bool)
+    reset[0, [0, 13]] = True
     inputs = jax.random.normal(jax.random.PRNGKey(0), (1, T, W))
     params = jax.jit(core.init)(jax.random.PRNGKey(1), inputs, reset, core.initial_state((1,)))
     outputs = lambda x: stepwise(core, params, x, reset, core.initial_state((1,)))[0][0]  # [T, W]
-    jac = jax.jit(jax.jacfwd(outputs))(inputs)[:, :, 0]  # [T, W, T, W]
+    jac = np.asarray(jax.jit(jax.jacfwd(outputs))(inputs))[:, :, 0]  # [T, W, T, W]
     depends = np.abs(np.asarray(jac)).max(axis=(1, 3)) > 1e-7  # [t, s]
     assert core.layers * (C - 1) < 13  # the reach ends inside the first episode, so both limits are seen
     episode_start = np.where(np.arange(T) >= 13, 13, 0)
@@ -136,9 +139,14 @@ def test_world_model_observes_a_window_as_acting_steps_through_it(backbone):
     B, T = 2, 9
     obs = {"vector": jax.random.normal(jax.random.PRNGKey(1), (B, T, 4))}
     action = jax.nn.one_hot(jax.random.randint(jax.random.PRNGKey(2), (B, T), 0, 2), 2)
-    is_first = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 4].set(True)
-    keys = jax.random.split(jax.random.PRNGKey(3), T)
-    posts, prior_logits = jax.jit(lambda *a: observe(wm, *a))(params, obs, action, is_first, keys)
+    is_first = np.zeros((B, T), bool)
+    is_first[:, 0] = True
+    is_first[1, 4] = True
+    keys = np.asarray(jax.random.split(jax.random.PRNGKey(3), T))
+    action = np.asarray(action)  # the window on the host: the loop below slices it step by step
+    posts, prior_logits = jax.tree.map(
+        np.asarray, jax.jit(lambda *a: observe(wm, *a))(params, obs, action, is_first, keys)
+    )
 
     @jax.jit
     def act_step(latent, action_t, embed_t, first, key):
@@ -148,7 +156,7 @@ def test_world_model_observes_a_window_as_acting_steps_through_it(backbone):
         return wm.apply(params, latent, action_t, embed_t, key, method=WorldModel.obs_step_loop)
 
     latent = wm.zeros((B,))
-    embed = jax.jit(lambda obs: wm.apply(params, obs, method=WorldModel.encode))(obs)
+    embed = np.asarray(jax.jit(lambda obs: wm.apply(params, obs, method=WorldModel.encode))(obs))
     for t in range(T):
         latent, prior_t = act_step(latent, action[:, t], embed[:, t], is_first[:, t], keys[t])
         np.testing.assert_allclose(posts.deter[:, t], latent.deter, atol=1e-5, rtol=1e-5)
@@ -164,13 +172,15 @@ def test_dreamer_learns_with_the_backbone(backbone):
     agent = make_dreamer(config, env_spec(config.env.name))
     state = jax.jit(agent.init)(jax.random.PRNGKey(0))
     B, T = config.replay.batch_size, config.replay.batch_length
+    is_first = np.zeros((B, T), bool)
+    is_first[:, 0] = True
     batch = {
         "obs": {"vector": jax.random.normal(jax.random.PRNGKey(1), (B, T, 4))},
         "action": jax.nn.one_hot(jax.random.randint(jax.random.PRNGKey(2), (B, T), 0, 2), 2),
-        "reward": jnp.ones((B, T)),
-        "is_first": jnp.zeros((B, T), bool).at[:, 0].set(True),
-        "is_last": jnp.zeros((B, T), bool),
-        "is_terminal": jnp.zeros((B, T), bool),
+        "reward": np.ones((B, T), np.float32),
+        "is_first": is_first,
+        "is_last": np.zeros((B, T), bool),
+        "is_terminal": np.zeros((B, T), bool),
     }
     learn = jax.jit(agent.learn)
     new, metrics, writes = learn(state, batch, jax.random.PRNGKey(4))

@@ -3,6 +3,7 @@
 without its MLP, acting from the context before the current observation, the checks, and a short run that
 trains and resumes bit for bit."""
 
+import functools
 from pathlib import Path
 
 import jax
@@ -176,39 +177,49 @@ def test_orthogonal_init_is_torchs_and_runs_under_vmap(shape):
     q, r = np.linalg.qr(a)
     q = q * np.sign(np.diag(r))
     expected = 2.0 * (q if rows >= cols else q.T)
-    np.testing.assert_allclose(orthogonal_init(2.0)(key, shape), expected, atol=1e-5)
-    batched = jax.jit(jax.vmap(lambda k: orthogonal_init(2.0)(k, shape)))(jax.random.split(key, 3))
-    np.testing.assert_allclose(
-        batched[0], orthogonal_init(2.0)(jax.random.split(key, 3)[0], shape), atol=1e-6
-    )
+    init = jax.jit(orthogonal_init(2.0), static_argnums=1)
+    np.testing.assert_allclose(init(key, shape), expected, atol=1e-5)
+    keys = jax.random.split(key, 3)
+    batched = jax.jit(jax.vmap(lambda k: orthogonal_init(2.0)(k, shape)))(keys)
+    np.testing.assert_allclose(batched[0], init(keys[0], shape), atol=1e-6)
 
 
+# The tests below compute under `jax.jit`, one compiled program per computation, and build their inputs with
+# NumPy: run op by op, each primitive and shape compiled its own program, over a thousand for this file.
 @pytest.fixture(scope="module")
 def tiny():
     config = make_config("drama", **TINY)
     spec = env_spec(config.env.name)
     nets = make_networks(config, spec)
-    state = make_drama(config, spec).init(jax.random.PRNGKey(0))
+    state = jax.jit(make_drama(config, spec).init)(jax.random.PRNGKey(0))
     return nets, state
 
 
 def _windows(spec, B=2, L=6, seed=0):
+    """Host (NumPy) arrays, float32 as the networks take them."""
     rng = np.random.default_rng(seed)
     A = spec.action_dim
+    is_first = np.zeros((B, L), bool)
+    is_first[:, 0] = True
     return {
-        "obs": {k: jnp.asarray(rng.normal(size=(B, L, *s)), jnp.float32) for k, s in spec.obs_shapes.items()},
-        "action": jax.nn.one_hot(rng.integers(0, A, (B, L)), A),
-        "reward": jnp.asarray(rng.normal(size=(B, L)), jnp.float32),
-        "is_first": jnp.zeros((B, L), bool).at[:, 0].set(True),
-        "is_last": jnp.zeros((B, L), bool),
-        "is_terminal": jnp.zeros((B, L), bool),
+        "obs": {k: rng.normal(size=(B, L, *s)).astype(np.float32) for k, s in spec.obs_shapes.items()},
+        "action": np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, L))],  # one-hot
+        "reward": rng.normal(size=(B, L)).astype(np.float32),
+        "is_first": is_first,
+        "is_last": np.zeros((B, L), bool),
+        "is_terminal": np.zeros((B, L), bool),
     }
 
 
 def _observe(nets, state, batch, seed=3):
+    return _observe_jit(nets.world_model, state.params.wm, batch, seed)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _observe_jit(world_model, wm_params, batch, seed):
     key = jax.random.PRNGKey(seed)
-    return nets.world_model.apply(
-        {"params": state.params.wm},
+    return world_model.apply(
+        {"params": wm_params},
         batch["obs"],
         batch["action"][:, 1:],
         batch["is_first"],
@@ -227,29 +238,42 @@ def test_each_head_reads_what_the_authors_feed_it(tiny):
         np.abs(np.asarray(a) - np.asarray(b)).reshape(a.shape[0], a.shape[1], -1).max(-1) > 0
     )
     # another action at step 3 (taken at o_2): h from t = 2 on, nothing of the posterior or decoder
-    acted = {**batch, "action": batch["action"].at[:, 3].set(1.0 - batch["action"][:, 3])}
+    action = batch["action"].copy()
+    action[:, 3] = 1.0 - action[:, 3]
+    acted = {**batch, "action": action}
     other = _observe(nets, state, acted)
     np.testing.assert_array_equal(out["post"], other["post"])
     for key in batch["obs"]:
         np.testing.assert_array_equal(out["obs_pred"][key], other["obs_pred"][key])
     assert (changed(out["h"], other["h"]) == (np.arange(5) >= 2)).all()
     # another o_2: its posterior and reconstruction only, and h from t = 2 on
-    seen = {**batch, "obs": jax.tree.map(lambda x: x.at[:, 2].add(1.0), batch["obs"])}
+    obs = {key: x.copy() for key, x in batch["obs"].items()}
+    for x in obs.values():
+        x[:, 2] += 1.0
+    seen = {**batch, "obs": obs}
     other = _observe(nets, state, seen)
     assert (changed(out["post"], other["post"]) == (np.arange(6) == 2)).all()
     for key in batch["obs"]:
         assert (changed(out["obs_pred"][key], other["obs_pred"][key]) == (np.arange(6) == 2)).all()
     assert not changed(out["h"], other["h"])[:, :2].any()
     # the heads are functions of h alone, the decoder of z alone (the same z: the same key)
-    apply = lambda method, *args: nets.world_model.apply({"params": state.params.wm}, *args, method=method)
-    reward, term = apply(WorldModel.reward_term, out["h"])
-    np.testing.assert_allclose(reward, out["reward"], rtol=1e-6)
-    np.testing.assert_allclose(term, out["term"], rtol=1e-6)
-    np.testing.assert_allclose(apply(WorldModel.prior_logits, out["h"]), out["prior"], rtol=1e-6)
     from mbrl_jax.nets.distributions import straight_through_onehot_sample
 
-    z = straight_through_onehot_sample(jax.random.PRNGKey(3), out["post"])
-    for key, pred in apply(WorldModel.decode, z).items():
+    @jax.jit
+    def heads(wm_params, h, post):
+        apply = lambda method, *args: nets.world_model.apply({"params": wm_params}, *args, method=method)
+        z = straight_through_onehot_sample(jax.random.PRNGKey(3), post)
+        return (
+            apply(WorldModel.reward_term, h),
+            apply(WorldModel.prior_logits, h),
+            apply(WorldModel.decode, z),
+        )
+
+    (reward, term), prior, decoded = heads(state.params.wm, out["h"], out["post"])
+    np.testing.assert_allclose(reward, out["reward"], rtol=1e-6)
+    np.testing.assert_allclose(term, out["term"], rtol=1e-6)
+    np.testing.assert_allclose(prior, out["prior"], rtol=1e-6)
+    for key, pred in decoded.items():
         np.testing.assert_allclose(pred, out["obs_pred"][key], rtol=1e-6)
 
 
@@ -266,7 +290,8 @@ def test_lambda_returns_are_the_authors_loop():
         expected[:, t] = (
             rewards[:, t] + gamma * inv * (1 - lam) * values[:, t] + gamma * inv * lam * expected[:, t + 1]
         )
-    got = drama_lambda_returns(*(jnp.asarray(x.T, jnp.float32) for x in (rewards, values, term)), gamma, lam)
+    returns = jax.jit(drama_lambda_returns, static_argnums=(3, 4))
+    got = returns(*(x.T.astype(np.float32) for x in (rewards, values, term)), gamma, lam)
     np.testing.assert_allclose(np.asarray(got).T, expected[:, :-1], rtol=1e-5, atol=1e-5)
 
 
@@ -274,9 +299,9 @@ def test_free_bits_apply_to_the_batch_mean_kl(tiny):
     """max(free, mean KL), not mean(max(free, KL)); transitions into an episode start do not count."""
     nets, state = tiny
     batch = _windows(nets.spec)
-    batch["is_first"] = batch["is_first"].at[0, 4].set(True)
+    batch["is_first"][0, 4] = True
     out = _observe(nets, state, batch, 5)
-    kl = np.asarray(categorical_kl(out["post"][:, 1:], out["prior"]))  # [B, L-1]
+    kl = np.asarray(jax.jit(categorical_kl)(out["post"][:, 1:], out["prior"]))  # [B, L-1]
     valid = np.ones_like(kl)
     valid[0, 3] = 0.0
     mean = (kl * valid).sum() / valid.sum()
@@ -284,7 +309,8 @@ def test_free_bits_apply_to_the_batch_mean_kl(tiny):
     assert not np.isclose(np.mean(np.maximum(kl[valid > 0], free)), max(mean, free))  # the two differ here
     cfg = nets.config.replace(**{"drama.free_bits": float(free)})
     nets_free = make_networks(cfg, nets.spec)
-    _, (_, metrics) = world_model_loss(nets_free, state.params.wm, None, batch, jax.random.PRNGKey(5))
+    loss = jax.jit(lambda p, b, key: world_model_loss(nets_free, p, None, b, key))
+    _, (_, metrics) = loss(state.params.wm, batch, jax.random.PRNGKey(5))
     np.testing.assert_allclose(metrics["kl"], mean, rtol=1e-5)
     np.testing.assert_allclose(metrics["loss_dyn"], max(mean, free), rtol=1e-5)
 
@@ -293,24 +319,31 @@ def test_mamba_without_mlp_has_no_mlp_and_its_two_forms_agree():
     """Drama's layers (mlp=False): no MLP parameters, the window's parallel form equals the step form; the
     default keeps its MLP (the `mamba` backbone is unchanged)."""
     kwargs = dict(width=16, layers=2, expand=2, head_dim=8, state=4, conv=3, chunk=4)
-    u = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 16))
-    reset = jnp.zeros((2, 9), bool).at[1, 5].set(True)
+    reset = np.zeros((2, 9), bool)
+    reset[1, 5] = True
     for mlp in (False, True):
         core = Mamba2(**kwargs, mlp=mlp)
-        params = core.init(jax.random.PRNGKey(1), u, reset, core.initial_state((2,)))
+
+        @jax.jit
+        def parallel_and_stepped(reset, core=core):
+            u = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 16))
+            params = core.init(jax.random.PRNGKey(1), u, reset, core.initial_state((2,)))
+            out, _ = core.apply(params, u, reset, core.initial_state((2,)))
+
+            def step(state, xs):
+                x, first = xs
+                state = jax.tree.map(lambda s: s * (1.0 - first).reshape(-1, *[1] * (s.ndim - 1)), state)
+                y, state = core.apply(params, x, state, method=Mamba2.step)
+                return state, y
+
+            _, stepped = jax.lax.scan(
+                step, core.initial_state((2,)), (u.swapaxes(0, 1), reset.T.astype(jnp.float32))
+            )
+            return params, out, stepped
+
+        params, out, stepped = parallel_and_stepped(reset)
         names = set(_shapes(params["params"]["blocks_0"]))
         assert any(n.startswith("mlp_") for n in names) == mlp
-        out, _ = core.apply(params, u, reset, core.initial_state((2,)))
-
-        def step(state, xs, core=core, params=params):
-            x, first = xs
-            state = jax.tree.map(lambda s: s * (1.0 - first).reshape(-1, *[1] * (s.ndim - 1)), state)
-            y, state = core.apply(params, x, state, method=Mamba2.step)
-            return state, y
-
-        _, stepped = jax.lax.scan(
-            step, core.initial_state((2,)), (u.swapaxes(0, 1), reset.T.astype(jnp.float32))
-        )
         np.testing.assert_allclose(out, stepped.swapaxes(0, 1), rtol=1e-4, atol=1e-5)
 
 
@@ -320,25 +353,26 @@ def test_the_policy_acts_on_the_context_before_the_current_observation(tiny):
     nets, state = tiny
     config, spec = nets.config, nets.spec
     agent = make_drama(config, spec)
+    act = jax.jit(agent.act, static_argnames="mode")
     n, A, C = 3, spec.action_dim, config.drama.act_context
-    carry = agent.initial_carry(n)
-    obs = {k: jnp.ones((n, *s)) for k, s in spec.obs_shapes.items()}
-    first = jnp.ones(n, bool)
+    carry = jax.jit(agent.initial_carry, static_argnums=0)(n)
+    obs = {k: np.ones((n, *s), np.float32) for k, s in spec.obs_shapes.items()}
+    first = np.ones(n, bool)
     for step in range(C + 2):
-        prev = jax.nn.one_hot(jnp.full((n,), step % A), A)
-        action, carry = agent.act(state, carry, obs, prev, first, jax.random.PRNGKey(step))
+        prev = np.eye(A, dtype=np.float32)[np.full((n,), step % A)]  # one-hot
+        action, carry = act(state, carry, obs, prev, first, jax.random.PRNGKey(step))
         assert (np.asarray(carry.count) == min(step, C)).all()
         assert np.allclose(np.asarray(action).sum(-1), 1.0)
-        first = jnp.zeros(n, bool)
-        obs = jax.tree.map(lambda x: x + 0.5, obs)
-    other = jax.tree.map(lambda x: x * 7.0, obs)
+        first = np.zeros(n, bool)
+        obs = jax.tree.map(lambda x: x + np.float32(0.5), obs)
+    other = jax.tree.map(lambda x: x * np.float32(7.0), obs)
     key = jax.random.PRNGKey(9)
-    a1, c1 = agent.act(state, carry, obs, prev, first, key, mode=True)
-    a2, c2 = agent.act(state, carry, other, prev, first, key, mode=True)
+    a1, c1 = act(state, carry, obs, prev, first, key, mode=True)
+    a2, c2 = act(state, carry, other, prev, first, key, mode=True)
     np.testing.assert_array_equal(a1, a2)  # the current observation is not read yet
     assert not np.array_equal(c1.pending, c2.pending)  # but it is kept for the next step
     # an episode start empties the context
-    _, c3 = agent.act(state, carry, obs, prev, jnp.array([True, False, True]), key)
+    _, c3 = act(state, carry, obs, prev, np.array([True, False, True]), key)
     assert list(np.asarray(c3.count)) == [0, C, 0]
 
 
@@ -346,15 +380,17 @@ def test_image_observations_train_batch_norm_statistics():
     spec = EnvSpec("images", {"image": (16, 16, 3)}, True, 3, 100)
     config = make_config("drama", **TINY)
     nets = make_networks(config, spec)
-    state = make_drama(config, spec).init(jax.random.PRNGKey(0))
+    state = jax.jit(make_drama(config, spec).init)(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     batch = _windows(spec)
-    batch["obs"] = {"image": jnp.asarray(rng.integers(0, 256, (2, 6, 16, 16, 3)), jnp.uint8)}
-    loss, (stats, metrics) = world_model_loss(
-        nets, state.params.wm, state.wm_stats, batch, jax.random.PRNGKey(1)
+    batch["obs"] = {"image": rng.integers(0, 256, (2, 6, 16, 16, 3)).astype(np.uint8)}
+    loss, (stats, metrics) = jax.jit(functools.partial(world_model_loss, nets))(
+        state.params.wm, state.wm_stats, batch, jax.random.PRNGKey(1)
     )
     assert np.isfinite(float(loss))
-    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), stats, state.wm_stats)
+    moved = jax.tree.map(
+        lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), stats, state.wm_stats
+    )
     assert all(v > 0 for v in jax.tree.leaves(moved))
 
 

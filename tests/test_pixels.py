@@ -1,6 +1,8 @@
 """The pixel path: image encoder and decoder, uint8 observations through env and replay, dict observations in
 the world-model loss, the rendered 64 x 64 task, and the evaluation interval and step budget."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,27 @@ from mbrl_jax.replay import replay_sample
 from mbrl_jax.trainer import episode_returns, make_train
 from mbrl_jax.world_models.rssm import reconstruction_loss
 
+# The computations here run under `jax.jit`, each a single compiled program: run eagerly, every primitive at
+# every shape compiles a program of its own (thousands in this file, most of its time). A jitted function
+# shared between tests must not trace code that reads `PATCH_BYTES` or `STACK_BYTES` (the image networks): a
+# test that lowers them jits closures of its own, traced while they are lowered, so that no program traced
+# under one budget is reused under another.
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _image_inputs(shape):
+    """2 x 3 uint8 images of `shape` (key 0), 2 x 3 feature vectors of 40 (key 1) and 2 x 3 weights per pixel
+    (key 2), in one compiled program."""
+    image = jax.random.randint(jax.random.PRNGKey(0), (2, 3, *shape), 0, 256).astype(jnp.uint8)
+    feat = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 40))
+    weights = jax.random.uniform(jax.random.PRNGKey(2), (2, 3, *shape))
+    return image, feat, weights
+
+
+def _perturbed(params):
+    """Nonzero biases and norm scales away from 1, so that every parameter matters (to trace under jit)."""
+    return jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(5), p.shape), params)
+
 
 @pytest.mark.parametrize(
     ("shape", "depth", "stages", "embed"),
@@ -40,16 +63,24 @@ from mbrl_jax.world_models.rssm import reconstruction_loss
 )
 def test_encoder_and_decoder_shapes(shape, depth, stages, embed):
     assert image_stages(*shape[:2]) == stages
-    image = jax.random.randint(jax.random.PRNGKey(0), (2, 3, *shape), 0, 256).astype(jnp.uint8)
-    encoder = ImageEncoder(depth)
-    params = encoder.init(jax.random.PRNGKey(1), image)
-    features = encoder.apply(params, image)
+    encoder, decoder = ImageEncoder(depth), ImageDecoder(shape, depth)
+
+    def encode():
+        image = jax.random.randint(jax.random.PRNGKey(0), (2, 3, *shape), 0, 256).astype(jnp.uint8)
+        params = encoder.init(jax.random.PRNGKey(1), image)
+        return params, encoder.apply(params, image)
+
+    params, features = jax.eval_shape(encode)  # shapes only: traced, nothing compiled
     assert features.shape == (2, 3, embed) and features.dtype == jnp.float32
     kernels = [v["kernel"].shape for k, v in sorted(params["params"].items()) if k.startswith("conv")]
     assert [k[-1] for k in kernels] == [depth * m for m in (2, 3, 4, 4)[:stages]]
-    decoder = ImageDecoder(shape, depth)
-    feat = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 40))
-    out = decoder.apply(decoder.init(jax.random.PRNGKey(3), feat), feat)
+
+    @jax.jit
+    def decode():
+        feat = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 40))
+        return decoder.apply(decoder.init(jax.random.PRNGKey(3), feat), feat)
+
+    out = np.asarray(decode())
     assert out.shape == (2, 3, *shape)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0  # sigmoid: the range of pixels / 255
 
@@ -60,30 +91,40 @@ def test_both_convolution_forms_equal_flax_convolutions(side, size, form):
     """`Conv` (stride 2 and 1) and `ConvTranspose` in either form (the patch form's transposed convolution is
     sub-pixel) against flax.linen.Conv and ConvTranspose with 'SAME' padding (XLA's convolution op), values
     and gradients, and with the same parameter tree, so that either module loads the other's parameters."""
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, side, side, 3))
-    for stride in (2, 1):
-        ours = Conv(5, size, stride, form)
-        flax_conv = nn.Conv(5, (size, size), strides=stride, padding="SAME")
-        params = flax_conv.init(jax.random.PRNGKey(1), x)
-        params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
-        assert jax.tree.structure(ours.init(jax.random.PRNGKey(1), x)) == jax.tree.structure(params)
-        np.testing.assert_allclose(ours.apply(params, x), flax_conv.apply(params, x), atol=1e-5)
+    convs = {
+        stride: (Conv(5, size, stride, form), nn.Conv(5, (size, size), strides=stride, padding="SAME"))
+        for stride in (2, 1)
+    }
     ours, flax_t = ConvTranspose(5, size, form), nn.ConvTranspose(5, (size, size), (2, 2), padding="SAME")
-    params = jax.tree.map(lambda p: p + 0.1, flax_t.init(jax.random.PRNGKey(2), x))
-    want = flax_t.apply(params, x)
-    assert want.shape == (2, 2 * side, 2 * side, 5)
-    np.testing.assert_allclose(ours.apply(params, x), want, atol=1e-5)
     loss = lambda module: lambda p, x: (module.apply(p, x) ** 2 * jnp.arange(5.0)).sum()
-    for got, ref in zip(
-        jax.grad(loss(ours), argnums=(0, 1))(params, x),
-        jax.grad(loss(flax_t), argnums=(0, 1))(params, x),
-        strict=True,
-    ):
+
+    @jax.jit
+    def run():  # one compiled program; its results are compared below
+        x = jax.random.normal(jax.random.PRNGKey(0), (2, side, side, 3))
+        strided = {}
+        for stride, (ours_conv, flax_conv) in convs.items():
+            params = flax_conv.init(jax.random.PRNGKey(1), x)
+            params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
+            strided[stride] = params, ours_conv.apply(params, x), flax_conv.apply(params, x)
+        params = jax.tree.map(lambda p: p + 0.1, flax_t.init(jax.random.PRNGKey(2), x))
+        grads = [jax.grad(loss(module), argnums=(0, 1))(params, x) for module in (ours, flax_t)]
+        return x, strided, params, ours.apply(params, x), flax_t.apply(params, x), grads
+
+    x, strided, params, got, want, (grads, want_grads) = run()
+    for stride, (ours_conv, _) in convs.items():
+        flax_params, ours_out, flax_out = strided[stride]
+        ours_params = jax.eval_shape(lambda x, m=ours_conv: m.init(jax.random.PRNGKey(1), x), x)
+        assert jax.tree.structure(ours_params) == jax.tree.structure(flax_params)
+        np.testing.assert_allclose(ours_out, flax_out, atol=1e-5)
+    assert want.shape == (2, 2 * side, 2 * side, 5)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    for got, ref in zip(grads, want_grads, strict=True):
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     kernel, bias = params["params"]["kernel"], params["params"]["bias"]
-    assert conv_transpose_same(x, kernel, bias).shape == want.shape
-    assert conv_same(x, kernel[..., :3, :], bias, 2).shape == (2, -(-side // 2), -(-side // 2), 5)
+    assert jax.eval_shape(conv_transpose_same, x, kernel, bias).shape == want.shape
+    half = jax.eval_shape(lambda x, kernel, bias: conv_same(x, kernel[..., :3, :], bias, 2), x, kernel, bias)
+    assert half.shape == (2, -(-side // 2), -(-side // 2), 5)
 
 
 def test_patch_chunk_takes_the_largest_divisor_that_fits():
@@ -101,7 +142,7 @@ def test_chunked_patch_products_equal_flax_convolutions(side, monkeypatch):
     gradients of the input and the parameters, with a budget that splits a batch of 6 into chunks of 2."""
     import mbrl_jax.nets.image as image
 
-    x = jax.random.normal(jax.random.PRNGKey(0), (6, side, side, 3))
+    x = jax.jit(lambda: jax.random.normal(jax.random.PRNGKey(0), (6, side, side, 3)))()
     per_image = {  # bytes of one image's patch matrix: stride-2 5 x 5 layer; sub-pixel 3 x 3 layer
         "conv": ((side + 1) // 2) ** 2 * 25 * 3 * 4,
         "transpose": side * side * 9 * 3 * 4,
@@ -110,15 +151,19 @@ def test_chunked_patch_products_equal_flax_convolutions(side, monkeypatch):
         "conv": (Conv(5, 5, 2, "patches"), nn.Conv(5, (5, 5), strides=2, padding="SAME")),
         "transpose": (ConvTranspose(5, 5, "patches"), nn.ConvTranspose(5, (5, 5), (2, 2), padding="SAME")),
     }
+    loss = lambda module: lambda p, x: (module.apply(p, x) ** 2 * jnp.arange(5.0)).sum()
     for name, (ours, reference) in cases.items():
         monkeypatch.setattr(image, "PATCH_BYTES", 2 * per_image[name] + 1)  # chunks of 2 images
         assert patch_chunk(6, per_image[name], image.PATCH_BYTES) == 2
-        params = jax.tree.map(lambda p: p + 0.1, reference.init(jax.random.PRNGKey(1), x))
-        np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-5)
-        loss = lambda module: lambda p, x: (module.apply(p, x) ** 2 * jnp.arange(5.0)).sum()
-        got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
-        want = jax.grad(loss(reference), argnums=(0, 1))(params, x)
-        _close(got, want, rel=1e-5)
+
+        def run(x, modules=(ours, reference)):  # one program, traced here: with the budget lowered
+            params = jax.tree.map(lambda p: p + 0.1, modules[1].init(jax.random.PRNGKey(1), x))
+            values = [module.apply(params, x) for module in modules]
+            return params, values, [jax.grad(loss(module), argnums=(0, 1))(params, x) for module in modules]
+
+        params, (got, want), (got_grads, want_grads) = jax.jit(run)(x)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        _close(got_grads, want_grads, rel=1e-5)
         lowered = jax.jit(jax.grad(loss(ours))).lower(params, x).as_text()
         assert "while" in lowered  # the chunks' loop: the budget did split the batch
 
@@ -209,9 +254,7 @@ def test_image_nets_in_chunks_equal_one_program_with_the_same_parameters(shape, 
     summation order; and a batch within the budget (acting) is the one program, bit for bit."""
     import mbrl_jax.nets.image as image_nets
 
-    image = jax.random.randint(jax.random.PRNGKey(0), (2, 3, *shape), 0, 256).astype(jnp.uint8)
-    feat = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 40))
-    weights = jax.random.uniform(jax.random.PRNGKey(2), (2, 3, *shape))
+    image, feat, weights = _image_inputs(shape)
     cases = {  # name: (chunked, one program, input, loss of the output)
         "encoder": (
             ImageEncoder(depth, form),
@@ -229,24 +272,34 @@ def test_image_nets_in_chunks_equal_one_program_with_the_same_parameters(shape, 
     per_image = 4 * stack_map_floats(shape, depth)
     for name, (ours, before, x, loss) in cases.items():
         monkeypatch.setattr(image_nets, "STACK_BYTES", 2 * per_image + 1)  # chunks of 2 images
-        params = ours.init(jax.random.PRNGKey(3), x)
-        want_params = before.init(jax.random.PRNGKey(3), x)
+
+        def init(x, ours=ours, before=before):  # one program: both inits, and ours perturbed
+            params = ours.init(jax.random.PRNGKey(3), x)
+            return params, before.init(jax.random.PRNGKey(3), x), _perturbed(params)
+
+        params, want_params, perturbed = jax.jit(init)(x)
         assert jax.tree.structure(params) == jax.tree.structure(want_params), name
         _close(params, want_params, 0.0)
-        params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(5), p.shape), params)
+        params = perturbed
         argnums = (0,) if name == "encoder" else (0, 1)  # pixels have no gradient
 
         def grad(module, loss=loss, argnums=argnums):
             return jax.grad(lambda p, inputs: loss(module.apply(p, inputs)), argnums)
 
-        _close(ours.apply(params, x), before.apply(params, x), 1e-5)
-        want = grad(before)(params, x)
-        _close(grad(ours)(params, x), want, 1e-4)
-        assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(want))
+        def chunked(params, x, ours=ours, grad=grad):  # traced here: with the budget lowered
+            return ours.apply(params, x), grad(ours)(params, x)
+
+        # the one program (`before` reads no budget), compiled on its own: also what the whole batch's
+        # programs are compared with bit for bit below
+        want_out, want = jax.jit(before.apply)(params, x), jax.jit(grad(before))(params, x)
+        got_out, got = jax.jit(chunked)(params, x)
+        _close(got_out, want_out, 1e-5)
+        _close(got, want, 1e-4)
+        assert all(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(want))
         assert "while" in jax.jit(grad(ours)).lower(params, x).as_text()  # the budget did split the batch
         monkeypatch.setattr(image_nets, "STACK_BYTES", 6 * per_image)  # the whole batch fits: as before
-        np.testing.assert_array_equal(jax.jit(ours.apply)(params, x), jax.jit(before.apply)(params, x))
-        got, want = jax.jit(grad(ours))(params, x), jax.jit(grad(before))(params, x)
+        np.testing.assert_array_equal(jax.jit(ours.apply)(params, x), want_out)
+        got = jax.jit(grad(ours))(params, x)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_array_equal(a, b)
 
@@ -255,9 +308,15 @@ def test_image_nets_in_chunks_equal_one_program_with_the_same_parameters(shape, 
 def test_encoder_matches_a_hand_written_stage_on_pixels_scaled_to_plus_minus_half(form):
     """One stage (MinAtar) computed by hand: pixels / 255 - 0.5, stride-2 'SAME' convolution, RMSNorm over
     channels (eps 1e-4, learned scale), SiLU, flattened."""
-    image = jax.random.randint(jax.random.PRNGKey(0), (3, 10, 10, 4), 0, 256).astype(jnp.uint8)
     encoder = ImageEncoder(4, form)
-    params = encoder.init(jax.random.PRNGKey(1), image)
+
+    @jax.jit
+    def run():
+        image = jax.random.randint(jax.random.PRNGKey(0), (3, 10, 10, 4), 0, 256).astype(jnp.uint8)
+        params = encoder.init(jax.random.PRNGKey(1), image)
+        return image, params, encoder.apply(params, image)
+
+    image, params, features = run()
     p = jax.tree.map(np.asarray, params["params"])
     x = np.asarray(image, np.float64) / 255.0 - 0.5
     k = p["conv0"]["kernel"].astype(np.float64)  # [5, 5, 4, 8]
@@ -272,7 +331,7 @@ def test_encoder_matches_a_hand_written_stage_on_pixels_scaled_to_plus_minus_hal
     y += p["conv0"]["bias"]
     y = y / np.sqrt((y**2).mean(-1, keepdims=True) + 1e-4) * p["norm0"]["scale"]
     y = y / (1 + np.exp(-y))
-    np.testing.assert_allclose(encoder.apply(params, image), y.reshape(3, -1), rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(features, y.reshape(3, -1), rtol=2e-4, atol=2e-5)
 
 
 def _close(got, want, rel: float):
@@ -288,35 +347,47 @@ def test_xla_form_equals_patch_form_for_encoder_and_decoder(shape, depth):
     """The two forms of `wm.conv` on the whole encoder and decoder, with one set of parameters: the same
     parameter tree from either form's init, and the same features, pixels and gradients (parameters and
     decoder input) up to float32 rounding."""
-    image = jax.random.randint(jax.random.PRNGKey(0), (2, 3, *shape), 0, 256).astype(jnp.uint8)
-    feat = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 40))
-    weights = jax.random.uniform(jax.random.PRNGKey(2), (2, 3, *shape))  # so no gradient is trivially 0
+    image, feat, weights = _image_inputs(shape)  # weights: so that no gradient is trivially 0
     encoders = {form: ImageEncoder(depth, form) for form in ("patches", "xla")}
     decoders = {form: ImageDecoder(shape, depth, form) for form in ("patches", "xla")}
-    enc_params = encoders["patches"].init(jax.random.PRNGKey(3), image)
-    dec_params = decoders["patches"].init(jax.random.PRNGKey(4), feat)
-    for modules, params, x in ((encoders, enc_params, image), (decoders, dec_params, feat)):
-        other = modules["xla"].init(jax.random.PRNGKey(3 if modules is encoders else 4), x)
+
+    @jax.jit
+    def init(image, feat):  # one program: both forms' parameters, and the patch form's perturbed
+        enc = {form: encoder.init(jax.random.PRNGKey(3), image) for form, encoder in encoders.items()}
+        dec = {form: decoder.init(jax.random.PRNGKey(4), feat) for form, decoder in decoders.items()}
+        return enc, dec, _perturbed(enc["patches"]), _perturbed(dec["patches"])
+
+    enc_inits, dec_inits, enc_params, dec_params = init(image, feat)
+    for inits in (enc_inits, dec_inits):
+        other, params = inits["xla"], inits["patches"]
         assert jax.tree.structure(other) == jax.tree.structure(params)
         _close(other, params, 0.0)  # the forms declare the same parameters, drawn the same way
-    # nonzero biases and norm scales away from 1, so that every parameter matters
-    enc_params, dec_params = (
-        jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(5), p.shape), ps)
-        for ps in (enc_params, dec_params)
-    )
 
     def enc_loss(form):
-        return lambda p: (jnp.sin(encoders[form].apply(p, image)) * jnp.arange(1.0, 3.0)[:, None, None]).sum()
+        return lambda p, image: (
+            jnp.sin(encoders[form].apply(p, image)) * jnp.arange(1.0, 3.0)[:, None, None]
+        ).sum()
 
     def dec_loss(form):
-        return lambda p, f: ((decoders[form].apply(p, f) - 0.3) ** 2 * weights).sum()
+        return lambda p, f, weights: ((decoders[form].apply(p, f) - 0.3) ** 2 * weights).sum()
 
-    _close(encoders["xla"].apply(enc_params, image), encoders["patches"].apply(enc_params, image), 1e-5)
-    _close(decoders["xla"].apply(dec_params, feat), decoders["patches"].apply(dec_params, feat), 1e-5)
-    _close(jax.grad(enc_loss("xla"))(enc_params), jax.grad(enc_loss("patches"))(enc_params), 1e-4)
-    want = jax.grad(dec_loss("patches"), argnums=(0, 1))(dec_params, feat)
-    _close(jax.grad(dec_loss("xla"), argnums=(0, 1))(dec_params, feat), want, 1e-4)
-    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(want))
+    @jax.jit
+    def run(enc_params, dec_params, image, feat, weights):  # one program: each form's results
+        return {
+            form: (
+                encoders[form].apply(enc_params, image),
+                decoders[form].apply(dec_params, feat),
+                jax.grad(enc_loss(form))(enc_params, image),
+                jax.grad(dec_loss(form), argnums=(0, 1))(dec_params, feat, weights),
+            )
+            for form in ("xla", "patches")
+        }
+
+    results = run(enc_params, dec_params, image, feat, weights)
+    got, want = results["xla"], results["patches"]
+    for a, b, rel in zip(got, want, (1e-5, 1e-5, 1e-4, 1e-4), strict=True):
+        _close(a, b, rel)
+    assert all(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(want[3]))
 
 
 def test_auto_conv_form_is_patches_on_cpu_and_xla_on_gpu_and_tpu():
@@ -339,12 +410,12 @@ def test_a_checkpoint_moves_between_conv_forms():
     """The world-model loss of the dict-observation agent from one set of parameters, built with either
     form: the same loss and gradients up to float32 rounding."""
     spec, _, _, state = _dict_obs_agent()
-    batch, keys = _dict_batch(), jax.random.split(jax.random.PRNGKey(2), 5)
+    batch = _dict_batch()
     results = {}
     for form in ("patches", "xla"):
         nets = make_dreamer(make_config("debug", **{"wm.conv": form}), spec).networks
-        loss = jax.jit(jax.value_and_grad(lambda p, n=nets: world_model_loss(n, p, batch, keys)[0]))
-        results[form] = loss(state.params.wm)
+        (loss, _), grads = _world_model_loss_and_grad(nets)(state.params.wm, batch)
+        results[form] = loss, grads
     np.testing.assert_allclose(results["xla"][0], results["patches"][0], rtol=1e-5)
     _close(results["xla"][1], results["patches"][1], 1e-4)
 
@@ -355,14 +426,18 @@ def test_minatar_observations_are_uint8_images_and_round_trip_through_the_replay
     state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
     stored = state.replay.data["obs"]["image"]
     assert stored.dtype == jnp.uint8 and stored.shape[2:] == (10, 10, 4)
-    assert set(np.unique(np.asarray(stored))) <= {0, 255} and np.asarray(stored).max() == 255
+    stored = np.asarray(stored)  # the same bytes, indexed on the host below
+    assert set(np.unique(stored)) <= {0, 255} and stored.max() == 255
     # what the env returned is what the replay holds: replay the prefill's env steps from the same keys
     env = make_env("Breakout-MinAtar", config.env.num_envs)
-    _, ts = env.reset(jax.random.split(jax.random.PRNGKey(0), 3)[1])  # make_train's init: (agent, env, loop)
-    np.testing.assert_array_equal(np.asarray(stored[:, 0]), np.asarray(ts.obs["image"]))
-    batch, index, _ = replay_sample(state.replay, jax.random.PRNGKey(5), 4, 8)
+    # make_train's init splits its key in (agent, env, loop)
+    _, ts = jax.jit(lambda key: env.reset(jax.random.split(key, 3)[1]))(jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(stored[:, 0], np.asarray(ts.obs["image"]))
+    sample = jax.jit(replay_sample, static_argnums=(2, 3))
+    batch, index, _ = sample(state.replay, jax.random.PRNGKey(5), 4, 8)
     assert batch["obs"]["image"].dtype == jnp.uint8
-    np.testing.assert_array_equal(batch["obs"]["image"], np.asarray(stored)[index.env[:, None], index.slot])
+    env_index, slot = np.asarray(index.env), np.asarray(index.slot)
+    np.testing.assert_array_equal(batch["obs"]["image"], stored[env_index[:, None], slot])
     # 4x less than float32: one stored step's image takes H * W * C bytes
     assert stored[0, 0].nbytes == 10 * 10 * 4
 
@@ -372,7 +447,7 @@ def test_rgb64_renders_the_grid_in_colour():
     assert spec.obs_shapes == {"image": (64, 64, 3)}
     env, grid_env = make_env("Breakout-MinAtar-rgb64", 2), make_env("Breakout-MinAtar", 2)
     key = jax.random.PRNGKey(3)
-    (_, ts), (_, grid) = env.reset(key), grid_env.reset(key)
+    (_, ts), (_, grid) = jax.jit(env.reset)(key), jax.jit(grid_env.reset)(key)
     image, cells = np.asarray(ts.obs["image"]), np.asarray(grid.obs["image"]) > 0
     assert image.dtype == np.uint8 and image.shape == (2, 64, 64, 3)
     assert (image[:, :2] == 0).all() and (image[:, 62:] == 0).all()  # the 2-pixel border
@@ -380,13 +455,28 @@ def test_rgb64_renders_the_grid_in_colour():
     np.testing.assert_array_equal(lit, cells.any(-1))  # a 6x6 block is coloured exactly where a cell is set
 
 
+@functools.cache
 def _dict_obs_agent():
+    """Built once for the tests that use it (its state is arrays, which no test changes)."""
     spec = EnvSpec("synthetic", {"image": (10, 10, 2), "vector": (3,)}, True, 3, 100)
     config = make_config("debug")
     agent = make_dreamer(config, spec)
-    return spec, config, agent, agent.init(jax.random.PRNGKey(0))
+    return spec, config, agent, jax.jit(agent.init)(jax.random.PRNGKey(0))
 
 
+def _world_model_loss_and_grad(nets):
+    """`(params, batch) -> ((loss, aux), grads)`: `world_model_loss` of `nets` with the keys of key 2 and its
+    gradient, as one compiled program, built alike for every test: networks that trace alike give the same
+    program, which the persistent compilation cache then compiles once."""
+    keys = jax.random.split(jax.random.PRNGKey(2), 5)
+
+    def loss(params, batch):
+        return world_model_loss(nets, params, batch, keys)
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))
+
+
+@functools.partial(jax.jit, static_argnames=("B", "T"))
 def _dict_batch(B=2, T=5):
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
     return {
@@ -405,21 +495,18 @@ def _dict_batch(B=2, T=5):
 def test_every_key_of_a_dict_observation_reaches_the_loss():
     _, _, agent, state = _dict_obs_agent()
     nets, batch = agent.networks, _dict_batch()
-    keys = jax.random.split(jax.random.PRNGKey(2), 5)
+    # on CPU (`auto` is `patches`) the program of test_a_checkpoint_moves_between_conv_forms's patch form
+    loss_and_grad = _world_model_loss_and_grad(nets)
 
-    @jax.jit
-    def loss(params, batch):
-        return world_model_loss(nets, params, batch, keys)
-
-    (base, (_, metrics)), grads = jax.value_and_grad(loss, has_aux=True)(state.params.wm, batch)
+    (base, (_, metrics)), grads = loss_and_grad(state.params.wm, batch)
     assert {"loss_rec_image", "loss_rec_vector"} <= set(metrics)
     for name in ("encoder", "decoder", "image_encoder", "image_decoder"):
-        norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["params"][name]))
+        norm = sum(float(np.abs(np.asarray(g)).sum()) for g in jax.tree.leaves(grads["params"][name]))
         assert norm > 0, name
     for key in ("image", "vector"):  # changing one key alone changes the loss
         changed = dict(batch["obs"])
-        changed[key] = (batch["obs"][key] + 7).astype(batch["obs"][key].dtype)
-        other, _ = loss(state.params.wm, {**batch, "obs": changed})
+        changed[key] = (np.asarray(batch["obs"][key]) + 7).astype(batch["obs"][key].dtype)
+        (other, _), _ = loss_and_grad(state.params.wm, {**batch, "obs": changed})
         assert abs(float(other) - float(base)) > 1e-4, key
 
 
@@ -430,8 +517,8 @@ def test_image_loss_is_plain_mse_of_pixels_and_vectors_are_symlogged():
     image = rng.integers(0, 256, (4, 10, 10, 2)).astype(np.uint8)
     vector = rng.normal(size=(4, 3)) * 50
     pred = {"image": rng.uniform(size=(4, 10, 10, 2)), "vector": rng.normal(size=(4, 3))}
-    losses = reconstruction_loss(
-        wm, jax.tree.map(jnp.asarray, pred), {"image": jnp.asarray(image), "vector": jnp.asarray(vector)}
+    losses = jax.jit(functools.partial(reconstruction_loss, wm))(
+        jax.tree.map(jnp.asarray, pred), {"image": jnp.asarray(image), "vector": jnp.asarray(vector)}
     )
     expected_image = ((pred["image"] - image / 255.0) ** 2).sum((1, 2, 3))
     expected_vector = ((pred["vector"] - np.sign(vector) * np.log1p(np.abs(vector))) ** 2).sum(-1)
@@ -448,16 +535,17 @@ def test_evaluation_step_budget_counts_partial_returns():
     def act(carry, obs, prev_action, is_first, key_t):
         return jnp.zeros((3, 1)), carry
 
-    got = episode_returns(env, act, None, key, max_steps=10)
+    got = jax.jit(lambda key: episode_returns(env, act, None, key, max_steps=10))(key)
     k_reset, k_loop = jax.random.split(key)
-    env_state, ts = env.reset(k_reset)
+    env_state, ts = jax.jit(env.reset)(k_reset)
+    step = jax.jit(env.step)
     total = np.zeros(3)
     for key_t in jax.random.split(k_loop, 10):
         _, k_env = jax.random.split(key_t)
-        env_state, ts = env.step(env_state, jnp.zeros((3, 1)), k_env)
+        env_state, ts = step(env_state, np.zeros((3, 1), np.float32), k_env)
         total += np.asarray(ts.reward)
     np.testing.assert_allclose(got, total, rtol=1e-5)
-    full = episode_returns(env, act, None, key)
+    full = jax.jit(lambda key: episode_returns(env, act, None, key))(key)
     assert float(full.mean()) < float(got.mean())  # 200 steps of negative reward
 
 

@@ -3,6 +3,8 @@ every valid start; flags such as is_first come back unchanged."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,13 +25,17 @@ def counter_step(t: jax.Array, num_envs: int) -> dict[str, jax.Array]:
 
 
 def fill(num_envs: int, capacity: int, writes: int) -> Replay:
-    """A buffer with unwritten slots set to the sentinel -1, after `writes` counter steps. Eager on purpose:
-    shapes change with every hypothesis example, and small eager ops are cheaper than a compile each."""
+    """A buffer with unwritten slots set to the sentinel -1, after `writes` counter steps. One jitted program
+    per buffer shape (num_envs, capacity), `writes` its argument: run op by op, every new shape a hypothesis
+    example draws compiled each small op on its own."""
+    return _fill(num_envs, capacity, np.int32(writes))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _fill(num_envs: int, capacity: int, writes: jax.Array) -> Replay:
     replay = replay_init(counter_step(jnp.int32(0), num_envs), capacity)
     replay = replay.replace(data={**replay.data, "value": jnp.full_like(replay.data["value"], -1)})
-    for t in range(writes):
-        replay = replay_add(replay, counter_step(jnp.int32(t), num_envs))
-    return replay
+    return jax.lax.fori_loop(0, writes, lambda t, r: replay_add(r, counter_step(t, num_envs)), replay)
 
 
 def check_windows(batch: dict[str, np.ndarray], num_envs: int, capacity: int, writes: int, length: int):
@@ -50,7 +56,7 @@ def test_init_and_add_bookkeeping():
     assert int(replay.cursor) == 12 % 5 and int(replay.count) == 5
     assert replay.data["obs"].shape == (2, 5, 2) and replay.data["is_first"].dtype == bool
     # Physical slot s holds the latest t with t % capacity == s.
-    np.testing.assert_array_equal(replay.data["value"][1], OFFSET + np.array([10, 11, 7, 8, 9]))
+    np.testing.assert_array_equal(np.asarray(replay.data["value"])[1], OFFSET + np.array([10, 11, 7, 8, 9]))
     partial = fill(2, 5, 3)
     assert int(partial.cursor) == 3 and int(partial.count) == 3
     assert (np.asarray(partial.data["value"])[:, 3:] == -1).all()
@@ -89,6 +95,8 @@ def test_sample_property(num_envs: int, capacity: int, data: st.DataObject):
     writes = data.draw(st.integers(length, 3 * capacity + 2), label="writes")
     replay = fill(num_envs, capacity, writes)
     assert int(replay.count) == min(writes, capacity) and int(replay.cursor) == writes % capacity
+    # replay_sample op by op: its random draws, the costly part to compile, have the same shapes in every
+    # example and compile once; jitted, every new buffer shape and length would recompile them.
     out = jax.tree.map(np.asarray, replay_sample(replay, jax.random.key(writes), 64, length)[0])
     check_windows(out, num_envs, capacity, writes, length)
     # With 64 draws over at most 12 starts, both the oldest and the newest window are very likely hit;

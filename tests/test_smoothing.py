@@ -110,6 +110,11 @@ def test_nothing_leaks_across_an_episode_start():
     np.testing.assert_array_equal(np.asarray(none), reward)
 
 
+# The replay's writes and sampling compiled once for all parametrizations (the shapes are the same).
+ADD = jax.jit(replay_add)
+SAMPLE = jax.jit(replay_sample, static_argnums=(2, 3))
+
+
 @pytest.mark.parametrize("method,delta", [("gaussian", 9), ("uniform", 9), ("uniform", 4), ("ema", 9)])
 def test_sampled_windows_get_the_whole_episode_values(method, delta):
     """Windows sampled from a wrapped ring buffer, their rewards smoothed as the trainer does, equal the
@@ -117,13 +122,15 @@ def test_sampled_windows_get_the_whole_episode_values(method, delta):
     num_envs, capacity, writes, length = 2, 60, 97, 16
     rng = np.random.default_rng(3)
     streams = [episodes(list(rng.integers(1, 25, 12)), rng) for _ in range(num_envs)]
-    replay = replay_init({"reward": jnp.zeros(num_envs), "is_first": jnp.zeros(num_envs, bool)}, capacity)
+    replay = replay_init(
+        {"reward": np.zeros(num_envs, np.float32), "is_first": np.zeros(num_envs, bool)}, capacity
+    )
     for t in range(writes):
         step = {
             "reward": np.array([s[0][t] for s in streams]),
             "is_first": np.array([s[1][t] for s in streams]),
         }
-        replay = replay_add(replay, {k: jnp.asarray(v) for k, v in step.items()})
+        replay = ADD(replay, step)
     config = make_config("debug", **{"replay.reward_smoothing": method, "replay.smooth_delta": delta}).replay
     filters = {
         "gaussian": lambda r: gaussian_filter1d(r, config.smooth_sigma, mode="nearest"),
@@ -137,11 +144,12 @@ def test_sampled_windows_get_the_whole_episode_values(method, delta):
         want.append(
             ema_loop(r, f, config.smooth_alpha) if method == "ema" else per_episode(r, f, filters[method])
         )
-    _, index, replay = replay_sample(replay, jax.random.PRNGKey(0), 64, length)
-    got = np.asarray(smoothed_window_rewards(replay, index, config))
+    _, index, replay = SAMPLE(replay, jax.random.PRNGKey(0), 64, length)
+    got = np.asarray(jax.jit(smoothed_window_rewards, static_argnums=2)(replay, index, config))
+    start, env = np.asarray(index.start), np.asarray(index.env)
     for b in range(64):
-        logical = np.asarray(index.start[b]) - oldest + np.arange(length)
-        np.testing.assert_allclose(got[b], want[int(index.env[b])][logical], atol=1e-5)
+        logical = start[b] - oldest + np.arange(length)
+        np.testing.assert_allclose(got[b], want[int(env[b])][logical], atol=1e-5)
 
 
 def test_smoothing_settings_are_validated():

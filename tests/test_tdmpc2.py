@@ -4,6 +4,7 @@ details against the reference (nicklashansen/tdmpc2) computed with scipy: the po
 the extra MPPI iterations of large action spaces, and the weight init."""
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import jax
@@ -56,7 +57,7 @@ TINY = {
 
 def test_simnorm_is_a_softmax_per_group():
     x = np.random.default_rng(0).normal(size=(3, 5, 32)).astype(np.float32) * 4
-    y = np.asarray(simnorm(jnp.asarray(x), 8))
+    y = np.asarray(jax.jit(simnorm, static_argnums=1)(x, 8))
     groups = y.reshape(3, 5, 4, 8)
     np.testing.assert_allclose(groups.sum(-1), 1.0, rtol=1e-5)
     xg = x.reshape(3, 5, 4, 8)
@@ -78,33 +79,42 @@ def toy_model(goal: float) -> LatentModel:
 
 def test_mppi_finds_the_optimum_of_a_quadratic_cost():
     settings = PlanSettings(discount=0.9)
-    z0 = jnp.array([0.2])
-    elite, std, mean, first = mppi_plan(
-        toy_model(0.7), settings, z0, jnp.zeros((3, 1)), jax.random.PRNGKey(0)
-    )
+    z0 = np.array([0.2], np.float32)
+
+    @jax.jit  # one program for both goals (the goal an argument)
+    def plan(goal):
+        return mppi_plan(toy_model(goal), settings, z0, jnp.zeros((3, 1)), jax.random.PRNGKey(0))
+
+    elite, std, mean, first = map(np.asarray, plan(np.float32(0.7)))
     np.testing.assert_allclose(first, [0.5], atol=0.05)
     np.testing.assert_allclose(mean[1:], 0.0, atol=0.1)
     np.testing.assert_allclose(elite, [0.5], atol=0.1)
     assert std.shape == (1,) and float(std[0]) < 0.5
     # The optimum moves with the cost: another goal, another first action.
-    _, _, _, first = mppi_plan(toy_model(-0.6), settings, z0, jnp.zeros((3, 1)), jax.random.PRNGKey(0))
+    _, _, _, first = plan(np.float32(-0.6))
     np.testing.assert_allclose(first, [-0.8], atol=0.05)
 
 
 def test_warm_start_shifts_the_plan_and_resets_at_episode_starts():
-    mean = jnp.arange(12.0).reshape(2, 3, 2)
-    warm = shift_plan(mean, jnp.array([False, True]))
+    mean = np.arange(12.0, dtype=np.float32).reshape(2, 3, 2)
+    warm = np.asarray(jax.jit(shift_plan)(mean, np.array([False, True])))
     np.testing.assert_array_equal(warm[0], [[2, 3], [4, 5], [0, 0]])
     np.testing.assert_array_equal(warm[1], np.zeros((3, 2)))
 
 
 @pytest.mark.parametrize("value", [-750.0, -3.2, 0.0, 0.7, 42.0, 1000.0])
 def test_twohot_value_head_round_trips(value):
-    bins = twohot_bins(101, -10.0, 10.0)
-    probs = twohot_encode(symlog(jnp.float32(value)), bins)
+    probs, decoded = map(np.asarray, _twohot_round_trip(np.float32(value)))
     assert int((probs > 0).sum()) <= 2 and np.isclose(float(probs.sum()), 1.0)
-    decoded = twohot_mean(jnp.log(probs + 1e-30), bins)
     np.testing.assert_allclose(float(decoded), value, rtol=1e-4, atol=1e-5)
+
+
+@jax.jit  # the value an argument: one program for every parametrization
+def _twohot_round_trip(value):
+    """value -> (its two-hot encoding in symlog space over 101 bins, the value the head decodes from it)."""
+    bins = twohot_bins(101, -10.0, 10.0)
+    probs = twohot_encode(symlog(value), bins)
+    return probs, twohot_mean(jnp.log(probs + 1e-30), bins)
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +129,9 @@ def test_planning_is_deterministic_for_a_fixed_key(tiny_agent):
     _, spec, agent, state = tiny_agent
     n = 3
     obs = {"vector": jax.random.normal(jax.random.PRNGKey(1), (n, 3))}
-    args = (state, agent.initial_carry(n), obs, jnp.zeros((n, spec.action_dim)), jnp.ones(n, bool))
+    args = (state, agent.initial_carry(n), obs, np.zeros((n, spec.action_dim), np.float32), np.ones(n, bool))
     act = jax.jit(agent.act, static_argnames="mode")
-    a1, c1 = act(*args, jax.random.PRNGKey(5))
+    a1, c1 = jax.tree.map(np.asarray, act(*args, jax.random.PRNGKey(5)))
     a2, c2 = act(*args, jax.random.PRNGKey(5))
     np.testing.assert_array_equal(a1, a2)
     np.testing.assert_array_equal(c1.mean, c2.mean)
@@ -132,6 +142,7 @@ def test_planning_is_deterministic_for_a_fixed_key(tiny_agent):
     np.testing.assert_array_equal(m1, c1.mean[:, 0])  # evaluation: the plan mean's first action
 
 
+@functools.partial(jax.jit, static_argnames=("B", "T"))
 def _window(key, B=4, T=4):
     k = jax.random.split(key, 3)
     return {
@@ -144,25 +155,33 @@ def _window(key, B=4, T=4):
     }
 
 
+def _set(x, index, value) -> np.ndarray:
+    """A host copy of x with x[index] = value."""
+    x = np.array(x)
+    x[index] = value
+    return x
+
+
 def test_steps_after_an_episode_start_do_not_count(tiny_agent):
     config, spec, _, state = tiny_agent
     nets = make_networks(config, spec)
     batch = _window(jax.random.PRNGKey(0))
-    batch["is_first"] = batch["is_first"].at[0, 2].set(True)  # row 0: a new episode starts at obs_2
-    rows = window_rows(batch)
-    np.testing.assert_array_equal(rows["valid"][:, 0], [1, 0, 0])
-    np.testing.assert_array_equal(rows["valid"][:, 1], [1, 1, 1])
+    batch["is_first"] = _set(batch["is_first"], np.s_[0, 2], True)  # row 0: a new episode starts at obs_2
+    valid = np.asarray(jax.jit(window_rows)(batch)["valid"])
+    np.testing.assert_array_equal(valid[:, 0], [1, 0, 0])
+    np.testing.assert_array_equal(valid[:, 1], [1, 1, 1])
 
+    @jax.jit
     def loss(b):
         p = state.params
         return model_loss(nets, p.model, p.pi, state.target_q, window_rows(b), jax.random.PRNGKey(1))[0]
 
     other = dict(batch)
-    other["obs"] = {"vector": batch["obs"]["vector"].at[0, 2:].set(9.0)}  # another episode's data
-    other["reward"] = batch["reward"].at[0, 2:].set(-50.0)
+    other["obs"] = {"vector": _set(batch["obs"]["vector"], np.s_[0, 2:], 9.0)}  # another episode's data
+    other["reward"] = _set(batch["reward"], np.s_[0, 2:], -50.0)
     np.testing.assert_allclose(loss(batch), loss(other), rtol=1e-6)
     # inside the valid part it counts (fresh reward and Q heads are uniform: the consistency loss shows it)
-    other["obs"] = {"vector": batch["obs"]["vector"].at[0, 1].set(9.0)}
+    other["obs"] = {"vector": _set(batch["obs"]["vector"], np.s_[0, 1], 9.0)}
     assert abs(float(loss(batch)) - float(loss(other))) > 1e-4
 
 
@@ -171,19 +190,24 @@ def test_a_terminal_step_bootstraps_nothing(tiny_agent):
     nets = make_networks(config, spec)
     batch = _window(jax.random.PRNGKey(2))
     p = state.params
-    # fresh heads predict exactly 0: move them
-    leaves, treedef = jax.tree.flatten(state.target_q)
-    keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
-    noisy = [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    target_q = jax.tree.unflatten(treedef, noisy)
 
+    @jax.jit
+    def moved(target_q):  # fresh heads predict exactly 0: move them
+        leaves, treedef = jax.tree.flatten(target_q)
+        keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+        noisy = [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+        return jax.tree.unflatten(treedef, noisy)
+
+    target_q = moved(state.target_q)
+
+    @jax.jit
     def td_target(b):
         rows = window_rows(b)
         return model_loss(nets, p.model, p.pi, target_q, rows, jax.random.PRNGKey(1))[1][1]["td_target"]
 
-    rewards = batch["reward"][:, 1:].mean()
-    assert abs(float(td_target(batch) - rewards)) > 1e-3
-    batch["is_terminal"] = batch["is_terminal"].at[:, 1:].set(True)
+    rewards = np.asarray(batch["reward"], np.float64)[:, 1:].mean()
+    assert abs(float(td_target(batch)) - rewards) > 1e-3
+    batch["is_terminal"] = _set(batch["is_terminal"], np.s_[:, 1:], True)
     np.testing.assert_allclose(td_target(batch), rewards, rtol=1e-5)
 
 
@@ -232,13 +256,20 @@ def test_a_tdmpc2_run_resumes_bit_for_bit(tmp_path: Path):
     assert "eval_return" in records[1] and "eval_return" not in records[0]
 
 
-def _policy_draw(nets, pi_params, z, key):
-    """The policy head's Gaussian before the tanh, in float64: (u [..., A], mean, std), with u drawn from the
-    same standard normal numbers as `Networks.policy` (mean + std * eps, eps = normal(key))."""
+def _head_and_eps(nets, pi_params, z, key):
+    """What the reference reads from JAX: the policy head's output [..., 2A] at z and the standard normal
+    numbers normal(key) [..., A] that `Networks.policy` draws (call it inside a jitted function)."""
+    head = nets.pi.apply(pi_params, z)
+    return head, jax.random.normal(key, (*head.shape[:-1], head.shape[-1] // 2))
+
+
+def _policy_draw(nets, head, eps):
+    """The policy head's Gaussian before the tanh, in float64, from the head's output and the policy's
+    standard normal numbers (`_head_and_eps`): (u [..., A], mean, std), u = mean + std * eps."""
     t = nets.config.tdmpc2
-    mu, raw = np.split(np.asarray(nets.pi.apply(pi_params, z), np.float64), 2, -1)
+    mu, raw = np.split(np.asarray(head, np.float64), 2, -1)
     log_std = t.log_std_min + 0.5 * (t.log_std_max - t.log_std_min) * (np.tanh(raw) + 1.0)
-    eps = np.asarray(jax.random.normal(key, mu.shape), np.float64)
+    eps = np.asarray(eps, np.float64)
     return mu + eps * np.exp(log_std), mu, np.exp(log_std)
 
 
@@ -249,9 +280,17 @@ def test_the_policy_entropy_term_is_the_reference_one(tiny_agent):
     config, spec, agent, state = tiny_agent
     nets, pi = agent.networks, state.params.pi
     A, key = spec.action_dim, jax.random.PRNGKey(3)
-    zs = jax.random.normal(jax.random.PRNGKey(4), (4, 6, config.tdmpc2.latent_dim))
-    action, log_prob, _ = nets.policy(pi, zs, key)
-    u, mu, std = _policy_draw(nets, pi, zs, key)
+
+    @jax.jit
+    def draw(pi):
+        # policy_loss draws the policy's sample with the first half of its key
+        k_pi, _ = jax.random.split(key)
+        zs = jax.random.normal(jax.random.PRNGKey(4), (4, 6, config.tdmpc2.latent_dim))
+        drawn = _head_and_eps(nets, pi, zs, key), _head_and_eps(nets, pi, zs, k_pi)
+        return zs, nets.policy(pi, zs, key)[:2], drawn
+
+    zs, (action, log_prob), (drawn, drawn_pi) = draw(pi)
+    u, mu, std = _policy_draw(nets, *drawn)
     gaussian = scipy.stats.norm.logpdf(u, loc=mu, scale=std).sum(-1)
     np.testing.assert_allclose(np.asarray(log_prob.scaled), A * gaussian, rtol=1e-5, atol=1e-4)
     squashed = gaussian - np.log(np.maximum(1.0 - np.tanh(u) ** 2, 0.0) + 1e-6).sum(-1)
@@ -263,15 +302,19 @@ def test_the_policy_entropy_term_is_the_reference_one(tiny_agent):
     valid = np.ones((4, 6), np.float32)
     valid[2:, 1] = 0.0
     rho = config.tdmpc2.rho ** np.arange(4)[:, None]
-    k_pi, _ = jax.random.split(key)  # policy_loss draws the policy's sample with the first half of its key
-    u, mu, std = _policy_draw(nets, pi, zs, k_pi)
+    u, mu, std = _policy_draw(nets, *drawn_pi)
     gaussian = scipy.stats.norm.logpdf(u, loc=mu, scale=std).sum(-1)
-    losses = []
-    for coef in (0.5, 2.0):
-        c = config.replace(**{"tdmpc2.entropy_coef": coef})
-        n = dataclasses.replace(nets, config=c)
-        loss, _ = policy_loss(n, pi, state.params.model.q, zs, jnp.asarray(valid), return_norm_init(), key)
-        losses.append(float(loss))
+
+    @jax.jit
+    def losses_at(pi, q, zs, valid):  # one program, one loss per entropy coefficient
+        losses = []
+        for coef in (0.5, 2.0):
+            c = config.replace(**{"tdmpc2.entropy_coef": coef})
+            n = dataclasses.replace(nets, config=c)
+            losses.append(policy_loss(n, pi, q, zs, valid, return_norm_init(), key)[0])
+        return losses
+
+    losses = [float(x) for x in losses_at(pi, state.params.model.q, zs, valid)]
     want = (0.5 - 2.0) * np.mean(rho * valid * A * gaussian)
     np.testing.assert_allclose(losses[0] - losses[1], want, rtol=1e-4)
 
@@ -291,7 +334,7 @@ def test_weights_are_initialised_as_the_reference():
     0.0176) fails this Kolmogorov-Smirnov test by far (statistic about 0.06 on 262,144 weights)."""
     config = make_config("tdmpc2", **{**TINY, "tdmpc2.mlp_dim": 512})
     nets = make_networks(config, env_spec(config.env.name))
-    params = nets.dynamics.init(jax.random.PRNGKey(0), jnp.zeros((1, 16 + 1)))
+    params = jax.jit(nets.dynamics.init)(jax.random.PRNGKey(0), np.zeros((1, 16 + 1), np.float32))
     kernel = np.asarray(params["params"]["NormedDense_1"]["Dense_0"]["kernel"], np.float64).ravel()
     assert kernel.size == 512 * 512
     reference = scipy.stats.truncnorm(-2.0 / 0.02, 2.0 / 0.02, scale=0.02)

@@ -74,6 +74,19 @@ def _is_zero(tree) -> bool:
     return all((np.asarray(x) == 0).all() for x in jax.tree.leaves(tree))
 
 
+def _world_model_grads(agent, spec, wm_params, length: int):
+    """The world-model loss's gradient (`params` subtree) on 4 windows of `length` steps (`_batch` with key 2,
+    posterior keys from key 3), in one compiled program."""
+
+    @jax.jit
+    def grads(wm_params):
+        batch = _batch(spec, 4, length, jax.random.PRNGKey(2))
+        keys = jax.random.split(jax.random.PRNGKey(3), length)
+        return jax.grad(lambda p: world_model_loss(agent.networks, p, batch, keys)[0])(wm_params)
+
+    return grads(wm_params)["params"]
+
+
 # ---- world-model loss ----------------------------------------------------------------------------------
 
 
@@ -92,13 +105,7 @@ def test_kl_terms_train_only_their_side(term):
     scales[f"wm.loss_{term}"] = 1.0
     config, spec, agent, state = _setup(**{"replay.context": False}, **scales)
 
-    @jax.jit
-    def grads(wm_params):
-        batch = _batch(spec, 4, 1, jax.random.PRNGKey(2))
-        keys = jax.random.split(jax.random.PRNGKey(3), 1)
-        return jax.grad(lambda p: world_model_loss(agent.networks, p, batch, keys)[0])(wm_params)
-
-    g = grads(state.params.wm)["params"]
+    g = _world_model_grads(agent, spec, state.params.wm, length=1)
     posterior, prior = ("encoder", "post_net", "post_out"), ("prior_net", "prior_out")
     zero, moved = (posterior, prior) if term == "dyn" else (prior, posterior)
     for name in zero:
@@ -118,13 +125,7 @@ def test_each_prediction_loss_reaches_its_head_and_no_other(term):
     scales = {f"wm.loss_{t}": float(t == term) for t in ("rec", "rew", "con", "dyn", "rep")}
     config, spec, agent, state = _setup(**{"replay.context": False}, **scales)
 
-    @jax.jit
-    def grads(wm_params):
-        batch = _batch(spec, 4, 5, jax.random.PRNGKey(2))
-        keys = jax.random.split(jax.random.PRNGKey(3), 5)
-        return jax.grad(lambda p: world_model_loss(agent.networks, p, batch, keys)[0])(wm_params)
-
-    g = grads(state.params.wm)["params"]
+    g = _world_model_grads(agent, spec, state.params.wm, length=5)
     for other, head in HEADS.items():
         assert _is_zero(g[head]) == (other != term), f"{term} loss -> {head}"
     assert not _is_zero(g["encoder"]) and not _is_zero(g["core"])

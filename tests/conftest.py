@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Most tests compile small programs and run them briefly, so compiling is most of the suite's time: XLA's
@@ -13,6 +15,27 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # optimized). JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the whole suite optimized.
 OPT_OFF = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 os.environ.setdefault(OPT_OFF, "1")
+# XLA's CPU fusion emitters (its default) compile these small programs about twice as slowly as its older
+# elemental emitter, and run them only a little faster: the `debug` chunk at -O0 compiled in 12.3 s against
+# 6.6 s with the older emitter and ran in 4.8 s against 5.1 s (2026-12-07; the last session's figures, 8.8
+# against 5.9 s, were on a faster day). So the suite and the processes it starts compile with the older
+# emitter, where this jaxlib knows the flag: XLA aborts on a flag it does not know, so a child process tries
+# it first. Its batched kernels sum in another order than its unbatched ones in more places than the default's
+# do, so the one comparison of a trained sweep with its single runs compiles with the default emitter in a
+# child process (tests/test_sweep.py). `XLA_FLAGS=--xla_cpu_use_fusion_emitters=true make test` runs the
+# suite with the default.
+LEGACY_EMITTER = "--xla_cpu_use_fusion_emitters=false"
+
+
+def _xla_knows(flag: str) -> bool:
+    probe = [sys.executable, "-c", "import jax; jax.devices()"]
+    env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(probe, env=env, capture_output=True, timeout=300).returncode == 0
+
+
+if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", "") and _xla_knows(LEGACY_EMITTER):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {LEGACY_EMITTER}".strip()
+
 
 import jax  # noqa: E402
 
@@ -20,9 +43,8 @@ import jax  # noqa: E402
 # by the whole session turns the repeats into cache hits. Programs that compile in under 0.2 s (single
 # operations run outside jit) are left out: writing one costs about 10 ms, a fifth of compiling it, and few
 # are loaded back (in a profile of the suite, 327 loads of 8,389 such programs written).
-jax.config.update(
-    "jax_compilation_cache_dir", os.environ.get("MBRL_JAX_TEST_CACHE", "/tmp/mbrl_jax_test_xla_cache")
-)
+DEFAULT_TEST_CACHE = "/tmp/mbrl_jax_test_xla_cache"
+jax.config.update("jax_compilation_cache_dir", os.environ.get("MBRL_JAX_TEST_CACHE", DEFAULT_TEST_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -1,5 +1,6 @@
 """tests/conftest.py compiles tests at -O0 unless they are marked `optimized`: the mark turns XLA's
-optimizations on for that test alone, and for the processes it starts."""
+optimizations on for that test alone, and for the processes it starts; XLA's older CPU emitter is on where
+the jaxlib knows its flag."""
 
 import os
 import subprocess
@@ -37,3 +38,13 @@ def test_a_marked_test_compiles_optimized_and_so_do_its_child_processes():
 def test_an_unmarked_test_after_it_compiles_as_the_suite_does():
     assert _optimizations_off() == SUITE_SETTING
     assert _child_optimizations_off() == SUITE_SETTING
+
+
+def test_an_xla_flag_is_set_only_where_this_jaxlib_knows_it():
+    """The probe behind the suite's emitter flag: a flag XLA does not know aborts the process that reads
+    it, so the probe answers no and the suite starts with its flags as they were."""
+    from conftest import LEGACY_EMITTER, _xla_knows
+
+    assert not _xla_knows("--xla_cpu_no_such_flag_in_any_jaxlib=true")
+    assert _xla_knows("--xla_force_host_platform_device_count=2")
+    assert (LEGACY_EMITTER in os.environ.get("XLA_FLAGS", "")) == _xla_knows(LEGACY_EMITTER)

@@ -33,7 +33,14 @@ def _xla_knows(flag: str) -> bool:
     return subprocess.run(probe, env=env, capture_output=True, timeout=300).returncode == 0
 
 
-if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", "") and _xla_knows(LEGACY_EMITTER):
+# The opt-in Craftax runs (tests/test_craftax.py) compare a sweep's parameters with its single runs' in the
+# pytest process itself, so a session that asks for them keeps the default emitter.
+_DEFAULT_EMITTER_WANTED = os.environ.get("MBRL_JAX_TEST_CRAFTAX_RUNS") == "1"
+if (
+    not _DEFAULT_EMITTER_WANTED
+    and "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", "")
+    and _xla_knows(LEGACY_EMITTER)
+):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {LEGACY_EMITTER}".strip()
 
 

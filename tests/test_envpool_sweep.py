@@ -19,11 +19,11 @@ from mbrl_jax.parallel import check_devices
 from mbrl_jax.runner import train, train_sweep
 
 SEEDS = [0, 1, 2]
-SMALL = {
+SMALL = {  # two chunks, each ending in a checkpoint: the resume starts the second
     "env.name": "envpool:CartPole-v1",
-    "run.steps": 364,
+    "run.steps": 264,
     "run.chunk_steps": 100,
-    "run.checkpoint_every": 200,
+    "run.checkpoint_every": 100,
     "replay.prefill": 64,
     "replay.batch_length": 16,
 }
@@ -41,7 +41,7 @@ PONG = {
     "replay.train_ratio": 16.0,
 }
 RUNS = {  # task -> (config, env steps at the end of each chunk)
-    "CartPole": (lambda: make_config("debug", **SMALL), [164, 264, 364]),
+    "CartPole": (lambda: make_config("debug", **SMALL), [164, 264]),
     "Pong": (lambda: make_config("atari100k", "debug", **PONG), [112, 160]),
 }
 FIELDS = ("reward", "is_first", "is_last", "is_terminal", "episode_return", "episode_length")

@@ -43,8 +43,10 @@ def test_an_unmarked_test_after_it_compiles_as_the_suite_does():
 def test_an_xla_flag_is_set_only_where_this_jaxlib_knows_it():
     """The probe behind the suite's emitter flag: a flag XLA does not know aborts the process that reads
     it, so the probe answers no and the suite starts with its flags as they were."""
-    from conftest import LEGACY_EMITTER, _xla_knows
+    from conftest import _DEFAULT_EMITTER_WANTED, LEGACY_EMITTER, _xla_knows
 
     assert not _xla_knows("--xla_cpu_no_such_flag_in_any_jaxlib=true")
     assert _xla_knows("--xla_force_host_platform_device_count=2")
-    assert (LEGACY_EMITTER in os.environ.get("XLA_FLAGS", "")) == _xla_knows(LEGACY_EMITTER)
+    flags = os.environ.get("XLA_FLAGS", "")
+    default_asked = _DEFAULT_EMITTER_WANTED or "--xla_cpu_use_fusion_emitters=true" in flags
+    assert (LEGACY_EMITTER in flags) == (_xla_knows(LEGACY_EMITTER) and not default_asked)

@@ -24,10 +24,10 @@ from mbrl_jax.stats import iqm
 # off the straight sweep's, where the optimized programs agree exactly as these tests require.
 pytestmark = pytest.mark.optimized
 
-SMALL = {
-    "run.steps": 664,
-    "run.chunk_steps": 200,
-    "run.checkpoint_every": 200,
+SMALL = {  # three chunks, a checkpoint after each; a single run's program is tests/test_runner.py's
+    "run.steps": 364,
+    "run.chunk_steps": 100,
+    "run.checkpoint_every": 100,
     "replay.prefill": 64,
     "replay.batch_length": 16,
 }

@@ -124,7 +124,8 @@ def test_help_and_readme_state_the_rule(capsys):
 
 def test_seeds_make_a_sweep_in_its_own_folder_that_resumes_as_a_sweep(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    small = ["run.steps=664", "run.chunk_steps=200", "replay.prefill=64", "replay.batch_length=16"]
+    # tests/test_sweep.py's sweep: its program compiles once for both
+    small = ["run.steps=364", "run.chunk_steps=100", "replay.prefill=64", "replay.batch_length=16"]
     argv = ["--preset", "debug", "--seeds", "0-2", "--no-progress", *small]
     config, logdir, seeds = run_cli.build_config(run_cli.parse_args(argv))
     assert seeds == [0, 1, 2] and config.run.seed == 0
@@ -136,7 +137,7 @@ def test_seeds_make_a_sweep_in_its_own_folder_that_resumes_as_a_sweep(tmp_path, 
     # --logdir alone finds the sweep and its seeds
     assert run_cli.build_config(run_cli.parse_args(["--logdir", str(logdir)]))[1:] == (logdir, [0, 1, 2])
     assert run_cli.main(["--logdir", str(logdir)]) == 0
-    assert "finished at 664 env steps" in capsys.readouterr().out
+    assert "finished at 364 env steps" in capsys.readouterr().out
 
 
 def test_the_start_up_line_gives_the_replay_size(tmp_path, capsys, monkeypatch):

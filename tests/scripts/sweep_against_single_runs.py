@@ -1,8 +1,8 @@
-"""Run by tests/test_sweep.py in a fresh process with XLA's default CPU emitter (the suite's processes compile
-with the older one, tests/conftest.py; XLA_FLAGS must be set before jax starts): trains a sweep and each of
-its seeds' single runs. Writes under OUT_DIR the sweep's run folder (`sweep/`), the records that the sweep
-and the single runs returned (`records.json`: {"sweep": {seed: rows}, "single": {seed: rows}}) and every
-seed's parameters from both (`params.npz`: `sweep/<seed>/<leaf>` and `single/<seed>/<leaf>`).
+"""Run by tests/test_sweep.py in a fresh process that it starts with XLA's default CPU emitter (the suite's
+processes compile with the older one, tests/conftest.py): trains a sweep and each of its seeds' single runs.
+Writes under OUT_DIR the sweep's run folder (`sweep/`), the records that the sweep and the single runs
+returned (`records.json`: {"sweep": {seed: rows}, "single": {seed: rows}}) and their parameters
+(`params.npz`: `sweep/<leaf>` with the seed axis first, `single/<seed>/<leaf>`).
 
 Usage: sweep_against_single_runs.py OUT_DIR SEEDS_JSON OVERRIDES_JSON"""
 
@@ -11,8 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-LEGACY_EMITTER = "--xla_cpu_use_fusion_emitters=false"
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "").replace(LEGACY_EMITTER, "").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -30,13 +28,11 @@ if cache:
 out_dir, seeds, overrides = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
 config = make_config("debug", **overrides)
 sweep_state, swept = train_sweep(config, seeds, out_dir / "sweep", progress=False)
-params, singles = {}, {}
-for i, seed in enumerate(seeds):
+params = {f"sweep/{j}": leaf for j, leaf in enumerate(jax.device_get(jax.tree.leaves(sweep_state.agent)))}
+singles = {}
+for seed in seeds:
     state, singles[seed] = train(config.replace(**{"run.seed": seed}), None, progress=False)
-    for j, (seeds_leaf, single_leaf) in enumerate(
-        zip(jax.tree.leaves(sweep_state.agent), jax.tree.leaves(state.agent), strict=True)
-    ):
-        params[f"sweep/{seed}/{j}"] = np.asarray(jax.device_get(seeds_leaf)[i])
-        params[f"single/{seed}/{j}"] = np.asarray(jax.device_get(single_leaf))
+    for j, leaf in enumerate(jax.device_get(jax.tree.leaves(state.agent))):
+        params[f"single/{seed}/{j}"] = leaf
 np.savez(out_dir / "params.npz", **params)
 (out_dir / "records.json").write_text(json.dumps({"sweep": swept, "single": singles}))

@@ -14,10 +14,7 @@ from mbrl_jax.logging import read_metrics
 from mbrl_jax.runner import describe_budget, make_programs, train
 from mbrl_jax.trainer import plan_chunk
 
-# runs its compiled programs more than it compiles them: optimized (tests/conftest.py)
-pytestmark = pytest.mark.optimized
-
-# debug preset: 2 envs, iterations of 2 env steps; prefill 64, chunks of 100
+# debug preset: 2 envs, iterations of 4 env steps (2 per env, then one update); prefill 64, chunks of 100
 SMALL = {"run.chunk_steps": 100, "replay.prefill": 64, "replay.batch_length": 16, "run.checkpoint_every": 100}
 
 
@@ -36,13 +33,13 @@ def test_describe_budget_counts_prefill_whole_chunks_and_the_cut_one():
         True,
     )
     assert describe_budget(_config(100)) == ("100 env steps = 64 prefill + one chunk of 36", True)
-    text, exact = describe_budget(_config(401))  # two envs step together: 401 is out of reach
+    text, exact = describe_budget(_config(402))  # iterations of 4 env steps: 402 is out of reach
     assert not exact
-    assert text.startswith("402 env steps = 64 prefill + 3 chunks of 100 + a last chunk of 38 (")
-    assert "run.steps=401 rounded up to whole iterations of 2 env steps (2 envs x 1 step)" in text
-    text, exact = describe_budget(_config(400, **{"replay.prefill": 65}))
-    assert text.startswith("400 env steps = 66 prefill + 3 chunks of 100 + a last chunk of 34 (")
-    assert "replay.prefill=65 taken as 66 (whole steps of 2 envs)" in text and exact
+    assert text.startswith("404 env steps = 64 prefill + 3 chunks of 100 + a last chunk of 40 (")
+    assert "run.steps=402 rounded up to whole iterations of 4 env steps (2 envs x 2 steps)" in text
+    text, exact = describe_budget(_config(400, **{"replay.prefill": 67}))
+    assert text.startswith("400 env steps = 68 prefill + 3 chunks of 100 + a last chunk of 32 (")
+    assert "replay.prefill=67 taken as 68 (whole steps of 2 envs)" in text and exact
 
 
 @pytest.mark.parametrize("steps", [364, 400])  # a multiple of the chunk, and one that is not
@@ -55,13 +52,15 @@ def test_library_run_does_exactly_the_steps_asked(tmp_path, steps, capsys):
     assert records[-1]["env_steps"] == steps
     assert [r["env_steps"] for r in read_metrics(tmp_path)] == [r["env_steps"] for r in records]
     assert "eval_return" in records[-1]  # the last chunk, whole or cut, evaluates
-    assert records[-1]["updates"] == (steps - 64) // 2 * _config(steps).updates_per_iteration
+    config = _config(steps)
+    iterations = (steps - 64) // config.env_steps_per_iteration
+    assert records[-1]["updates"] == iterations * config.updates_per_iteration
 
 
 def test_a_budget_the_envs_cannot_meet_is_warned_and_the_steps_done_are_reported(tmp_path):
-    with pytest.warns(UserWarning, match=r"the run does 302 env steps = 64 prefill .*run\.steps=301 rounded"):
-        _, records = train(_config(301), tmp_path, progress=False)
-    assert records[-1]["env_steps"] == 302
+    with pytest.warns(UserWarning, match=r"the run does 304 env steps = 64 prefill .*run\.steps=302 rounded"):
+        _, records = train(_config(302), tmp_path, progress=False)
+    assert records[-1]["env_steps"] == 304
 
 
 def test_cli_states_the_budget_and_does_it(tmp_path, capsys):

@@ -10,10 +10,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # the tests' child processes too (XLA's memory figures are the same at -O0: tests/test_memory.py). A test that
 # runs long (learning) or compares programs that agree only when optimized (the sweep modules: a vmapped
 # seed's results moved with another seed's values at -O0) is marked `optimized` and compiles as users do. So
-# does the CLI module, whose sweep is the sweep module's program. The runner's resumes and the step budget
-# were optimized too while the `debug` preset updated every env step; at its update every 4 env steps they
-# run so little that -O0 wins (those two files and the CLI's, with an empty cache: 199 s at -O0 against 235 s
-# optimized, 2026-12-07). JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the whole suite optimized.
+# are the modules that mostly run programs already compiled (the runner's resumes, the CLI, the step budget):
+# there the slower -O0 programs cost more than their compiles save (those three files: 378 s at -O0, 302 s
+# optimized). JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the whole suite optimized.
 OPT_OFF = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 os.environ.setdefault(OPT_OFF, "1")
 # XLA's CPU fusion emitters (its default) compile these small programs about twice as slowly as its older

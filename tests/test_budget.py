@@ -14,6 +14,9 @@ from mbrl_jax.logging import read_metrics
 from mbrl_jax.runner import describe_budget, make_programs, train
 from mbrl_jax.trainer import plan_chunk
 
+# runs its compiled programs more than it compiles them: optimized (tests/conftest.py)
+pytestmark = pytest.mark.optimized
+
 # debug preset: 2 envs, iterations of 4 env steps (2 per env, then one update); prefill 64, chunks of 100
 SMALL = {"run.chunk_steps": 100, "replay.prefill": 64, "replay.batch_length": 16, "run.checkpoint_every": 100}
 

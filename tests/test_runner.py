@@ -16,6 +16,9 @@ from mbrl_jax.config import ConfigError, make_config
 from mbrl_jax.logging import read_metrics
 from mbrl_jax.runner import train
 
+# runs its compiled programs more than it compiles them (resumes, reruns): optimized (tests/conftest.py)
+pytestmark = pytest.mark.optimized
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
     "run.steps": 1_000,

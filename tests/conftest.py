@@ -57,7 +57,6 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
@@ -98,29 +97,37 @@ def _optimizations_as_marked(request):
 @pytest.fixture
 def poison_run(monkeypatch):
     """`poison_run(first_bad, value, params="wm" | None, loss=None)`: from the chunk that ends at env step
-    `first_bad` on, the runner's chunk sets the agent's parameters (all, or the subtree `params`) and, if
-    given, the metric `loss` to `value` (inf or nan), as a diverging run would."""
+    `first_bad` on, the runner's chunk returns the agent's parameters (all, or the subtree `params`) and, if
+    given, the metric `loss` set to `value` (inf or nan), with the finite flags of what it returns, as a
+    diverging run's chunk would. The run's own compiled chunk runs unchanged and its outputs are spoiled
+    after it, so a poisoned run shares its program (and its compile) with the healthy runs of its config."""
     import mbrl_jax.runner as runner
 
-    real_make_train = runner.make_train
+    real_compile = runner._compile
+    flags = jax.jit(runner.finite_flags)
 
     def poison(first_bad: int, value: float, params: str | None = None, loss: str | None = None) -> None:
-        def make_train(cfg, mesh=None, seeds=None):
-            trainer = real_make_train(cfg, mesh, seeds)
+        spoil = lambda tree: jax.tree.map(lambda x: jnp.full_like(x, value), tree)  # noqa: E731
 
-            def run_chunk(state, budget=None):
-                state, metrics = trainer.run_chunk(state, budget)
-                bad = state.env_steps >= first_bad
-                spoil = lambda tree: jax.tree.map(lambda x: jnp.where(bad, value, x), tree)  # noqa: E731
+        def spoiled(chunk):
+            def run_chunk(state, plan):
+                state, metrics, finite = chunk(state, plan)
+                if int(state.env_steps) < first_bad:
+                    return state, metrics, finite
                 p = state.agent.params
                 p = spoil(p) if params is None else p.replace(**{params: spoil(getattr(p, params))})
                 if loss is not None:
-                    metrics[loss] = jnp.where(bad, value, metrics[loss])
-                return state.replace(agent=state.agent.replace(params=p)), metrics
+                    metrics = {**metrics, loss: jnp.full_like(metrics[loss], value)}
+                state = state.replace(agent=state.agent.replace(params=p))
+                return state, metrics, flags(state, metrics)
 
-            return dataclasses.replace(trainer, run_chunk=run_chunk)
+            return run_chunk
 
-        monkeypatch.setattr(runner, "make_train", make_train)
+        def compile_spoiling_the_chunk(lowered, say):
+            *others, chunk = real_compile(lowered, say)  # the chunk is the last program compiled
+            return [*others, spoiled(chunk)]
+
+        monkeypatch.setattr(runner, "_compile", compile_spoiling_the_chunk)
 
     return poison
 

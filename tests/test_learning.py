@@ -15,12 +15,13 @@ from mbrl_jax.runner import train
 @pytest.mark.slow
 @pytest.mark.optimized  # runs long: compiled as users run it
 def test_cartpole_learns_well_above_random():
-    config = make_config("cartpole", **{"run.steps": 6_000, "replay.train_ratio": 64.0, "run.seed": 0})
+    config = make_config("cartpole", **{"run.steps": 5_024, "replay.train_ratio": 64.0, "run.seed": 0})
     _, records = train(config, logdir=None, progress=False)
     evals = np.array([r["eval_return"] for r in records])
     # Training episodes that ended in the last 3 chunks (750 steps per env: at least one per env, since
-    # CartPole episodes last at most 500). Seed 0 evaluated 347 at 3,024 env steps and 500 at 6,024
-    # (jax 0.10.2, this CPU); a chunk where none ended has no episode_return at all.
+    # CartPole episodes last at most 500); a chunk where none ended has no episode_return at all. Seeds 0-3
+    # at these settings (jax 0.10.2, this CPU, 2026-12-08): best evaluations 292, 489, 485 and 500 by 5,024
+    # env steps, and training returns of 209, 210, 199 and 134 in the last 3 chunks.
     last = [r for r in records[-3:] if r["episodes"] > 0]
     mean_return = sum(r["episode_return"] * r["episodes"] for r in last) / sum(r["episodes"] for r in last)
     assert evals.max() >= 100.0, evals

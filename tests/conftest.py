@@ -75,7 +75,22 @@ def _optimizations_on():
         jax.config.update("jax_disable_most_optimizations", before)
 
 
+@contextlib.contextmanager
+def _optimizations_off():
+    """-O0 compiles here and in the processes started meanwhile, inside a module marked `optimized`."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(OPT_OFF, "1")
+            yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+
+
 def _as_marked(node):
+    if node.get_closest_marker("unoptimized"):
+        return _optimizations_off()
     return _optimizations_on() if node.get_closest_marker("optimized") else contextlib.nullcontext()
 
 
@@ -89,7 +104,9 @@ def _module_optimizations_as_marked(request):
 
 @pytest.fixture(autouse=True)
 def _optimizations_as_marked(request):
-    """A test marked `optimized` compiles with XLA's optimizations on (module comment above)."""
+    """A test marked `optimized` compiles with XLA's optimizations on (module comment above); one marked
+    `unoptimized` in an optimized module compiles at -O0: it compiles a program no other test shares and
+    runs it briefly, so the optimized compile would cost more than the faster program saves."""
     with _as_marked(request.node):
         yield
 

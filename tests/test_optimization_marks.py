@@ -1,6 +1,6 @@
 """tests/conftest.py compiles tests at -O0 unless they are marked `optimized`: the mark turns XLA's
-optimizations on for that test alone, and for the processes it starts; XLA's older CPU emitter is on where
-the jaxlib knows its flag."""
+optimizations on for that test alone, and for the processes it starts (`unoptimized` turns them off again
+for one test of an optimized module); XLA's older CPU emitter is on where the jaxlib knows its flag."""
 
 import os
 import subprocess
@@ -33,6 +33,13 @@ def test_the_suite_compiles_as_the_environment_says():
 def test_a_marked_test_compiles_optimized_and_so_do_its_child_processes():
     assert not _optimizations_off()
     assert not _child_optimizations_off()
+
+
+@pytest.mark.optimized  # as a module's mark would
+@pytest.mark.unoptimized
+def test_unoptimized_in_an_optimized_module_compiles_at_o0_and_so_do_its_child_processes():
+    assert _optimizations_off()
+    assert _child_optimizations_off()
 
 
 def test_an_unmarked_test_after_it_compiles_as_the_suite_does():

@@ -276,6 +276,7 @@ def fresh_compilation_cache(tmp_path):
     jax.config.update("jax_compilation_cache_dir", previous)
 
 
+@pytest.mark.unoptimized  # its own program, in its own cache (tests/conftest.py)
 def test_the_runners_chunk_compiles_once_across_a_resume(tmp_path, fresh_compilation_cache):
     """The runner's own programs (init and chunk), compiled for a fresh run, are reused when the run resumes:
     in the same process it asks for nothing; in a new process (the kept programs forgotten) it asks the
@@ -317,7 +318,8 @@ def test_changing_the_evaluation_policy_on_resume_leaves_training_exact(tmp_path
     _assert_same(_params(state), straight_params)
 
 
-@pytest.mark.slow  # three runs, each compiling its own program
+@pytest.mark.slow  # three runs of a program no other test shares
+@pytest.mark.unoptimized  # compared only with itself (tests/conftest.py)
 def test_frequency_sampler_and_reward_smoothing_resume_exactly(tmp_path):
     """Drama's sampler and DreamSmooth on together: the use counts live in the train state, so a run stopped
     after a checkpoint and resumed ends where an uninterrupted one does; every update counted its windows."""

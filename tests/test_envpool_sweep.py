@@ -28,7 +28,8 @@ SMALL = {  # two chunks, each ending in a checkpoint: the resume starts the seco
     "replay.batch_length": 16,
 }
 # Pong from 64 x 64 x 3 frames with the atari100k env settings in the compiled loop (envpool's XLA step inside
-# the chunk), at the debug sizes; an update every 4 env steps: the tests check the plumbing, not learning.
+# the chunk), at the debug sizes; an update every 4 env steps: the tests check the plumbing, not learning. A
+# replay of 256 frames holds the 160 steps (debug's 4,000 made each seed's state 52 MB, saved and copied).
 PONG = {
     "env.name": "envpool:Pong-v5",
     "run.steps": 160,
@@ -39,6 +40,7 @@ PONG = {
     "replay.prefill": 64,
     "replay.batch_length": 16,
     "replay.train_ratio": 16.0,
+    "replay.capacity": 256,
 }
 RUNS = {  # task -> (config, env steps at the end of each chunk)
     "CartPole": (lambda: make_config("debug", **SMALL), [164, 264]),

@@ -251,6 +251,7 @@ def test_envpool_pong_from_pixels_through_chunks_and_resume_on_the_host_loop(tmp
         "run.eval_episodes": 1,
         "run.eval_steps": 30,
         "replay.train_ratio": 16.0,  # an update every 4 env steps: the test checks the plumbing, not learning
+        "replay.capacity": 256,  # holds the run's 160 steps (debug's 4,000 frames are 50 MB a checkpoint)
     }
     config = make_config("atari100k", "debug", **settings)
     env = make_host_env(config.env.name, 1, config.env.sticky_actions)

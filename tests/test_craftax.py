@@ -36,6 +36,7 @@ TINY = {
     "run.eval_steps": 10,
     "replay.prefill": 64,
     "replay.batch_length": 16,
+    "replay.capacity": 512,  # holds the 364 steps; debug's 4,000 would make each checkpoint 22 MB
 }
 
 

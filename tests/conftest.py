@@ -63,26 +63,14 @@ import pytest  # noqa: E402
 
 
 @contextlib.contextmanager
-def _optimizations_on():
-    """Optimized compiles here and in the processes started meanwhile (they read the variable)."""
+def _optimizations(on: bool):
+    """Optimized (`on`) or -O0 compiles here and in the processes started meanwhile (they read the
+    variable)."""
     before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", False)
+    jax.config.update("jax_disable_most_optimizations", not on)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(OPT_OFF, "0")
-            yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", before)
-
-
-@contextlib.contextmanager
-def _optimizations_off():
-    """-O0 compiles here and in the processes started meanwhile, inside a module marked `optimized`."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(OPT_OFF, "1")
+            patch.setenv(OPT_OFF, "0" if on else "1")
             yield
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
@@ -90,8 +78,8 @@ def _optimizations_off():
 
 def _as_marked(node):
     if node.get_closest_marker("unoptimized"):
-        return _optimizations_off()
-    return _optimizations_on() if node.get_closest_marker("optimized") else contextlib.nullcontext()
+        return _optimizations(on=False)
+    return _optimizations(on=True) if node.get_closest_marker("optimized") else contextlib.nullcontext()
 
 
 @pytest.fixture(autouse=True, scope="module")
